@@ -1,0 +1,1 @@
+"""jaxcluster: differentiable forward modelling of X-ray galaxy-cluster surveys."""

@@ -1,0 +1,33 @@
+"""Test configuration: x64 on (as the CLI sets it), strict dtype promotion, keys."""
+
+import os
+
+# Four host "devices" so the sharding tests run on CPU; must precede jax import.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# pyatomdb must never prompt: give it a private, pre-created cache directory.
+os.environ.setdefault("JAXCLUSTER_TEST", "1")
+
+import itertools
+
+import jax
+import pytest
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+def pytest_collection_modifyitems(config, items):
+    has_gpu = any(d.platform == "gpu" for d in jax.devices())
+    skip_gpu = pytest.mark.skip(reason="needs a GPU")
+    for item in items:
+        if "gpu" in item.keywords and not has_gpu:
+            item.add_marker(skip_gpu)
+
+
+@pytest.fixture
+def getkey():
+    """Return a function giving a fresh PRNG key on each call (deterministic per test)."""
+    counter = itertools.count()
+    base = jax.random.key(0)
+    return lambda: jax.random.fold_in(base, next(counter))
