@@ -21,15 +21,16 @@ a mode lying on an edge in exact arithmetic (common: the default edges are
 multiples of the fundamental) goes to the upper shell, whatever the round-off
 (|k| is compared with a relative tolerance of 16 ε of the dtype).
 
-All functions are pure and jit-able with `box_size`, `n_bins` and
-`compensate_cic` static; `k_edges` may be a traced array (its length is
-static). Outputs keep the input's float dtype (float32 in, float32 out);
+All functions are pure; the spectra are wrapped in `jax.jit` with
+`box_size` (a hashable tuple), `n_bins` and `compensate_cic` static, and
+`k_edges` may be a traced array (its length is static). Outputs keep the input's float dtype (float32 in, float32 out);
 mode counts are int32.
 """
 
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -299,7 +300,12 @@ def _norm(mesh_shape, box, dtype):
 
 # ------------------------------------------------------------ public spectra
 
+# Compiled once per (mesh shape, dtype, box, binning): eager calls then cost one
+# dispatch, and an outer jit/vmap simply inlines them.
+_STATIC_ARGNAMES = ("box_size", "n_bins", "compensate_cic")
 
+
+@partial(jax.jit, static_argnames=_STATIC_ARGNAMES)
 def power_spectrum(
     delta: Float[ArrayLike, "n_x n_y n_z"],
     box_size: tuple[float, ...],
@@ -358,6 +364,7 @@ def _cross_parts(delta_a, delta_b, box_size, k_edges, n_bins, compensate_cic):
     return k, pa * norm, pb * norm, pab * norm, n_modes
 
 
+@partial(jax.jit, static_argnames=_STATIC_ARGNAMES)
 def cross_power_spectrum(
     delta_a: Float[ArrayLike, "n_x n_y n_z"],
     delta_b: Float[ArrayLike, "n_x n_y n_z"],
@@ -391,6 +398,7 @@ def cross_power_spectrum(
     return k, p_ab, n_modes
 
 
+@partial(jax.jit, static_argnames=_STATIC_ARGNAMES)
 def correlation_coefficient(
     delta_a: Float[ArrayLike, "n_x n_y n_z"],
     delta_b: Float[ArrayLike, "n_x n_y n_z"],
@@ -422,6 +430,7 @@ def correlation_coefficient(
     return k, p_ab / jnp.sqrt(p_a * p_b), n_modes
 
 
+@partial(jax.jit, static_argnames=_STATIC_ARGNAMES)
 def transfer_function(
     delta_a: Float[ArrayLike, "n_x n_y n_z"],
     delta_b: Float[ArrayLike, "n_x n_y n_z"],
