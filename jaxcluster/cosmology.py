@@ -152,8 +152,9 @@ def comoving_distance(cosmo: Cosmology, z: Float[ArrayLike, "*z"]) -> Float[Arra
     for any z ≲ 20 and differentiable in z and in every parameter.
     """
     a = _z_to_a(z)[..., None]
-    x = jnp.asarray(_GL_X, dtype=a.dtype)
-    w = jnp.asarray(_GL_W, dtype=a.dtype)
+    lead = (1,) * (a.ndim - 1)
+    x = jnp.asarray(_GL_X, dtype=a.dtype).reshape(*lead, -1)
+    w = jnp.asarray(_GL_W, dtype=a.dtype).reshape(*lead, -1)
     half = 0.5 * (1.0 - a)
     ai = a + half * (x + 1.0)
     return C_OVER_H0_MPC_H * jnp.sum(w * half / (ai**2 * E(cosmo, ai)), axis=-1)
@@ -378,11 +379,12 @@ def _sigma2_unnormalised(cosmo, R, wiggles):
     lnk = jnp.linspace(_LNK_MIN, _LNK_MAX, _N_LNK, dtype=jnp.result_type(float))
     k = jnp.exp(lnk)
     R = jnp.asarray(R)[..., None]
+    k = k.reshape((1,) * (R.ndim - 1) + k.shape)
     integrand = k**3 * _unnormalised_power(cosmo, k, wiggles) * top_hat_window(k * R) ** 2 / (2 * math.pi**2)
     dlnk = lnk[1] - lnk[0]
     # Simpson's rule on the uniform ln k grid.
-    w = jnp.ones(_N_LNK).at[1:-1:2].set(4.0).at[2:-1:2].set(2.0) * dlnk / 3.0
-    return jnp.sum(integrand * w, axis=-1)
+    w = jnp.ones(_N_LNK, dtype=k.dtype).at[1:-1:2].set(4.0).at[2:-1:2].set(2.0) * dlnk / 3.0
+    return jnp.sum(integrand * w.reshape(k.shape), axis=-1)
 
 
 def linear_power(

@@ -88,7 +88,7 @@ class ThetaSim(eqx.Module):
         return cls()
 
     @classmethod
-    def from_array(cls, x: Float[ArrayLike, "*batch 6"]) -> ThetaSim:
+    def from_array(cls, x: Float[ArrayLike, "*batch n_param"]) -> ThetaSim:
         """Build from an array whose last axis is ordered as `PARAM_NAMES`."""
         x = jnp.asarray(x)
         if x.shape[-1:] != (6,):
@@ -111,7 +111,7 @@ class ThetaSim(eqx.Module):
         return jnp.stack(out, axis=-1)
 
     @classmethod
-    def from_unit(cls, u: Float[ArrayLike, "*batch 6"]) -> ThetaSim:
+    def from_unit(cls, u: Float[ArrayLike, "*batch n_param"]) -> ThetaSim:
         """Inverse of `to_unit`: a point of the unit cube to parameter values."""
         u = jnp.asarray(u)
         vals = []
