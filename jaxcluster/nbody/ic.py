@@ -45,4 +45,5 @@ def linear_field(
     k = jnp.sqrt(kx**2 + ky**2 + kz**2) / spacing  # h Mpc⁻¹
     pk = linear_power(cosmo, k, wiggles=wiggles).astype(noise.dtype)
     amp = jnp.sqrt(pk / spacing**3)
-    return jnp.fft.irfftn(jnp.fft.rfftn(noise) * amp, s=config.particle_shape)
+    noise_k = jnp.fft.rfftn(noise)
+    return jnp.fft.irfftn(noise_k * amp.astype(noise_k.dtype), s=config.particle_shape)

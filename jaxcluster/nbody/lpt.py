@@ -39,10 +39,12 @@ def lpt_displacements(
         return psi1, jnp.zeros_like(psi1)
     kvec = rfft_wavevectors(shape, dtype=delta_lin.dtype)
     k2 = kvec[0] ** 2 + kvec[1] ** 2 + kvec[2] ** 2
-    phi_k = -delta_k / jnp.where(k2 > 0, k2, 1.0) * (k2 > 0)  # ∇²φ = δ, in cells²
+    ctype = delta_k.dtype
+    inv_k2 = jnp.where(k2 > 0, 1.0 / jnp.where(k2 > 0, k2, 1.0), 0.0)
+    phi_k = -delta_k * inv_k2.astype(ctype)  # ∇²φ = δ, in cells²
 
     def hessian(i, j):  # φ_{,ij} (dimensionless, cell units cancel)
-        return jnp.fft.irfftn(-kvec[i] * kvec[j] * phi_k, s=shape)
+        return jnp.fft.irfftn(-(kvec[i] * kvec[j]).astype(ctype) * phi_k, s=shape)
 
     diag = [hessian(i, i) for i in range(3)]
     delta2 = diag[0] * diag[1] + diag[0] * diag[2] + diag[1] * diag[2]

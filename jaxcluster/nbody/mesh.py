@@ -41,7 +41,7 @@ def _stencil(pos, mesh_shape):
     cell = jnp.floor(pos)
     frac = pos - cell
     cell = cell.astype(jnp.int32)
-    shape = jnp.asarray(mesh_shape, dtype=jnp.int32)
+    shape = jnp.asarray(mesh_shape, dtype=jnp.int32).reshape(1, 1, 3)
     idx = jnp.mod(cell[:, None, :] + _CORNERS[None, :, :], shape)  # (n, 8, 3)
     flat = (idx[..., 0] * mesh_shape[1] + idx[..., 1]) * mesh_shape[2] + idx[..., 2]
     return flat, frac
@@ -55,12 +55,12 @@ def _weights(frac):
 
 def _weight_gradients(frac):
     """∂w/∂pos (n, 8, 3): the product rule over the three axes."""
-    sign = jnp.where(_CORNERS == 1, 1.0, -1.0).astype(frac.dtype)  # (8, 3)
+    sign = jnp.where(_CORNERS == 1, 1.0, -1.0).astype(frac.dtype)[None]  # (1, 8, 3)
     per_axis = jnp.where(_CORNERS[None, :, :] == 1, frac[:, None, :], 1.0 - frac[:, None, :])  # (n, 8, 3)
     grads = []
     for j in range(3):
         others = [per_axis[..., i] for i in range(3) if i != j]
-        grads.append(sign[None, :, j] * others[0] * others[1])
+        grads.append(sign[..., j] * others[0] * others[1])
     return jnp.stack(grads, axis=-1)
 
 
@@ -74,7 +74,7 @@ def _paint_cic_raw(pos, mass, mesh_shape):
     flat, frac = _stencil(pos, mesh_shape)
     w = _weights(frac)  # (n, 8)
     channels = mass.shape[1:]
-    vals = w.reshape(w.shape + (1,) * len(channels)) * mass[:, None]
+    vals = w.reshape(w.shape + (1,) * len(channels)) * mass[:, None, ...]
     out = jnp.zeros((math.prod(mesh_shape), *channels), dtype=vals.dtype)
     out = out.at[flat.reshape(-1)].add(vals.reshape(-1, *channels))
     return out.reshape(*mesh_shape, *channels)
@@ -96,7 +96,7 @@ def _read_cic_dpos(mesh, pos, mesh_shape, cot):
     channels = mesh.shape[3:]
     vals = mesh.reshape(-1, *channels)[flat]  # (n, 8, *ch)
     if channels:
-        vals = jnp.sum(vals * cot[:, None], axis=tuple(range(2, vals.ndim)))
+        vals = jnp.sum(vals * cot[:, None, ...], axis=tuple(range(2, vals.ndim)))
     else:
         vals = vals * cot[:, None]
     return jnp.sum(vals[..., None] * dw, axis=1)
@@ -168,7 +168,7 @@ def read_cic(mesh: Float[Array, "nx ny nz *channels"], pos: Float[Array, "n_ptcl
 # ------------------------------------------------------------ Fourier kernels
 
 
-def rfft_wavevectors(mesh_shape: tuple[int, int, int], dtype=None) -> tuple[Float[Array, "nx 1 1"], Float[Array, "1 ny 1"], Float[Array, "1 1 nz//2+1"]]:
+def rfft_wavevectors(mesh_shape: tuple[int, int, int], dtype=None) -> tuple[Float[Array, "nx 1 1"], Float[Array, "1 ny 1"], Float[Array, "1 1 nzr"]]:
     """Angular wavenumbers [rad per cell] of an `rfftn` of `mesh_shape`, broadcastable."""
     dtype = dtype or jnp.result_type(float)
     nx, ny, nz = mesh_shape
@@ -202,7 +202,7 @@ def gradient_kernel(k: Float[Array, "..."], kind: str) -> Float[Array, "..."]:
 
 def force_from_density(
     delta_k: Complex[Array, "nx ny nzr"], mesh_shape: tuple[int, int, int], gradient: str = "fd4"
-) -> Float[Array, "nx ny nz 3"]:
+) -> Float[Array, "nx ny _nz 3"]:
     r"""$F = -∇∇^{-2}δ$ on the mesh, in cells (multiply by the cell size for h⁻¹ Mpc).
 
     Solves $∇^2φ = δ$ with the exact $-1/k^2$ and differentiates with
@@ -219,5 +219,9 @@ def force_from_density(
     k2 = kvec[0] ** 2 + kvec[1] ** 2 + kvec[2] ** 2
     inv_k2 = jnp.where(k2 > 0, 1.0 / jnp.where(k2 > 0, k2, 1.0), 0.0)
     # φ_k = −δ_k / k², F_k = −i k φ_k = i k δ_k / k².
-    comps = [jnp.fft.irfftn(1j * gradient_kernel(ki, gradient) * inv_k2 * delta_k, s=mesh_shape) for ki in kvec]
+    ctype = delta_k.dtype
+    comps = [
+        jnp.fft.irfftn(1j * (gradient_kernel(ki, gradient) * inv_k2).astype(ctype) * delta_k, s=mesh_shape)
+        for ki in kvec
+    ]
     return jnp.stack(comps, axis=-1)
