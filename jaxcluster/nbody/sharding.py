@@ -57,7 +57,7 @@ from ..cosmology import Cosmology, GrowthTable, growth_table
 from .config import PMConfig
 from .ic import linear_field
 from .lpt import lpt
-from .mesh import gradient_kernel, rfft_wavevectors
+from .mesh import gradient_kernel
 from .solver import DriftTerm, FastPMKDK, NBodyResult, nbody
 
 __all__ = [
@@ -110,15 +110,11 @@ def _simulate_batch_jit(noise, cosmo, a_steps, snapshots, config, mesh, lpt_orde
 
     def local(noise_l, cosmo_l):  # this device's share of the batch
         run = lambda n, c: _one_box(n, c, a_steps, snapshots, config, lpt_order, checkpoints)
-        res = jax.vmap(run)(noise_l, cosmo_l)
-        return res.pos, res.p
+        return jax.vmap(run)(noise_l, cosmo_l)
 
-    pos, p = jax.shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=(spec, spec), check_vma=False)(
-        noise, cosmo
-    )
-    a = jnp.broadcast_to(snapshots, (noise.shape[0], snapshots.shape[0]))
-    a = jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
-    return NBodyResult(a=a, pos=pos, p=p)
+    # The vmapped NBodyResult leaves all carry the batch axis (`a` is broadcast to
+    # (batch, n_snap)); shard_map rebuilds the module by unflattening, not __init__.
+    return jax.shard_map(local, mesh=mesh, in_specs=(spec, spec), out_specs=spec, check_vma=False)(noise, cosmo)
 
 
 def simulate_batch(
@@ -214,7 +210,10 @@ def _local_force_from_density(slab, mesh_shape, gradient, axis_name, n_dev):
     nx, ny, nz = mesh_shape
     ny_loc = ny // n_dev
     delta_k = _slab_fft(slab, axis_name)  # (nx, ny_loc, nzr), y offset = rank · ny_loc
-    kx, ky, kz = rfft_wavevectors(mesh_shape, dtype=slab.dtype)
+    # Angular wavenumbers [rad per cell] as in mesh.rfft_wavevectors; ky is this device's y-slab.
+    kx = jnp.asarray(2 * np.pi * np.fft.fftfreq(nx).reshape(-1, 1, 1), slab.dtype)
+    ky = jnp.asarray(2 * np.pi * np.fft.fftfreq(ny).reshape(1, -1, 1), slab.dtype)
+    kz = jnp.asarray(2 * np.pi * np.fft.rfftfreq(nz).reshape(1, 1, -1), slab.dtype)
     y0 = jax.lax.axis_index(axis_name) * ny_loc
     ky = jax.lax.dynamic_slice_in_dim(ky, y0, ny_loc, axis=1)
     k2 = kx**2 + ky**2 + kz**2
@@ -416,4 +415,7 @@ def nbody_sharded(
         max_steps=n_steps,
         adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=min(checkpoints, n_steps)),
     )
-    return NBodyResult(a=snapshots, pos=sol.ys[0], p=sol.ys[1])
+    snap_sharding = NamedSharding(mesh, PartitionSpec(None, name))  # (n_snap, n_ptcl, 3) split by particle
+    pos_out = jax.lax.with_sharding_constraint(sol.ys[0], snap_sharding)
+    p_out = jax.lax.with_sharding_constraint(sol.ys[1], snap_sharding)
+    return NBodyResult(a=snapshots, pos=pos_out, p=p_out)
