@@ -22,12 +22,12 @@ so the numbers are relative only): the δ → F force at 128³, float64, per dev
 
 * XLA's own partitioning (δ on a `NamedSharding` along x, `jnp.fft.rfftn`
   under `jit`) compiles to an `all-gather` of the whole mesh followed by
-  a replicated FFT on every device: 0.85 s, 68 MB temp, vs 0.25 s and 51 MB
+  a replicated FFT on every device: 1.1 s, 68 MB temp, vs 0.26 s and 51 MB
   on one device. That is not a decomposition.
-* jaxdecomp 0.3.1 `pfft3d`/`pifft3d` runs on CPU devices: 0.40 s, 34 MB temp,
+* jaxdecomp 0.3.1 `pfft3d`/`pifft3d` runs on CPU devices: 0.44 s, 34 MB temp,
   4 `all-to-all`s. It is a complex-to-complex transform with a transposed
   (k_y, k_z, k_x) output, and it needs a compiled extension.
-* The rfft slab scheme here: 0.33 s, 35 MB temp, 2 `all-to-all`s, error vs
+* The rfft slab scheme here: 0.41 s, 35 MB temp, 2 `all-to-all`s, error vs
   one device 6e-16. It is plain JAX (differentiable, no extra dependency) and
   keeps the rfft layout our kernels use.
 
