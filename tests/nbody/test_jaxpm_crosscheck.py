@@ -74,31 +74,17 @@ def _jaxpm_cosmology():
 
 
 @contextlib.contextmanager
-def _relaxed_promotion():
-    """Standard dtype promotion and implicit rank promotion inside the block.
-
-    Needed by jaxpm (int32 mod int64 indices, (1,) against (n, 3)) and, for now,
-    by our own engine, which is not yet clean under tests/conftest.py's strict
-    settings: `linear_field` multiplies complex128 by float64
-    (jaxcluster/nbody/ic.py:48) and `_stencil` broadcasts (n, 8, 3) against
-    (3,) in `jnp.mod` (jaxcluster/nbody/mesh.py:45).
-    TODO: wrap only the jaxpm calls once the engine is fixed.
-    """
+def _jaxpm_promotion():
+    """jaxpm 0.1.6 is not clean under tests/conftest.py's strict settings (it takes
+    int32 indices mod an int64 shape and broadcasts (1,) against (n, 3)): relax
+    dtype and rank promotion around its calls only."""
     with jax.numpy_dtype_promotion("standard"), jax.numpy_rank_promotion("allow"):
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _relaxed():
-    with _relaxed_promotion():
         yield
 
 
 @pytest.fixture(scope="module")
 def setup():
-    config = PMConfig(BOX, N)
-    with _relaxed_promotion():
-        return _make_setup(config)
+    return _make_setup(PMConfig(BOX, N))
 
 
 def _make_setup(config):
@@ -113,7 +99,7 @@ def _jaxpm_run(pos, p, config, n_steps, solver):
     """jaxpm's ODE from our (pos, p), converted to cell units; final positions [h⁻¹ Mpc]."""
     cell = config.cell_size
     y0 = jnp.stack([pos / cell, p / cell])
-    with _relaxed_promotion():
+    with _jaxpm_promotion():
         sol = diffrax.diffeqsolve(
             diffrax.ODETerm(jpm.make_diffrax_ode(config.mesh_shape)), solver,
             t0=A_INIT, t1=1.0, dt0=None, y0=y0, args=_jaxpm_cosmology(),
@@ -145,7 +131,7 @@ def test_unit_mapping(setup):
     """Forces agree to round-off; jaxpm's 1LPT is ours with the fd4 kernel, in cells."""
     config, cosmo, growth, delta_lin, pos, p = setup
     cell = config.cell_size
-    with _relaxed_promotion():
+    with _jaxpm_promotion():
         f_jaxpm = jpm.pm_forces(pos / cell, mesh_shape=config.mesh_shape).reshape(-1, 3)
         q_cell = (config.lattice() / cell).reshape(*config.particle_shape, 3)
         dx, vel, _ = jpm.lpt(_jaxpm_cosmology(), delta_lin, particles=q_cell, a=A_INIT, order=1)
