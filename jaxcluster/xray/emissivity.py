@@ -46,13 +46,15 @@ from __future__ import annotations
 import importlib.resources
 import os
 from collections.abc import Sequence
+from typing import SupportsFloat
 
 import equinox as eqx
 import interpax
+import jax
 import jax.numpy as jnp
 import numpy as np
+import numpy.typing as npt
 from jaxtyping import Array, ArrayLike, Float
-
 
 from .response import BandResponse, Response, band_response
 from .spectrum import AG89_ABUNDANCE, spectrum_model
@@ -173,13 +175,17 @@ class EmissivityTable(eqx.Module):
         y = self.z.astype(dtype)
         xq = jnp.clip(jnp.log10(T_keV), x[0], x[-1]).ravel()
         yq = jnp.clip(z, y[0], y[-1]).ravel()
-        f = interpax.interp2d(xq, yq, x, y, self.log10_eps.astype(dtype), method="cubic2")
-        if self.log10_T_break.shape[0] > 0:
-            jumps = interpax.interp1d(
-                yq, y, jnp.moveaxis(self.log10_jump.astype(dtype), 0, 1), method="cubic2"
-            )  # (Nq, n_break, n_band)
-            above = (xq[:, None] >= self.log10_T_break.astype(dtype)[None, :]).astype(dtype)
-            f = f + jnp.sum(jumps * above[..., None], axis=1)
+        # interpax broadcasts arrays of different rank and mixes its integer
+        # coefficient matrices with floats: allow both locally (users and our
+        # tests may run with rank_promotion="raise", dtype_promotion="strict").
+        with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+            f = interpax.interp2d(xq, yq, x, y, self.log10_eps.astype(dtype), method="cubic2")
+            if self.log10_T_break.shape[0] > 0:
+                jumps = interpax.interp1d(
+                    yq, y, jnp.moveaxis(self.log10_jump.astype(dtype), 0, 1), method="cubic2"
+                )  # (Nq, n_break, n_band)
+                above = (xq[:, None] >= self.log10_T_break.astype(dtype)[None, :]).astype(dtype)
+                f = f + jnp.sum(jumps * above[..., None], axis=1)
         return (10.0 ** f).reshape(*T_keV.shape, self.n_band)
 
 
@@ -244,12 +250,12 @@ def _check_Tz(T_keV, z):
 
 
 def band_emissivity(
-    T_keV: float,
-    z: float,
+    T_keV: SupportsFloat,
+    z: SupportsFloat,
     responses: Response | BandResponse | Sequence[Response | BandResponse],
-    bands_keV: Sequence[tuple[float, float]] | None = DEFAULT_BANDS_KEV,
+    bands_keV: Sequence[Sequence[float]] | None = DEFAULT_BANDS_KEV,
     *,
-    metallicity: float = 0.3,
+    metallicity: SupportsFloat = 0.3,
     method: str = "auto",
     cache_dir: str | os.PathLike | None = None,
 ) -> np.ndarray:
@@ -286,11 +292,11 @@ def _energy_eps(spec, T_keV, z, bands) -> np.ndarray:
 
 
 def band_energy_emissivity(
-    T_keV: float,
-    z: float,
-    bands_keV: Sequence[tuple[float, float]] = DEFAULT_ENERGY_BANDS_KEV,
+    T_keV: SupportsFloat,
+    z: SupportsFloat,
+    bands_keV: Sequence[Sequence[float]] = DEFAULT_ENERGY_BANDS_KEV,
     *,
-    metallicity: float = 0.3,
+    metallicity: SupportsFloat = 0.3,
     method: str = "auto",
     cache_dir: str | os.PathLike | None = None,
 ) -> np.ndarray:
@@ -370,10 +376,10 @@ def _atomdb_note(method: str, cache_dir) -> str:
 def build_emissivity_table(
     responses: Response | BandResponse | Sequence[Response | BandResponse],
     *,
-    T_keV: ArrayLike | None = None,
-    z: ArrayLike | None = None,
-    bands_keV: Sequence[tuple[float, float]] | None = DEFAULT_BANDS_KEV,
-    metallicity: float = 0.3,
+    T_keV: npt.ArrayLike | None = None,
+    z: npt.ArrayLike | None = None,
+    bands_keV: Sequence[Sequence[float]] | None = DEFAULT_BANDS_KEV,
+    metallicity: SupportsFloat = 0.3,
     method: str = "auto",
     cache_dir: str | os.PathLike | None = None,
 ) -> EmissivityTable:
@@ -423,10 +429,10 @@ def build_emissivity_table(
 
 def build_energy_table(
     *,
-    T_keV: ArrayLike | None = None,
-    z: ArrayLike | None = None,
-    bands_keV: Sequence[tuple[float, float]] = DEFAULT_ENERGY_BANDS_KEV,
-    metallicity: float = 0.3,
+    T_keV: npt.ArrayLike | None = None,
+    z: npt.ArrayLike | None = None,
+    bands_keV: Sequence[Sequence[float]] = DEFAULT_ENERGY_BANDS_KEV,
+    metallicity: SupportsFloat = 0.3,
     method: str = "auto",
     cache_dir: str | os.PathLike | None = None,
 ) -> EmissivityTable:

@@ -291,7 +291,7 @@ def _check_bands(bands_keV) -> tuple[tuple[float, float], ...]:
 
 
 def band_effective_area(
-    response: Response, bands_keV: Sequence[tuple[float, float]]
+    response: Response, bands_keV: Sequence[Sequence[float]]
 ) -> Float[Array, "n_E n_band"]:
     """Effective area of each input energy bin, collapsed into observer-frame bands.
 
@@ -339,7 +339,7 @@ class BandResponse(eqx.Module):
 
 
 def band_response(
-    response: Response, bands_keV: Sequence[tuple[float, float]], *, trim: bool = True
+    response: Response, bands_keV: Sequence[Sequence[float]], *, trim: bool = True
 ) -> BandResponse:
     """Collapse a `Response` into bands (see `band_effective_area`).
 

@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import SupportsFloat
 
 import numpy as np
+import numpy.typing as npt
 
 from ._atomdb import apec_data_files, import_pyatomdb
 
@@ -59,20 +61,20 @@ SPECTRAL_METHODS = ("auto", "apec", "brems")
 _KELLOGG = 2  # pyatomdb.const.KELLOGG: semi-relativistic Gaunt factor
 
 
-def _check_metallicity(metallicity: float) -> float:
+def _check_metallicity(metallicity) -> float:
     m = float(metallicity)
     if not (0.0 <= m <= 10.0) or not np.isfinite(m):
         raise ValueError(f"metallicity = {metallicity}: must be in [0, 10] (solar units)")
     return m
 
 
-def abundances(metallicity: float = 0.3) -> dict[int, float]:
+def abundances(metallicity: SupportsFloat = 0.3) -> dict[int, float]:
     """Number abundances $n_Z/n_H$: AG89, H and He solar, Z ≥ 3 × metallicity."""
     m = _check_metallicity(metallicity)
     return {Z: a * (m if Z >= 3 else 1.0) for Z, a in AG89_ABUNDANCE.items()}
 
 
-def electron_to_hydrogen_ratio(metallicity: float = 0.3) -> float:
+def electron_to_hydrogen_ratio(metallicity: SupportsFloat = 0.3) -> float:
     """$n_e/n_H = \\sum_Z Z\\, n_Z/n_H$ for a fully ionised plasma (1.199 at 0.3 solar)."""
     return float(sum(Z * a for Z, a in abundances(metallicity).items()))
 
@@ -105,7 +107,7 @@ def _check_edges(edges_keV) -> np.ndarray:
 
 def spectrum_model(
     method: str = "auto",
-    metallicity: float = 0.3,
+    metallicity: SupportsFloat = 0.3,
     cache_dir: str | os.PathLike | None = None,
 ) -> tuple[str, Callable[[float, np.ndarray], np.ndarray]]:
     """A spectrum function ``f(T_keV, edges_keV) -> photons cm³ s⁻¹ per bin``.
@@ -124,7 +126,7 @@ def spectrum_model(
     if method == "brems":
         from pyatomdb import apec, const
 
-        def brems(T_keV: float, edges_keV: np.ndarray) -> np.ndarray:
+        def brems(T_keV: SupportsFloat, edges_keV: npt.ArrayLike) -> np.ndarray:
             e = _check_edges(edges_keV)
             T_K = float(T_keV) / const.KBOLTZ
             out = np.zeros(e.size - 1)
@@ -141,7 +143,7 @@ def spectrum_model(
     session.set_abund(metals, _check_metallicity(metallicity))
     state: dict[str, np.ndarray] = {}
 
-    def apec_spectrum(T_keV: float, edges_keV: np.ndarray) -> np.ndarray:
+    def apec_spectrum(T_keV: SupportsFloat, edges_keV: npt.ArrayLike) -> np.ndarray:
         e = _check_edges(edges_keV)
         if "edges" not in state or not np.array_equal(state["edges"], e):
             session.set_response(e, raw=True)
@@ -152,10 +154,10 @@ def spectrum_model(
 
 
 def rest_frame_spectrum(
-    T_keV: float,
-    edges_keV: np.ndarray,
+    T_keV: SupportsFloat,
+    edges_keV: npt.ArrayLike,
     *,
-    metallicity: float = 0.3,
+    metallicity: SupportsFloat = 0.3,
     method: str = "auto",
     cache_dir: str | os.PathLike | None = None,
 ) -> np.ndarray:
