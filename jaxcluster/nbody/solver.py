@@ -17,6 +17,7 @@ the scheme is an ordinary partitioned solver, `FastPMKDK`, over two terms.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import ClassVar
 
 import diffrax
@@ -27,6 +28,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ..cosmology import Cosmology, GrowthTable, growth_table
+from .adjoint import kdk_factors, kdk_reversible
 from .config import PMConfig
 from .mesh import force_from_density, paint_cic, read_cic
 
@@ -158,24 +160,49 @@ def nbody(
     snapshots: Float[ArrayLike, " n_snap"] | None = None,
     *,
     growth: GrowthTable | None = None,
-    checkpoints: int = 4,
+    adjoint: str = "reversible",
+    checkpoints: int | None = 4,
 ) -> NBodyResult:
-    """Evolve particles with FastPM KDK from `a_steps[0]` to `a_steps[-1]`.
+    r"""Evolve particles with FastPM KDK from `a_steps[0]` to `a_steps[-1]`.
+
+    Both adjoints run the same forward arithmetic (`FastPMKDK`); they differ
+    only in how reverse-mode derivatives are formed. With n = n_step and a
+    "state" the pair (x, p) of 2·n_ptcl·3 floats:
+
+    * `"reversible"` (default): reverse-time adjoint (`adjoint.kdk_reversible`).
+      KDK is invertible, so the backward pass rebuilds each earlier state
+      from the later one. Residual memory: the final state plus the
+      snapshots, independent of n; backward cost n + 1 force evaluations and
+      n + 1 force VJPs. The rebuilt trajectory differs from the forward one
+      by round-off only (float32: ~1e-5 h⁻¹ Mpc, float64: ~1e-13, see
+      `benchmarks/results/adjoint.json`), and so does the gradient.
+    * `"checkpoint"`: differentiate the diffrax solve with
+      `diffrax.RecursiveCheckpointAdjoint(checkpoints)`: memory `checkpoints`
+      states (`None`: one per step, no recomputation), backward cost grows
+      with the step count: the binomial schedule recomputes forward steps
+      between checkpoints (none with `None`), plus n force VJPs.
 
     Args:
-        pos, p: initial positions and momenta (`lpt`, or a snapshot restart).
+        pos: (n_ptcl, 3) initial comoving positions [h⁻¹ Mpc] (`lpt`, or a snapshot restart).
+        p: (n_ptcl, 3) initial momenta $p = a^3E\,dx/da$ [h⁻¹ Mpc].
         cosmo: cosmology (differentiable).
         config: box, particle lattice and force mesh (static).
-        a_steps: step boundaries in a (e.g. `step_grid`); one PM force per step.
-        snapshots: scale factors to save, each one of `a_steps`; default the last.
+        a_steps: (n_step + 1,) step boundaries in a (e.g. `step_grid`); one PM force per step.
+        snapshots: (n_snap,) scale factors to save, each one of `a_steps`; default the last.
         growth: `growth_table(cosmo)`, solved here if not given.
-        checkpoints: states stored for reverse-mode differentiation
-            (`diffrax.RecursiveCheckpointAdjoint`); memory is this many states
-            whatever the number of steps, at the price of recomputation.
+        adjoint: `"reversible"` or `"checkpoint"` (see above).
+        checkpoints: states stored by the `"checkpoint"` adjoint (`None`: every
+            step); ignored by `"reversible"`.
 
     Returns:
         An `NBodyResult` with one entry per snapshot.
+
+    Raises:
+        ValueError: bad shapes, a non-increasing grid, snapshots off the grid,
+            or an unknown `adjoint`.
     """
+    if adjoint not in ("reversible", "checkpoint"):
+        raise ValueError(f"adjoint must be 'reversible' or 'checkpoint', got {adjoint!r}")
     a_steps = jnp.asarray(a_steps, dtype=pos.dtype)
     if a_steps.ndim != 1 or a_steps.shape[0] < 2:
         raise ValueError(f"a_steps must be a 1-D array of at least 2 scale factors, got shape {a_steps.shape}")
@@ -192,8 +219,16 @@ def nbody(
             raise ValueError(f"snapshots {s} must be among a_steps (use step_grid to insert them)")
     if growth is None:
         growth = growth_table(cosmo)
-    terms = (DriftTerm(cosmo, growth), KickTerm(cosmo, growth, config))
     n_steps = a_steps.shape[0] - 1
+    if adjoint == "reversible":
+        factors = kdk_factors(cosmo, growth, a_steps)
+        # Nearest boundary: snapshots are on the grid (checked above when concrete).
+        snap_idx = jnp.argmin(jnp.abs(snapshots[:, None] - a_steps[None, :]), axis=1).astype(jnp.int32)
+        force_fn = partial(pm_force, config=config)
+        pos_snap, p_snap = kdk_reversible(force_fn, factors, pos, p, snap_idx)
+        return NBodyResult(a=snapshots, pos=pos_snap, p=p_snap)
+    terms = (DriftTerm(cosmo, growth), KickTerm(cosmo, growth, config))
+    n_ckpt = n_steps if checkpoints is None else min(checkpoints, n_steps)
     sol = diffrax.diffeqsolve(
         terms,
         FastPMKDK(),
@@ -204,6 +239,6 @@ def nbody(
         saveat=diffrax.SaveAt(ts=snapshots),
         stepsize_controller=diffrax.StepTo(ts=a_steps),
         max_steps=n_steps,
-        adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=min(checkpoints, n_steps)),
+        adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=n_ckpt),
     )
     return NBodyResult(a=snapshots, pos=sol.ys[0], p=sol.ys[1])
