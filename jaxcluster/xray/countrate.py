@@ -84,7 +84,8 @@ def flux_factor(
     n_e = eqx.error_if(n_e, ~(n_e >= 0), "n_e_cm3 must be >= 0 (and not NaN)")
     vol = eqx.error_if(vol, ~(vol > 0), "voxel_volume_Mpc3_h3 must be > 0")
     z = eqx.error_if(z, ~(z > 0), "z must be > 0 (D_L = 0 at z = 0)")
-    d_l = luminosity_distance(cosmo, z).astype(dtype)  # [h⁻¹ Mpc]
+    # distances in the cosmology's own precision, then cast to the fields' dtype
+    d_l = luminosity_distance(cosmo, z.astype(cosmo.h.dtype)).astype(dtype)  # [h⁻¹ Mpc]
     h = cosmo.h.astype(dtype)
     opz = 1.0 + z
     # n_e,phys n_H V_phys / (4π D_L²) with everything in cm, rearranged to stay in float32 range
@@ -100,8 +101,8 @@ def _apply(table, quantity, n_e_cm3, T_keV, z, voxel_volume_Mpc3_h3, cosmo, ne_o
     if T.shape != n_e.shape:
         raise ValueError(f"T_keV shape {T.shape} != n_e_cm3 shape {n_e.shape}")
     ff = flux_factor(n_e, z, voxel_volume_Mpc3_h3, cosmo, ne_over_nH=ne_over_nH)
-    zz = jnp.broadcast_to(jnp.asarray(z).astype(dtype), T.shape)
-    return ff[..., None] * table(T, zz)
+    # a scalar z (one box) takes the table's faster single-redshift path
+    return ff[..., None] * table(T, jnp.asarray(z).astype(dtype))
 
 
 def count_rate(

@@ -168,22 +168,36 @@ class EmissivityTable(eqx.Module):
         T_keV = jnp.asarray(T_keV)
         dtype = T_keV.dtype if jnp.issubdtype(T_keV.dtype, jnp.floating) else jnp.result_type(float)
         T_keV = T_keV.astype(dtype)
-        z = jnp.broadcast_to(jnp.asarray(z).astype(dtype), T_keV.shape)
+        z = jnp.asarray(z).astype(dtype)
         T_keV = eqx.error_if(T_keV, ~(T_keV > 0), "T_keV must be > 0")
         z = eqx.error_if(z, ~(z > -1), "z must be > -1")
         x = self.log10_T_keV.astype(dtype)
         y = self.z.astype(dtype)
         xq = jnp.clip(jnp.log10(T_keV), x[0], x[-1]).ravel()
-        yq = jnp.clip(z, y[0], y[-1]).ravel()
+        log_eps = self.log10_eps.astype(dtype)
+        log_jump = self.log10_jump.astype(dtype)
+        has_breaks = self.log10_T_break.shape[0] > 0
         # interpax broadcasts arrays of different rank and mixes its integer
         # coefficient matrices with floats: allow both locally (users and our
         # tests may run with rank_promotion="raise", dtype_promotion="strict").
         with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
-            f = interpax.interp2d(xq, yq, x, y, self.log10_eps.astype(dtype), method="cubic2")
-            if self.log10_T_break.shape[0] > 0:
-                jumps = interpax.interp1d(
-                    yq, y, jnp.moveaxis(self.log10_jump.astype(dtype), 0, 1), method="cubic2"
-                )  # (Nq, n_break, n_band)
+            if z.ndim == 0:
+                # One redshift (a box): the tensor-product natural spline restricted
+                # to z is the natural spline in log T through its values at the T
+                # knots, so interpolate in z once and then in 1-D (same result,
+                # ~3x faster per voxel than the 2-D patch).
+                yq = jnp.clip(z, y[0], y[-1])[None]
+                at_z = interpax.interp1d(yq, y, jnp.moveaxis(log_eps, 1, 0), method="cubic2")[0]
+                f = interpax.interp1d(xq, x, at_z, method="cubic2")  # (Nq, n_band)
+                if has_breaks:
+                    jumps = interpax.interp1d(yq, y, jnp.moveaxis(log_jump, 0, 1), method="cubic2")
+                    jumps = jnp.broadcast_to(jumps, (xq.shape[0], *jumps.shape[1:]))
+            else:
+                yq = jnp.clip(jnp.broadcast_to(z, T_keV.shape), y[0], y[-1]).ravel()
+                f = interpax.interp2d(xq, yq, x, y, log_eps, method="cubic2")
+                if has_breaks:
+                    jumps = interpax.interp1d(yq, y, jnp.moveaxis(log_jump, 0, 1), method="cubic2")
+            if has_breaks:  # jumps: (Nq, n_break, n_band)
                 above = (xq[:, None] >= self.log10_T_break.astype(dtype)[None, :]).astype(dtype)
                 f = f + jnp.sum(jumps * above[..., None], axis=1)
         return (10.0 ** f).reshape(*T_keV.shape, self.n_band)

@@ -377,3 +377,13 @@ def test_build_validation(tmp_path):
         build_emissivity_table(r, T_keV=[1, 2, 3, 4], z=[0.0, 0.1], method="brems")
     with pytest.raises(ValueError, match="differ from bands_keV"):
         build_emissivity_table(band_response(r, [(0.5, 2.0)]), bands_keV=[(0.5, 1.0)], method="brems")
+
+
+def test_single_redshift_path_equals_2d_path():
+    """A scalar z uses the z-then-T 1-D route: the same tensor-product spline."""
+    t = default_emissivity_table()
+    T = np.geomspace(0.1, 20.0, 40)
+    for z in (0.0, 0.37, 1.91):
+        one = np.asarray(_eval_jit(t, jnp.asarray(T), jnp.asarray(z)))
+        two = _ev(t, T, np.full(T.size, z))
+        np.testing.assert_allclose(one, two, rtol=1e-10)
