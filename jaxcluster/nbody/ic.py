@@ -44,6 +44,7 @@ def linear_field(
     kx, ky, kz = rfft_wavevectors(config.particle_shape, dtype=noise.dtype)
     k = jnp.sqrt(kx**2 + ky**2 + kz**2) / spacing  # h Mpc⁻¹
     pk = linear_power(cosmo, k, wiggles=wiggles).astype(noise.dtype)
-    amp = jnp.sqrt(pk / spacing**3)
+    # Double where: √P has an infinite derivative at P(k=0) = 0 (NaN gradients otherwise).
+    amp = jnp.where(k > 0, jnp.sqrt(jnp.where(k > 0, pk, 1.0) / spacing**3), 0.0)
     noise_k = jnp.fft.rfftn(noise)
     return jnp.fft.irfftn(noise_k * amp.astype(noise_k.dtype), s=config.particle_shape)
