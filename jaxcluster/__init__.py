@@ -1,1 +1,34 @@
-"""jaxcluster: differentiable forward modelling of X-ray galaxy-cluster surveys."""
+"""jaxcluster: differentiable forward modelling of X-ray galaxy-cluster surveys.
+
+The pipeline, one subpackage per stage (see the docs' Pipeline pages):
+
+* `jaxcluster.params`: θ_sim = (Ω_m, σ_8, A_SN1, A_SN2, A_AGN1, A_AGN2), priors, fiducials.
+* `jaxcluster.cosmology`: distances, growth, linear P(k) (functional, differentiable).
+* `jaxcluster.nbody`: initial conditions, 2LPT, CIC mesh ops, FastPM particle mesh (diffrax),
+  power spectra, sharding over devices.
+* `jaxcluster.xray`: XMM-Newton response, pyatomdb emissivity tables, count rates.
+"""
+
+from . import cosmology, nbody, params, xray
+from .cosmology import (
+    Cosmology,
+    GrowthTable,
+    angular_diameter_distance,
+    comoving_distance,
+    growth_table,
+    linear_power,
+    luminosity_distance,
+    sigma_R,
+)
+from .nbody import NBodyResult, PMConfig, linear_field, lpt, nbody as run_nbody, step_grid, white_noise
+from .params import FIDUCIAL, PARAM_NAMES, PRIOR_BOUNDS, ThetaSim
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "cosmology", "nbody", "params", "xray",
+    "ThetaSim", "PARAM_NAMES", "PRIOR_BOUNDS", "FIDUCIAL",
+    "Cosmology", "GrowthTable", "growth_table", "linear_power", "sigma_R",
+    "comoving_distance", "angular_diameter_distance", "luminosity_distance",
+    "PMConfig", "white_noise", "linear_field", "lpt", "run_nbody", "step_grid", "NBodyResult",
+]

@@ -37,7 +37,13 @@ class PMConfig(eqx.Module):
     mesh_shape: tuple[int, int, int] = eqx.field(static=True)
     gradient: str = eqx.field(static=True)
 
-    def __init__(self, box_size, particle_shape, mesh_shape=None, gradient: str = "fd4"):
+    def __init__(
+        self,
+        box_size: float | tuple[float, float, float],
+        particle_shape: int | tuple[int, int, int],
+        mesh_shape: int | tuple[int, int, int] | None = None,
+        gradient: str = "fd4",
+    ):
         box = tuple(float(b) for b in np.broadcast_to(np.asarray(box_size, dtype=float), (3,)))
         ptcl = tuple(int(n) for n in np.broadcast_to(np.asarray(particle_shape), (3,)))
         mesh = ptcl if mesh_shape is None else tuple(int(n) for n in np.broadcast_to(np.asarray(mesh_shape), (3,)))

@@ -67,7 +67,8 @@ def lpt(
 
     Args:
         delta_lin: linear overdensity at a = 1 (`linear_field`).
-        cosmo, growth: the cosmology and its `growth_table`.
+        cosmo: the cosmology.
+        growth: its `growth_table`.
         config: the box.
         a: scale factor of the initial conditions.
         order: 1 (Zel'dovich) or 2 (2LPT).

@@ -376,7 +376,8 @@ def nbody_sharded(
     along the particle axis over the devices for the whole run.
 
     Args:
-        pos, p: (n_ptcl, 3) initial positions and momenta [h⁻¹ Mpc].
+        pos: (n_ptcl, 3) initial positions [h⁻¹ Mpc].
+        p: (n_ptcl, 3) initial momenta p = a³E dx/da [h⁻¹ Mpc].
         cosmo: cosmology.
         config: the box; n_x, n_y of the mesh and n_ptcl multiples of the device count.
         a_steps: step boundaries in a.
