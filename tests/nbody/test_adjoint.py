@@ -70,7 +70,7 @@ def test_custom_vjp_matches_plain_autodiff_toy_force():
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12 * float(jnp.max(jnp.abs(b))))
 
 
-@pytest.mark.parametrize("mesh_factor", [1, 2])
+@pytest.mark.parametrize("mesh_factor", [1])  # 2: the nbody tests below
 def test_custom_vjp_matches_plain_autodiff_pm_force(mesh_factor):
     cfg = PMConfig(32.0, (8, 8, 8), (8 * mesh_factor,) * 3)
     kx, kp, kw = jax.random.split(jax.random.key(2), 3)
@@ -138,14 +138,6 @@ def problem():
 
         ics_fn = jax.jit(ics)
 
-        @eqx.filter_jit
-        def ics_jvp(cosmo, dcosmo):
-            """(x0, p0, growth) and their tangents along a cosmology direction."""
-            def f(c):
-                g = growth_table(c)
-                return (*ics(c, g), g)
-            return eqx.filter_jvp(f, (cosmo,), (dcosmo,))
-
         def make_vjp(adjoint):
             @eqx.filter_jit
             def primal_vjp(inputs, cot):
@@ -160,7 +152,7 @@ def problem():
         growth = growth_fn(cosmo)
         x0, p0 = ics_fn(cosmo, growth)
     return dict(cfg=cfg, cosmo=cosmo, growth=growth, x0=x0, p0=p0, growth_fn=growth_fn, ics_fn=ics_fn,
-                ics_jvp=ics_jvp, vjp={a: make_vjp(a) for a in ("reversible", "checkpoint")})
+                vjp={a: make_vjp(a) for a in ("reversible", "checkpoint")})
 
 
 def _cot_of(loss, out):
@@ -190,11 +182,34 @@ def _run(problem, adjoint, loss, inputs=None):
 
 def _total_derivative(problem, grads, dcosmo):
     """d loss / d cosmo along `dcosmo`: the N-body gradients contracted with the IC and growth tangents."""
-    with _engine_promotion():
-        _, (dx0, dp0, dgrowth) = problem["ics_jvp"](problem["cosmo"], dcosmo)
+    dx0, dp0, dgrowth = _ic_tangents(problem, dcosmo)
     gx, gp, gc, gg = grads
     total = jnp.sum(gx * dx0) + jnp.sum(gp * dp0) + _tree_dot(gc, dcosmo) + _tree_dot(gg, dgrowth)
     return float(total)
+
+
+def _ic_tangents(problem, dcosmo, h=1e-6):
+    """Tangents of (x0, p0, growth) along `dcosmo`, by central differences.
+
+    The growth ODE (fixed-step Dopri8) and 2LPT are smooth in the cosmology,
+    so h = 1e-6 gives ~1e-10 relative accuracy in float64; this avoids
+    compiling a derivative of the growth solve (≈ 15 s), which is the growth
+    module's to test.
+    """
+    outs = []
+    for s in (1.0, -1.0):
+        c = jax.tree.map(lambda v, d: v + s * h * d, problem["cosmo"], dcosmo)
+        with _engine_promotion():
+            g = problem["growth_fn"](c)
+            outs.append((*problem["ics_fn"](c, g), g))
+    def diff(a, b):
+        if not eqx.is_inexact_array(a):
+            return None
+        # The dense solution pads unused time slots with inf: no tangent there.
+        ok = jnp.isfinite(a) & jnp.isfinite(b)
+        return jnp.where(ok, (jnp.where(ok, a, 0.0) - jnp.where(ok, b, 0.0)) / (2 * h), 0.0)
+
+    return jax.tree.map(diff, outs[0], outs[1])
 
 
 def _tree_dot(a, b):
@@ -272,9 +287,8 @@ def test_gradients_vs_finite_differences(problem, which):
         assert _total_derivative(problem, grads, _direction(name)) == pytest.approx(fd, rel=1e-5)
 
 
-def test_kdk_factors_strict_dtypes():
-    cosmo = Cosmology()
-    growth = jax.jit(growth_table)(cosmo)
+def test_kdk_factors_strict_dtypes(problem):
+    cosmo, growth = problem["cosmo"], problem["growth"]
     a = jnp.asarray(step_grid(A_INIT, 1.0, 3))
     f = kdk_factors(cosmo, growth, a)
     assert f.shape == (3, 3) and f.dtype == jnp.float64
