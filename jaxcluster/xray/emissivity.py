@@ -87,6 +87,11 @@ _ERG_PER_KEV = 1.602176634e-9
 _N_ENERGY_BINS = 4096  # log-spaced rest-frame bins per band for the energy tables
 
 
+def _is_even(knots) -> bool:
+    d = np.diff(np.asarray(knots, dtype=np.float64))
+    return bool(d.size > 0 and np.all(d > 0) and np.ptp(d) <= 1e-9 * np.max(np.abs(d)))
+
+
 class EmissivityTable(eqx.Module):
     """ε_b(T, z) per unit emission measure on a (log10 T, z) grid, several bands.
 
@@ -106,6 +111,9 @@ class EmissivityTable(eqx.Module):
         atomdb_version: AtomDB data version, or ``"continuum only"`` (static).
         abundance: description of the abundances used (static).
         responses: names of the response files folded in (static).
+        even_spacing: whether the (log10 T, z) knots are evenly spaced (static;
+            set by the builder and loader, checked): lets interpax find the
+            cell by arithmetic instead of a binary search (~2.5× faster).
     """
 
     log10_T_keV: Float[Array, " n_T"]
@@ -119,9 +127,13 @@ class EmissivityTable(eqx.Module):
     atomdb_version: str = eqx.field(static=True, default="continuum only")
     abundance: str = eqx.field(static=True, default="")
     responses: tuple[str, ...] = eqx.field(static=True, default=())
+    even_spacing: tuple[bool, bool] = eqx.field(static=True, default=(False, False))
 
     def __check_init__(self):
         n_t, n_z = self.log10_T_keV.shape[0], self.z.shape[0]
+        for flag, knots, name in zip(self.even_spacing, (self.log10_T_keV, self.z), ("log10_T_keV", "z")):
+            if flag and not isinstance(knots, jax.core.Tracer) and not _is_even(knots):
+                raise ValueError(f"even_spacing claims evenly spaced {name} knots, but they are not")
         if n_t < 4 or n_z < 4:
             raise ValueError(f"need at least 4 knots in T and in z for cubic splines, got {n_t}, {n_z}")
         if self.log10_eps.shape != (n_t, n_z, len(self.bands_keV)):
@@ -188,18 +200,20 @@ class EmissivityTable(eqx.Module):
                 # ~3x faster per voxel than the 2-D patch).
                 yq = jnp.clip(z, y[0], y[-1])[None]
                 at_z = interpax.interp1d(yq, y, jnp.moveaxis(log_eps, 1, 0), method="cubic2")[0]
-                f = interpax.interp1d(xq, x, at_z, method="cubic2")  # (Nq, n_band)
-                if has_breaks:
-                    jumps = interpax.interp1d(yq, y, jnp.moveaxis(log_jump, 0, 1), method="cubic2")
-                    jumps = jnp.broadcast_to(jumps, (xq.shape[0], *jumps.shape[1:]))
+                f = interpax.interp1d(xq, x, at_z, method="cubic2", even_spacing=self.even_spacing[0])
+                if has_breaks:  # steps at this z, summed up to each voxel's T
+                    jumps = interpax.interp1d(yq, y, jnp.moveaxis(log_jump, 0, 1), method="cubic2")[0]
+                    offsets = jnp.concatenate([jnp.zeros_like(jumps[:1]), jnp.cumsum(jumps, axis=0)])
+                    f = f + offsets[jnp.searchsorted(self.log10_T_break.astype(dtype), xq, side="right")]
             else:
                 yq = jnp.clip(jnp.broadcast_to(z, T_keV.shape), y[0], y[-1]).ravel()
-                f = interpax.interp2d(xq, yq, x, y, log_eps, method="cubic2")
-                if has_breaks:
+                f = interpax.interp2d(
+                    xq, yq, x, y, log_eps, method="cubic2", even_spacing=self.even_spacing
+                )
+                if has_breaks:  # (Nq, n_break, n_band) steps, added above each break
                     jumps = interpax.interp1d(yq, y, jnp.moveaxis(log_jump, 0, 1), method="cubic2")
-            if has_breaks:  # jumps: (Nq, n_break, n_band)
-                above = (xq[:, None] >= self.log10_T_break.astype(dtype)[None, :]).astype(dtype)
-                f = f + jnp.sum(jumps * above[..., None], axis=1)
+                    above = (xq[:, None] >= self.log10_T_break.astype(dtype)[None, :]).astype(dtype)
+                    f = f + jnp.sum(jumps * above[..., None], axis=1)
         return (10.0 ** f).reshape(*T_keV.shape, self.n_band)
 
 
@@ -432,6 +446,7 @@ def build_emissivity_table(
         log10_eps=jnp.asarray(log_eps, dtype=dtype),
         log10_T_break=jnp.asarray(log_Tb, dtype=dtype),
         log10_jump=jnp.asarray(jumps, dtype=dtype),
+        even_spacing=(_is_even(np.log10(T)), _is_even(zz)),
         bands_keV=rs[0].bands_keV,
         quantity="photon",
         method=resolved,
@@ -472,6 +487,7 @@ def build_energy_table(
         log10_eps=jnp.asarray(log_eps, dtype=dtype),
         log10_T_break=jnp.asarray(log_Tb, dtype=dtype),
         log10_jump=jnp.asarray(jumps, dtype=dtype),
+        even_spacing=(_is_even(np.log10(T)), _is_even(zz)),
         bands_keV=bands,
         quantity="energy",
         method=resolved,
@@ -552,6 +568,7 @@ def load_emissivity_tables(path) -> dict[str, EmissivityTable]:
             log10_eps=jnp.asarray(d[f"{n}/log10_eps"], dtype=dtype),
             log10_T_break=jnp.asarray(d[f"{n}/log10_T_break"], dtype=dtype),
             log10_jump=jnp.asarray(d[f"{n}/log10_jump"], dtype=dtype),
+            even_spacing=(_is_even(d[f"{n}/log10_T_keV"]), _is_even(d[f"{n}/z"])),
             bands_keV=tuple((float(a), float(b)) for a, b in d[f"{n}/bands_keV"]),
             responses=tuple(str(s) for s in d[f"{n}/responses"]),
             **{k: str(d[f"{n}/{k}"]) for k in _META},
