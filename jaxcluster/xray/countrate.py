@@ -148,8 +148,15 @@ def energy_flux(
 ) -> Float[Array, "*v n_band"]:
     """Energy flux of each voxel in each observer-frame band [erg s⁻¹ cm⁻²].
 
-    Args: as `count_rate`, with an energy table (quantity "energy"), e.g.
-        `default_energy_table()` (observer-frame [0.5–2] keV).
+    Args:
+        table: an energy `EmissivityTable` (quantity "energy"), e.g.
+            `default_energy_table()` (observer-frame 0.5–2 keV).
+        n_e_cm3: comoving electron density [cm⁻³], shape (*v).
+        T_keV: gas temperature kT [keV], shape (*v).
+        z: redshift of the box (scalar) or per voxel, > 0.
+        voxel_volume_Mpc3_h3: comoving voxel volume [h⁻³ Mpc³].
+        cosmo: cosmology (luminosity distance).
+        ne_over_nH: n_e / n_H (default 1.2).
 
     Returns:
         (*v, n_band) $F_b = \\mathrm{EM}\\,ε^E_b/(4πD_L^2)$ [erg s⁻¹ cm⁻²].

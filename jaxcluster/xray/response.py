@@ -79,7 +79,7 @@ class Response(eqx.Module):
 
     @property
     def channel_energy_keV(self) -> Float[Array, " n_chan"]:
-        """Nominal channel energy, the centre of [E_MIN, E_MAX] [keV]."""
+        """Nominal channel energy, the centre of (E_MIN, E_MAX), in keV."""
         return 0.5 * (self.e_min_keV + self.e_max_keV)
 
 
@@ -199,7 +199,7 @@ def read_response(arf: str | os.PathLike | None, rmf: str | os.PathLike) -> Resp
         rmf: path of the RMF (``MATRIX`` or ``SPECRESP MATRIX``, and ``EBOUNDS``).
 
     Returns:
-        The folded `Response`, area_cm2 = SPECRESP[i] × MATRIX[i, c] [cm²],
+        The folded `Response`, area_cm2 = SPECRESP(i) × MATRIX(i, c) in cm²,
         in JAX's default float dtype.
 
     Raises:
@@ -345,7 +345,7 @@ def band_response(
 
     Args:
         response: the instrument response.
-        bands_keV: observer-frame bands [(lo, hi), ...] [keV].
+        bands_keV: observer-frame bands ((lo, hi), ...) in keV.
         trim: drop the leading and trailing input bins whose area is zero in
             every band (they cannot contribute; this keeps stored files small).
 
