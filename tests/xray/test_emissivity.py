@@ -387,3 +387,23 @@ def test_single_redshift_path_equals_2d_path():
         one = np.asarray(_eval_jit(t, jnp.asarray(T), jnp.asarray(z)))
         two = _ev(t, T, np.full(T.size, z))
         np.testing.assert_allclose(one, two, rtol=1e-10)
+
+
+def test_build_tables_cli(tmp_path, capsys):
+    from jaxcluster.xray.build_tables import main
+
+    arf, rmf, *_ = write_pair(tmp_path)
+    out = tmp_path / "cli.npz"
+    argv = ["--arf", str(arf), "--rmf", str(rmf), "-o", str(out), "--n-T", "4", "--n-z", "4",
+            "--T-min", "0.5", "--T-max", "8", "--z-max", "1", "--method", "brems", "--bands", "0.5-1,1-2,2-5"]
+    assert main(argv) == 0
+    assert "method brems" in capsys.readouterr().out
+    tables = load_emissivity_tables(out)
+    assert tables["count_rate"].bands_keV == ((0.5, 1.0), (1.0, 2.0), (2.0, 5.0))
+    assert tables["count_rate"].log10_eps.shape == (4, 4, 3)
+    assert tables["energy_flux"].quantity == "energy"
+    with np.load(out) as d:
+        assert "response:instrument/area_cm2" in d.files
+    assert main(["--arf", str(arf), "-o", str(out), "--rmf", str(rmf), "--rmf", str(rmf)]) == 2
+    assert main(["--arf", str(arf), "--rmf", str(tmp_path / "missing.rmf"), "-o", str(out)]) == 1
+    capsys.readouterr()
