@@ -174,8 +174,11 @@ def nbody(
       from the later one. Residual memory: the final state plus the
       snapshots, independent of n; backward cost n + 1 force evaluations and
       n + 1 force VJPs. The rebuilt trajectory differs from the forward one
-      by round-off only (float32: ~1e-5 h⁻¹ Mpc, float64: ~1e-13, see
-      `benchmarks/results/adjoint.json`), and so does the gradient.
+      by round-off only and does not grow with n (32³, 10 and 40 steps:
+      max |Δx| ≈ 6e-5 h⁻¹ Mpc, a few ulp of the coordinates, in float32;
+      ≈ 1e-13 in float64); gradients agree with full storage to ≲ 2e-4
+      (float32) and 1e-15 (float64) relative. Measured on CPU it is also
+      the fastest (`benchmarks/results/adjoint.json`).
     * `"checkpoint"`: differentiate the diffrax solve with
       `diffrax.RecursiveCheckpointAdjoint(checkpoints)`: memory `checkpoints`
       states (`None`: one per step, no recomputation), backward cost grows
