@@ -372,7 +372,8 @@ def _gaunt_breaks(T: np.ndarray, method: str) -> np.ndarray:
 
 def _tabulate(eps_fn, T: np.ndarray, zz: np.ndarray, breaks: np.ndarray):
     """log10 ε on the grid, split into a continuous part and steps at `breaks`."""
-    log_eps = np.log10(np.stack([np.stack([eps_fn(Ti, zj) for zj in zz]) for Ti in T]))
+    # z outer: APEC re-sets its energy grid (expensive) only once per redshift
+    log_eps = np.log10(np.stack([np.stack([eps_fn(Ti, zj) for Ti in T]) for zj in zz], axis=1))
     jumps = np.zeros((breaks.size, zz.size, log_eps.shape[-1]))
     for b, Tb in enumerate(breaks):
         for j, zj in enumerate(zz):

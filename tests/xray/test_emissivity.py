@@ -404,3 +404,60 @@ def test_build_tables_cli(tmp_path, capsys):
     assert main(["--arf", str(arf), "-o", str(out), "--rmf", str(rmf), "--rmf", str(rmf)]) == 2
     assert main(["--arf", str(arf), "--rmf", str(tmp_path / "missing.rmf"), "-o", str(out)]) == 1
     capsys.readouterr()
+
+
+class _FakeCIESession:
+    """Stands in for pyatomdb.spectrum.CIESession (AtomDB data cannot be installed here).
+
+    Records how the builder drives it; its spectrum is a simple exponential
+    continuum, photons cm³ s⁻¹ per bin, so values can be checked."""
+
+    instances: list = []
+
+    def __init__(self, linefile, cocofile, abundset="AG89"):
+        self.files = (linefile, cocofile)
+        self.abundset = abundset
+        self.abund = {}
+        self.responses = 0
+        self.edges = None
+        _FakeCIESession.instances.append(self)
+
+    def set_abund(self, elements, abund):
+        for Z in elements:
+            self.abund[Z] = abund
+
+    def set_response(self, edges, raw=False):
+        assert raw
+        self.responses += 1
+        self.edges = np.asarray(edges)
+
+    def return_spectrum(self, te, teunit="keV"):
+        assert teunit == "keV"
+        e = self.edges
+        return 1e-15 * (np.exp(-e[:-1] / te) - np.exp(-e[1:] / te)) * te / np.sqrt(te)
+
+
+def test_apec_path_with_a_stand_in_session(tmp_path, monkeypatch):
+    from jaxcluster.xray._atomdb import import_pyatomdb
+
+    pyatomdb = import_pyatomdb()  # never a bare `import pyatomdb` (it would prompt)
+    root = tmp_path / "atomdb"
+    root.mkdir()
+    for name in ("apec_line.fits", "apec_coco.fits", "userdata"):
+        (root / name).write_text("")
+    (root / "VERSION").write_text("3.1.0\n")
+    monkeypatch.setenv("ATOMDB", str(root))
+    _FakeCIESession.instances.clear()
+    monkeypatch.setattr(pyatomdb.spectrum, "CIESession", _FakeCIESession)
+    arf, rmf, *_ = write_pair(tmp_path)
+    r = read_response(arf, rmf)
+    T, z = np.geomspace(0.5, 8.0, 5), np.linspace(0.0, 1.0, 4)
+    t = build_emissivity_table(r, T_keV=T, z=z, method="auto", metallicity=0.4)
+    assert t.method == "apec" and t.atomdb_version == "AtomDB 3.1.0"
+    assert t.log10_T_break.shape == (0,)  # no Gaunt-factor steps for APEC
+    s = _FakeCIESession.instances[-1]
+    assert s.files == (str(root / "apec_line.fits"), str(root / "apec_coco.fits"))
+    assert s.abundset == "AG89" and s.abund[26] == 0.4 and 1 not in s.abund and 2 not in s.abund
+    assert s.responses == z.size  # the energy grid is re-set once per redshift
+    direct = band_emissivity(T[2], z[1], r, method="apec")
+    np.testing.assert_allclose(_ev(t, [T[2]], z[1])[0], direct, rtol=1e-9)
