@@ -253,7 +253,7 @@ def _grid_edges(r: BandResponse) -> tuple[np.ndarray, np.ndarray]:
 
 def _photon_eps(spec, T_keV: float, z: float, grids) -> np.ndarray:
     total = 0.0
-    for r, edges, idx, area in grids:
+    for _r, edges, idx, area in grids:
         s = spec(T_keV, edges * (1.0 + z))[idx]  # rest-frame photons cm³ s⁻¹ per bin
         total = total + (1.0 + z) * (s @ area)
     return np.asarray(total)

@@ -461,3 +461,21 @@ def test_apec_path_with_a_stand_in_session(tmp_path, monkeypatch):
     assert s.responses == z.size  # the energy grid is re-set once per redshift
     direct = band_emissivity(T[2], z[1], r, method="apec")
     np.testing.assert_allclose(_ev(t, [T[2]], z[1])[0], direct, rtol=1e-9)
+
+
+def test_response_with_gaps_between_bins(tmp_path):
+    """Input bins that do not touch: each is integrated over its own [lo, hi]."""
+    from jaxcluster.xray import BandResponse
+
+    arf, rmf, *_ = write_pair(tmp_path)
+    full = band_response(read_response(arf, rmf), ((0.5, 1.0), (1.0, 2.0)))
+    keep = slice(None, None, 2)
+    gappy = BandResponse(
+        energ_lo_keV=full.energ_lo_keV[keep], energ_hi_keV=full.energ_hi_keV[keep],
+        area_cm2=full.area_cm2[keep], bands_keV=full.bands_keV,
+    )
+    T, z = 2.5, 0.4
+    got = band_emissivity(T, z, gappy, None, method="brems")
+    lo, hi = np.asarray(gappy.energ_lo_keV), np.asarray(gappy.energ_hi_keV)
+    per_bin = np.array([rest_frame_spectrum(T, [a * (1 + z), b * (1 + z)], method="brems")[0] for a, b in zip(lo, hi)])
+    np.testing.assert_allclose(got, (1 + z) * per_bin @ np.asarray(gappy.area_cm2), rtol=1e-12)
