@@ -163,12 +163,13 @@ def comoving_distance(cosmo: Cosmology, z: Float[ArrayLike, "*z"]) -> Float[Arra
 def transverse_comoving_distance(cosmo: Cosmology, z: Float[ArrayLike, "*z"]) -> Float[Array, "*z"]:
     """Transverse comoving distance D_M [h⁻¹ Mpc] (equals χ when flat)."""
     chi = comoving_distance(cosmo, z)
-    sqk = jnp.sqrt(jnp.abs(cosmo.Omega_k)) / C_OVER_H0_MPC_H
-    # Series-safe: x = sqk·χ → 0 gives χ on every branch.
-    x = jnp.where(cosmo.Omega_k == 0, 1.0, sqk) * chi
-    open_ = jnp.sinh(x) / jnp.where(cosmo.Omega_k == 0, 1.0, sqk)
-    closed = jnp.sin(x) / jnp.where(cosmo.Omega_k == 0, 1.0, sqk)
-    return jnp.where(cosmo.Omega_k > 0, open_, jnp.where(cosmo.Omega_k < 0, closed, chi))
+    flat = cosmo.Omega_k == 0
+    # Double where: d√|Ω_k|/dΩ_k is infinite at 0, and 0·∞ would poison every gradient.
+    sqk = jnp.sqrt(jnp.where(flat, 1.0, jnp.abs(cosmo.Omega_k))) / C_OVER_H0_MPC_H
+    x = sqk * chi
+    open_ = jnp.sinh(x) / sqk
+    closed = jnp.sin(x) / sqk
+    return jnp.where(flat, chi, jnp.where(cosmo.Omega_k > 0, open_, closed))
 
 
 def angular_diameter_distance(cosmo: Cosmology, z: Float[ArrayLike, "*z"]) -> Float[Array, "*z"]:

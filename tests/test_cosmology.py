@@ -100,6 +100,7 @@ def _fd(f, x, h=1e-6):
     "fn",
     [
         lambda om, s8: C.comoving_distance(C.Cosmology(om, s8), 0.7),
+        lambda om, s8: C.luminosity_distance(C.Cosmology(om, s8), 0.7),  # through the flat branch
         lambda om, s8: C.growth_table(C.Cosmology(om, s8)).D1(0.4),
         lambda om, s8: C.linear_power(C.Cosmology(om, s8), 0.2),
         lambda om, s8: C.sigma_R(C.Cosmology(om, s8), 3.0),

@@ -55,7 +55,7 @@ class Response(eqx.Module):
         channel: (n_chan,) detector channel numbers (from ``EBOUNDS``).
         e_min_keV: (n_chan,) nominal lower energy of each channel [keV].
         e_max_keV: (n_chan,) nominal upper energy of each channel [keV].
-        area_cm2: (n_E, n_chan) effective area ARF × RMF [cm²]: the area with
+        area_cm2: (n_E, n_chan) effective area ARF × RMF [cm²], the area with
             which a photon in input bin i is counted in channel c.
         sources: names of the files this response was read from (static).
     """

@@ -143,11 +143,6 @@ def test_gradients_against_finite_differences(table, cosmo):
     np.testing.assert_allclose(float(g.h), -2.0 / 0.6711, rtol=1e-10)  # two bands, each −1/h
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cosmology.transverse_comoving_distance: d sqrt(|Omega_k|) at Omega_k = 0 is inf, "
-    "0*inf = NaN leaks into dD_L/dOmega_m (owner of cosmology.py notified)",
-)
 def test_gradient_wrt_omega_m_is_finite(cosmo):
     g = jax.grad(lambda c: flux_factor(jnp.asarray(1e-3), jnp.asarray(0.3), jnp.asarray(0.05), c))(cosmo)
     # larger Ω_m: smaller D_L at fixed z, so a brighter voxel
