@@ -49,9 +49,9 @@ particle decomposition (FastPM-style particle exchange) is future work.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
-import diffrax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -64,7 +64,7 @@ from .config import PMConfig
 from .ic import linear_field
 from .lpt import lpt
 from .mesh import gradient_kernel
-from .solver import DriftTerm, FastPMKDK, NBodyResult, nbody
+from .solver import NBodyResult, nbody
 
 __all__ = [
     "device_mesh",
@@ -72,7 +72,6 @@ __all__ = [
     "simulate_batch",
     "slab_force_from_density",
     "pm_force_sharded",
-    "ShardedKickTerm",
     "nbody_sharded",
 ]
 
@@ -340,24 +339,6 @@ def pm_force_sharded(pos: Float[Array, "n_ptcl 3"], config: PMConfig, mesh: Mesh
     return jax.shard_map(body, mesh=mesh, in_specs=spec, out_specs=spec)(pos)
 
 
-class ShardedKickTerm(diffrax.AbstractTerm):
-    """`KickTerm` with `pm_force_sharded`: vector field F(x)/D₁(a), control ΔG₁, over `mesh`."""
-
-    cosmo: Cosmology
-    growth: GrowthTable
-    config: PMConfig = eqx.field(static=True)
-    mesh: Mesh = eqx.field(static=True)
-
-    def vf(self, t, y, args):
-        return pm_force_sharded(y, self.config, self.mesh) / self.growth.D1(t).astype(y.dtype)
-
-    def contr(self, t0, t1, **kwargs):
-        return self.growth.G1(self.cosmo, t1) - self.growth.G1(self.cosmo, t0)
-
-    def prod(self, vf, control):
-        return vf * control.astype(vf.dtype)
-
-
 def nbody_sharded(
     pos: Float[Array, "n_ptcl 3"],
     p: Float[Array, "n_ptcl 3"],
@@ -368,7 +349,8 @@ def nbody_sharded(
     *,
     mesh: Mesh,
     growth: GrowthTable | None = None,
-    checkpoints: int = 4,
+    adjoint: str = "reversible",
+    checkpoints: int | None = 4,
 ) -> NBodyResult:
     """`nbody` for one large box, with the force mesh decomposed over `mesh` (`pm_force_sharded`).
 
@@ -384,45 +366,19 @@ def nbody_sharded(
         snapshots: scale factors to save, each one of `a_steps`; default the last.
         mesh: 1-D device mesh.
         growth: `growth_table(cosmo)`, solved here if not given.
-        checkpoints: states stored for reverse-mode differentiation.
+        adjoint: `"reversible"` or `"checkpoint"`, as in `nbody`.
+        checkpoints: states stored by the checkpoint adjoint.
 
     Returns:
         `NBodyResult`: `pos`, `p` of shape (n_snap, n_ptcl, 3), sharded along the particle axis.
     """
     name, n_dev = _axis_of(mesh)
     _check_decomposition(config, n_dev, config.n_particles)
-    a_steps = jnp.asarray(a_steps, dtype=pos.dtype)
-    if a_steps.ndim != 1 or a_steps.shape[0] < 2:
-        raise ValueError(f"a_steps must be a 1-D array of at least 2 scale factors, got shape {a_steps.shape}")
-    if pos.shape != (config.n_particles, 3) or p.shape != pos.shape:
-        raise ValueError(f"pos and p must have shape ({config.n_particles}, 3), got {pos.shape} and {p.shape}")
-    snapshots = a_steps[-1:] if snapshots is None else jnp.atleast_1d(jnp.asarray(snapshots, dtype=pos.dtype))
-    if not isinstance(snapshots, jax.core.Tracer) and not isinstance(a_steps, jax.core.Tracer):
-        s, g = np.asarray(snapshots), np.asarray(a_steps)
-        if np.any(np.diff(g) <= 0):
-            raise ValueError("a_steps must be strictly increasing")
-        if not np.all(np.isclose(s[:, None], g[None, :], rtol=1e-6, atol=0).any(axis=1)):
-            raise ValueError(f"snapshots {s} must be among a_steps (use step_grid to insert them)")
-    if growth is None:
-        growth = growth_table(cosmo)
     particle_sharding = NamedSharding(mesh, PartitionSpec(name))
     pos = jax.lax.with_sharding_constraint(pos, particle_sharding)
     p = jax.lax.with_sharding_constraint(p, particle_sharding)
-    terms = (DriftTerm(cosmo, growth), ShardedKickTerm(cosmo, growth, config, mesh))
-    n_steps = a_steps.shape[0] - 1
-    sol = diffrax.diffeqsolve(
-        terms,
-        FastPMKDK(),
-        t0=a_steps[0],
-        t1=a_steps[-1],
-        dt0=None,
-        y0=(pos, p),
-        saveat=diffrax.SaveAt(ts=snapshots),
-        stepsize_controller=diffrax.StepTo(ts=a_steps),
-        max_steps=n_steps,
-        adjoint=diffrax.RecursiveCheckpointAdjoint(checkpoints=min(checkpoints, n_steps)),
-    )
+    res = nbody(pos, p, cosmo, config, a_steps, snapshots, growth=growth, adjoint=adjoint, checkpoints=checkpoints,
+                force_fn=partial(pm_force_sharded, config=config, mesh=mesh))
     snap_sharding = NamedSharding(mesh, PartitionSpec(None, name))  # (n_snap, n_ptcl, 3) split by particle
-    pos_out = jax.lax.with_sharding_constraint(sol.ys[0], snap_sharding)
-    p_out = jax.lax.with_sharding_constraint(sol.ys[1], snap_sharding)
-    return NBodyResult(a=snapshots, pos=pos_out, p=p_out)
+    return NBodyResult(a=res.a, pos=jax.lax.with_sharding_constraint(res.pos, snap_sharding),
+                       p=jax.lax.with_sharding_constraint(res.p, snap_sharding))

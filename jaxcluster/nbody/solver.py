@@ -18,6 +18,7 @@ the scheme is an ordinary partitioned solver, `FastPMKDK`, over two terms.
 from __future__ import annotations
 
 from functools import partial
+from collections.abc import Callable
 from typing import ClassVar
 
 import diffrax
@@ -67,14 +68,19 @@ class DriftTerm(diffrax.AbstractTerm):
 
 
 class KickTerm(diffrax.AbstractTerm):
-    """Kick: vector field F(x) / D₁(a) [per unit G₁], control ΔG₁. Acts on the positions."""
+    """Kick: vector field F(x) / D₁(a) [per unit G₁], control ΔG₁. Acts on the positions.
+
+    `force_fn` maps positions [h⁻¹ Mpc] to the PM force [h⁻¹ Mpc] per unit
+    ³⁄₂Ω_m: `partial(pm_force, config=config)` on one device, or the
+    slab-decomposed `sharding.pm_force_sharded`.
+    """
 
     cosmo: Cosmology
     growth: GrowthTable
-    config: PMConfig
+    force_fn: Callable[[Array], Array] = eqx.field(static=True)
 
     def vf(self, t, y, args):
-        return pm_force(y, self.config) / self.growth.D1(t).astype(y.dtype)
+        return self.force_fn(y) / self.growth.D1(t).astype(y.dtype)
 
     def contr(self, t0, t1, **kwargs):
         return self.growth.G1(self.cosmo, t1) - self.growth.G1(self.cosmo, t0)
@@ -162,6 +168,7 @@ def nbody(
     growth: GrowthTable | None = None,
     adjoint: str = "reversible",
     checkpoints: int | None = 4,
+    force_fn: Callable[[Array], Array] | None = None,
 ) -> NBodyResult:
     r"""Evolve particles with FastPM KDK from `a_steps[0]` to `a_steps[-1]`.
 
@@ -196,6 +203,10 @@ def nbody(
         adjoint: `"reversible"` or `"checkpoint"` (see above).
         checkpoints: states stored by the `"checkpoint"` adjoint (`None`: every
             step); ignored by `"reversible"`.
+        force_fn: positions [h⁻¹ Mpc] ↦ PM force [h⁻¹ Mpc] per unit ³⁄₂Ω_m;
+            default `partial(pm_force, config=config)`. A hashable callable
+            (it is static), e.g. the device-decomposed force of
+            `jaxcluster.nbody.sharding`.
 
     Returns:
         An `NBodyResult` with one entry per snapshot.
@@ -223,14 +234,15 @@ def nbody(
     if growth is None:
         growth = growth_table(cosmo)
     n_steps = a_steps.shape[0] - 1
+    if force_fn is None:
+        force_fn = partial(pm_force, config=config)
     if adjoint == "reversible":
         factors = kdk_factors(cosmo, growth, a_steps)
         # Nearest boundary: snapshots are on the grid (checked above when concrete).
         snap_idx = jnp.argmin(jnp.abs(snapshots[:, None] - a_steps[None, :]), axis=1).astype(jnp.int32)
-        force_fn = partial(pm_force, config=config)
         pos_snap, p_snap = kdk_reversible(force_fn, factors, pos, p, snap_idx)
         return NBodyResult(a=snapshots, pos=pos_snap, p=p_snap)
-    terms = (DriftTerm(cosmo, growth), KickTerm(cosmo, growth, config))
+    terms = (DriftTerm(cosmo, growth), KickTerm(cosmo, growth, force_fn))
     n_ckpt = n_steps if checkpoints is None else min(checkpoints, n_steps)
     sol = diffrax.diffeqsolve(
         terms,
