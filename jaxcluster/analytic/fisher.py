@@ -1,0 +1,251 @@
+r"""Fisher matrix of the Poisson XOD likelihood, marginal errors, figure of merit, plots.
+
+For independent Poisson bins with expectations $λ_i(θ)$ (seed 001 eq. 8),
+
+$$ F_{αβ} = \sum_{i:\,λ_i > λ_{\min}} \frac{1}{λ_i}\,\frac{∂λ_i}{∂θ_α}\frac{∂λ_i}{∂θ_β}
+   = J^T \mathrm{diag}(1/λ)\, J, \qquad J = \texttt{jax.jacfwd}(λ)(θ_0), $$
+
+bins with $λ_i ≤ λ_{\min}$ (default 10⁻⁸) are masked (they carry no
+information and would divide by zero). A Gaussian prior of widths $σ_p$ adds
+$\mathrm{diag}(1/σ_p^2)$. The forecast covariance is $F^{-1}$, marginal errors
+$\sqrt{(F^{-1})_{αα}}$ and the figure of merit of (Ω_m, σ_8)
+$\mathrm{FoM} = 1/\sqrt{\det \mathrm{Cov}(Ω_m, σ_8)}$.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from ..cosmology import Cosmology
+from .counts import SurveySpec, XODBinning, expected_xod
+from .scaling import NUISANCE_NAMES, SCALING_NAMES, ScalingRelations, XrayTables
+
+__all__ = [
+    "ANALYTIC_PARAM_NAMES",
+    "COSMO_NAMES",
+    "AnalyticModel",
+    "fisher_matrix",
+    "fisher_covariance",
+    "marginal_errors",
+    "figure_of_merit",
+    "plot_fisher_corner",
+]
+
+COSMO_NAMES: tuple[str, ...] = ("Omega_m", "sigma_8")
+# Seed 001 §4.1 analytic model: 2 cosmological + 6 scaling-relation parameters.
+ANALYTIC_PARAM_NAMES: tuple[str, ...] = COSMO_NAMES + NUISANCE_NAMES
+_COSMO_FIELDS = ("Omega_m", "sigma_8", "Omega_b", "h", "n_s", "w0", "wa")
+
+
+class AnalyticModel(eqx.Module):
+    """λ(θ) for a vector θ of named free parameters (the rest fixed at `cosmo`/`scaling`).
+
+    Attributes:
+        cosmo: base cosmology (values of the non-free parameters).
+        scaling: base scaling relations.
+        tables: X-ray tables.
+        survey: survey and quadrature settings (static).
+        binning: XOD bins (static).
+        names: free parameters in θ's order (static): Cosmology fields
+            among ('Omega_m', 'sigma_8', 'Omega_b', 'h', 'n_s', 'w0', 'wa')
+            and `ScalingRelations` fields.
+    """
+
+    cosmo: Cosmology
+    scaling: ScalingRelations
+    tables: XrayTables
+    survey: SurveySpec
+    binning: XODBinning
+    names: tuple[str, ...] = eqx.field(static=True)
+
+    def __init__(
+        self,
+        names: Sequence[str] = ANALYTIC_PARAM_NAMES,
+        cosmo: Cosmology | None = None,
+        scaling: ScalingRelations | None = None,
+        tables: XrayTables | None = None,
+        survey: SurveySpec | None = None,
+        binning: XODBinning | None = None,
+    ):
+        names = tuple(names)
+        allowed = _COSMO_FIELDS + SCALING_NAMES
+        for n in names:
+            if n not in allowed:
+                raise ValueError(f"parameter name {n!r} is not allowed; choose from {allowed}")
+        if len(set(names)) != len(names) or not names:
+            raise ValueError(f"names must be non-empty and unique, got {names}")
+        self.names = names
+        self.cosmo = Cosmology() if cosmo is None else cosmo
+        self.scaling = ScalingRelations() if scaling is None else scaling
+        self.tables = XrayTables.default() if tables is None else tables
+        self.survey = SurveySpec() if survey is None else survey
+        self.binning = XODBinning() if binning is None else binning
+
+    @property
+    def n_param(self) -> int:
+        return len(self.names)
+
+    def theta0(self) -> Float[Array, " n_param"]:
+        """The base values of the free parameters, in `names` order."""
+        return jnp.stack([getattr(self.cosmo if n in _COSMO_FIELDS else self.scaling, n) for n in self.names])
+
+    def unpack(self, theta: Float[Array, " n_param"]) -> tuple[Cosmology, ScalingRelations]:
+        """(cosmology, scaling relations) with the free parameters set to θ."""
+        theta = jnp.asarray(theta)
+        if theta.shape != (self.n_param,):
+            raise ValueError(f"theta must have shape ({self.n_param},) for names {self.names}, got {theta.shape}")
+        cn = [n for n in self.names if n in _COSMO_FIELDS]
+        sn = [n for n in self.names if n not in _COSMO_FIELDS]
+        cosmo, scaling = self.cosmo, self.scaling
+        dtype = cosmo.Omega_m.dtype
+        if cn:
+            vals = [theta[self.names.index(n)].astype(dtype) for n in cn]
+            cosmo = eqx.tree_at(lambda c: [getattr(c, n) for n in cn], cosmo, vals)
+        if sn:
+            scaling = scaling.replace(tuple(sn), jnp.stack([theta[self.names.index(n)] for n in sn]))
+        return cosmo, scaling
+
+    def __call__(self, theta: Float[Array, " n_param"]) -> Float[Array, "n_cr n_hr n_z"]:
+        """Expected XOD λ(θ), (n_cr, n_hr, n_z)."""
+        cosmo, scaling = self.unpack(theta)
+        return expected_xod(cosmo, scaling, self.tables, self.survey, self.binning)
+
+
+def fisher_matrix(
+    model: AnalyticModel, theta: Float[ArrayLike, " n_param"] | None = None, lam_min: float = 1e-8
+) -> tuple[Float[Array, "n_param n_param"], Float[Array, "n_cr n_hr n_z"]]:
+    """Poisson Fisher matrix F = Jᵀ diag(1/λ) J at θ (default: `model.theta0()`).
+
+    Args:
+        model: the `AnalyticModel` (free parameters = its `names`).
+        theta: (n_param,) point; default the fiducial.
+        lam_min: bins with λ ≤ lam_min are masked.
+
+    Returns:
+        (F, λ): the (n_param, n_param) symmetric Fisher matrix and λ(θ).
+    """
+    if not lam_min >= 0:
+        raise ValueError(f"lam_min = {lam_min} is outside its allowed range [0, inf)")
+    theta = model.theta0() if theta is None else jnp.asarray(theta)
+    lam = model(theta)
+    jac = jax.jacfwd(model)(theta).reshape(-1, model.n_param)   # (n_bin, P)
+    flat = lam.reshape(-1)
+    keep = flat > lam_min
+    w = jnp.where(keep, 1.0 / jnp.where(keep, flat, 1.0), 0.0)
+    F = jac.T @ (w[:, None] * jac)
+    return 0.5 * (F + F.T), lam
+
+
+def _prior_fisher(n: int, prior_sigma, dtype):
+    if prior_sigma is None:
+        return jnp.zeros((n, n), dtype)
+    s = jnp.asarray(prior_sigma, dtype=dtype)
+    if s.shape != (n,):
+        raise ValueError(f"prior_sigma must have shape ({n},), got {s.shape} (use inf for no prior)")
+    return jnp.diag(1.0 / s**2)
+
+
+def fisher_covariance(
+    F: Float[ArrayLike, "n n"], prior_sigma: Float[ArrayLike, " n"] | None = None
+) -> Float[Array, "n n"]:
+    """Forecast covariance (F + diag(1/σ_p²))⁻¹; σ_p = inf means no prior on that parameter."""
+    F = jnp.asarray(F)
+    if F.ndim != 2 or F.shape[0] != F.shape[1]:
+        raise ValueError(f"F must be a square matrix, got shape {F.shape}")
+    Ft = F + _prior_fisher(F.shape[0], prior_sigma, F.dtype)
+    return jnp.linalg.inv(Ft)
+
+
+def marginal_errors(
+    F: Float[ArrayLike, "n n"], prior_sigma: Float[ArrayLike, " n"] | None = None
+) -> Float[Array, " n"]:
+    """Marginalised 1σ errors √diag(Cov)."""
+    return jnp.sqrt(jnp.diag(fisher_covariance(F, prior_sigma)))
+
+
+def figure_of_merit(
+    F: Float[ArrayLike, "n n"], i: int = 0, j: int = 1, prior_sigma: Float[ArrayLike, " n"] | None = None
+) -> Float[Array, ""]:
+    """FoM = 1/√det Cov[(i, j)] (default (Ω_m, σ_8), the first two parameters)."""
+    cov = fisher_covariance(F, prior_sigma)
+    sub = cov[jnp.array([i, j])][:, jnp.array([i, j])]
+    return 1.0 / jnp.sqrt(jnp.linalg.det(sub))
+
+
+def plot_fisher_corner(
+    cov: Float[ArrayLike, "n n"],
+    mean: Float[ArrayLike, " n"],
+    names: Sequence[str],
+    samples: Float[ArrayLike, "n_sample n"] | None = None,
+    path=None,
+    n_sigma: Sequence[float] = (1.0, 2.0),
+):
+    """Corner plot: Fisher ellipses (1σ, 2σ) and Gaussian marginals; optional MCMC samples overlaid.
+
+    Args:
+        cov: (n, n) covariance (e.g. `fisher_covariance(F)`).
+        mean: (n,) centre of the ellipses.
+        names: n parameter labels.
+        samples: (n_sample, n) posterior samples drawn as points and histograms.
+        path: if given, the figure is saved there.
+        n_sigma: ellipse levels in units of σ (2-D Δχ² for 68 %, 95 % are 2.30, 6.17:
+            the default levels are the 1σ, 2σ projections, as Fisher plots usually show).
+
+    Returns:
+        The matplotlib Figure.
+    """
+    import matplotlib
+
+    if path is not None:
+        matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Ellipse
+
+    cov, mean = np.asarray(cov, dtype=np.float64), np.asarray(mean, dtype=np.float64)
+    n = len(names)
+    if cov.shape != (n, n) or mean.shape != (n,):
+        raise ValueError(f"cov {cov.shape} and mean {mean.shape} must match {n} names")
+    sd = np.sqrt(np.diag(cov))
+    fig, axes = plt.subplots(n, n, figsize=(1.9 * n + 1, 1.9 * n + 1), squeeze=False)
+    smp = None if samples is None else np.asarray(samples, dtype=np.float64)
+    for r in range(n):
+        for c in range(n):
+            ax = axes[r, c]
+            if c > r:
+                ax.axis("off")
+                continue
+            if r == c:
+                x = np.linspace(mean[r] - 4 * sd[r], mean[r] + 4 * sd[r], 200)
+                ax.plot(x, np.exp(-0.5 * ((x - mean[r]) / sd[r]) ** 2) / (sd[r] * np.sqrt(2 * np.pi)), "C0")
+                if smp is not None:
+                    ax.hist(smp[:, r], bins=30, density=True, histtype="step", color="C1")
+                ax.set_yticks([])
+            else:
+                sub = cov[np.ix_([c, r], [c, r])]
+                vals, vecs = np.linalg.eigh(sub)
+                angle = np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))
+                if smp is not None:
+                    ax.plot(smp[:, c], smp[:, r], ",", color="C1", alpha=0.4)
+                for k in n_sigma:
+                    w, h = 2 * k * np.sqrt(np.maximum(vals[::-1], 0))
+                    ax.add_patch(Ellipse((mean[c], mean[r]), w, h, angle=angle, fill=False, color="C0"))
+                ax.set_xlim(mean[c] - 4 * sd[c], mean[c] + 4 * sd[c])
+                ax.set_ylim(mean[r] - 4 * sd[r], mean[r] + 4 * sd[r])
+            if r == n - 1:
+                ax.set_xlabel(names[c])
+            else:
+                ax.set_xticklabels([])
+            if c == 0 and r > 0:
+                ax.set_ylabel(names[r])
+            elif c > 0:
+                ax.set_yticklabels([])
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=110)
+    return fig
