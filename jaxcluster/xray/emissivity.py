@@ -88,8 +88,12 @@ _N_ENERGY_BINS = 4096  # log-spaced rest-frame bins per band for the energy tabl
 
 
 def _is_even(knots) -> bool:
-    d = np.diff(np.asarray(knots, dtype=np.float64))
-    return bool(d.size > 0 and np.all(d > 0) and np.ptp(d) <= 1e-9 * np.max(np.abs(d)))
+    """Strictly increasing with equal steps, up to the rounding of the knots' own dtype."""
+    knots = np.asarray(knots)
+    d = np.diff(knots.astype(np.float64))
+    # Knots stored in float32 carry ~eps·|knot| rounding each; allow a few of those.
+    tol = 8 * np.finfo(knots.dtype).eps * max(1.0, float(np.max(np.abs(knots))))
+    return bool(d.size > 0 and np.all(d > 0) and np.ptp(d) <= tol)
 
 
 class EmissivityTable(eqx.Module):

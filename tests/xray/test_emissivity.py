@@ -479,3 +479,14 @@ def test_response_with_gaps_between_bins(tmp_path):
     lo, hi = np.asarray(gappy.energ_lo_keV), np.asarray(gappy.energ_hi_keV)
     per_bin = np.array([rest_frame_spectrum(T, [a * (1 + z), b * (1 + z)], method="brems")[0] for a, b in zip(lo, hi)])
     np.testing.assert_allclose(got, (1 + z) * per_bin @ np.asarray(gappy.area_cm2), rtol=1e-12)
+
+
+def test_default_table_loads_and_evaluates_in_float32():
+    # Users run without x64: the shipped table must load and evaluate in float32.
+    from jaxcluster.xray import default_emissivity_table
+
+    with jax.enable_x64(False):
+        table = default_emissivity_table()
+        eps = table(jnp.asarray([2.0, 5.0], dtype=jnp.float32), jnp.asarray(0.2, dtype=jnp.float32))
+        assert eps.dtype == jnp.float32
+        assert bool(jnp.all(jnp.isfinite(eps)) & jnp.all(eps > 0))

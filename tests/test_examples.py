@@ -1,0 +1,19 @@
+"""The example scripts run as scripts (small settings) and exit 0."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [("pm_sensitivity.py", ["--particles", "8", "--steps", "3"]), ("cluster_count_rate.py", ["--T", "3", "--z", "0.3"])],
+)
+def test_example_runs(script, args):
+    res = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip()
