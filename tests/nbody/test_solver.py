@@ -147,3 +147,22 @@ def test_bad_run_inputs_raise():
         step_grid(0.5, 0.2, 3)
     with pytest.raises(ValueError, match="Omega_m"):
         ThetaSim(Omega_m=0.6)
+
+
+@pytest.mark.parametrize("adjoint", ["reversible", "checkpoint"])
+def test_float32_pipeline_keeps_float32(adjoint):
+    # Users run in float32 (x64 off): dtypes survive every stage, values and gradients are finite.
+    with jax.enable_x64(False):
+        cosmo = Cosmology(0.3, 0.8)
+        cfg = PMConfig(32.0, (8, 8, 8), mesh_shape=(16, 16, 16))
+
+        def run(s8):
+            c = Cosmology(0.3, s8)
+            g = growth_table(c)
+            pos, p = lpt(linear_field(white_noise(jax.random.key(0), cfg.particle_shape), c, cfg), c, g, cfg, 0.1)
+            return nbody(pos, p, c, cfg, step_grid(0.1, 1.0, 3), growth=g, adjoint=adjoint)
+
+        res = run(cosmo.sigma_8)
+        assert res.pos.dtype == jnp.float32 and res.p.dtype == jnp.float32
+        grad = jax.grad(lambda s8: jnp.sum(run(s8).pos[-1] ** 2))(cosmo.sigma_8)
+        assert grad.dtype == jnp.float32 and bool(jnp.isfinite(grad))
