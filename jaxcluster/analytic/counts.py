@@ -44,7 +44,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import gammaln, ndtr, xlogy
+from jax.scipy.special import gammaln, ndtr
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..cosmology import C_OVER_H0_MPC_H, Cosmology, E, growth_table, transverse_comoving_distance
@@ -283,7 +283,10 @@ def expected_xod(
     mu_lnT = scaling.mean_ln_T(cosmo, jnp.exp(lnM)[None, :], zq[:, None])  # (Z, M)
     lnT = mu_lnT[..., None] + scaling.sigma_lnT * xg[None, None, :]        # (Z, M, G)
     # one redshift at a time: the emissivity tables' single-z fast path
-    ln_cr_per_L = jax.vmap(lambda T, z: _ln_cr_per_L_at_z(tables, cosmo, T, z))(jnp.exp(lnT), zq)  # (Z, M, G, 2)
+    # The tables clip T to their knots (0.1–20 keV by default) anyway; clipping ln T
+    # here only keeps exp() finite and > 0 when a sampler visits extreme coefficients.
+    T_keV = jnp.exp(jnp.clip(lnT, math.log(1e-4), math.log(1e4)))
+    ln_cr_per_L = jax.vmap(lambda T, z: _ln_cr_per_L_at_z(tables, cosmo, T, z))(T_keV, zq)  # (Z, M, G, 2)
     zg = zq[:, None, None]
     ln10 = math.log(10.0)
     mu_L = scaling.mean_ln_L(cosmo, lnT, zg)
@@ -319,7 +322,7 @@ def poisson_log_likelihood(
 ) -> Float[Array, ""]:
     r"""$\ln\mathcal L = \sum_i [n_i \ln λ_i − λ_i − \ln Γ(n_i+1)]$ over all bins.
 
-    Bins with λ = 0 and n = 0 contribute 0 (`xlogy`); non-integer n (an
+    Bins with λ = 0 and n = 0 contribute 0 (with a zero gradient); non-integer n (an
     Asimov data set n = λ(θ_fid)) is allowed.
     """
     n = jnp.asarray(counts)
@@ -327,4 +330,9 @@ def poisson_log_likelihood(
     if n.shape != lam.shape:
         raise ValueError(f"counts shape {n.shape} != lam shape {lam.shape}")
     n = n.astype(lam.dtype)
-    return jnp.sum(xlogy(n, lam) - lam - gammaln(n + 1.0))
+    # Double `where` so that an empty bin (λ underflowing to 0, n = 0) has a
+    # zero term *and* a zero gradient (xlogy's derivative there is 0/0).
+    pos = lam > 0
+    lam_safe = jnp.where(pos, lam, 1.0)
+    term = jnp.where(pos, n * jnp.log(lam_safe) - lam, jnp.where(n > 0, -jnp.inf, 0.0))
+    return jnp.sum(term - gammaln(n + 1.0))

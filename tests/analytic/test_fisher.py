@@ -1,0 +1,109 @@
+"""Fisher matrix, NUTS (blackjax) vs Fisher widths, plots, CLI."""
+
+import json
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcluster.analytic import (
+    NUISANCE_PRIOR_SIGMA,
+    AnalyticModel,
+    figure_of_merit,
+    fisher_covariance,
+    fisher_matrix,
+    marginal_errors,
+    nuts_diagnostics,
+    plot_fisher_corner,
+    run_nuts,
+    unconstrained_covariance,
+)
+
+
+@pytest.fixture(scope="module")
+def small_fisher(small_model):
+    F, lam = eqx.filter_jit(fisher_matrix)(small_model)
+    prior = jnp.array([jnp.inf, jnp.inf, NUISANCE_PRIOR_SIGMA["log10_M0"]])
+    return F, lam, prior
+
+
+def test_fisher_symmetric_positive_definite(small_fisher, small_model):
+    F, lam, prior = small_fisher
+    assert F.shape == (3, 3)
+    np.testing.assert_allclose(F, F.T, rtol=1e-12)
+    assert bool(jnp.all(jnp.linalg.eigvalsh(F) > 0))
+    cov = fisher_covariance(F, prior)
+    np.testing.assert_allclose(cov @ (F + jnp.diag(1 / prior**2)), jnp.eye(3), atol=1e-8)
+    err = marginal_errors(F, prior)
+    np.testing.assert_allclose(err, jnp.sqrt(jnp.diag(cov)))
+    fom = figure_of_merit(F, prior_sigma=prior)
+    np.testing.assert_allclose(fom, 1 / jnp.sqrt(jnp.linalg.det(cov[:2, :2])), rtol=1e-10)
+    # F equals Σ J J / λ from an independent Jacobian (central differences)
+    th0 = small_model.theta0()
+    f = eqx.filter_jit(lambda m, t: m(t))
+    h = 1e-6
+    J = jnp.stack([(f(small_model, th0 + h * e) - f(small_model, th0 - h * e)).ravel() / (2 * h)
+                   for e in jnp.eye(3)], axis=-1)
+    keep = lam.ravel() > 1e-8
+    F_fd = (J[keep] / lam.ravel()[keep][:, None]).T @ J[keep]
+    np.testing.assert_allclose(F, F_fd, rtol=1e-4)
+
+
+def test_nuts_widths_match_fisher(small_fisher, small_model, getkey):
+    """Large survey (10⁴ deg², Asimov data): the posterior is Gaussian, NUTS std ≈ Fisher errors."""
+    F, lam, prior = small_fisher
+    cov = fisher_covariance(F, prior)
+    err = jnp.sqrt(jnp.diag(cov))
+    th0 = small_model.theta0()
+    init = th0[None, :] + 0.5 * err[None, :] * jax.random.normal(getkey(), (2, 3), th0.dtype)
+    run = eqx.filter_jit(lambda m, d, i, k, c: run_nuts(m, d, i, key=k, n_warmup=100, n_samples=200,
+                                                         inverse_mass_matrix=c, mass_matrix_pseudo_count=100.0))
+    out = run(small_model, lam, init, getkey(), unconstrained_covariance(small_model, cov))
+    assert out["samples"].shape == (2, 200, 3)
+    d = nuts_diagnostics(out["samples"])
+    assert bool(jnp.all(d["rhat"] < 1.1)), d["rhat"]
+    assert bool(jnp.all(d["ess"] > 50)), d["ess"]
+    np.testing.assert_allclose(d["std"], err, rtol=0.15)
+    np.testing.assert_allclose(d["mean"], th0, atol=3 * float(jnp.max(err / jnp.sqrt(d["ess"]))) + 0.5 * err)
+
+
+def test_corner_plot(tmp_path, small_fisher):
+    F, _, prior = small_fisher
+    cov = fisher_covariance(F, prior)
+    samples = np.random.default_rng(0).multivariate_normal(np.zeros(3), np.asarray(cov), 200)
+    fig = plot_fisher_corner(cov, np.zeros(3), ("Omega_m", "sigma_8", "log10_M0"), samples=samples,
+                             path=tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_model_bad_inputs(tables):
+    with pytest.raises(ValueError, match="not allowed"):
+        AnalyticModel(("Omega_m", "H0"), tables=tables)
+    with pytest.raises(ValueError, match="unique"):
+        AnalyticModel(("Omega_m", "Omega_m"), tables=tables)
+    m = AnalyticModel(("Omega_m",), tables=tables)
+    with pytest.raises(ValueError, match="shape"):
+        m(jnp.ones(2))
+    with pytest.raises(ValueError, match="square"):
+        fisher_covariance(jnp.ones((2, 3)))
+    with pytest.raises(ValueError, match="n_samples"):
+        run_nuts(m, jnp.ones((8, 6, 4)), jnp.full((1, 1), 0.3), key=jax.random.key(0), n_samples=1)
+
+
+@pytest.mark.slow
+def test_cli_fisher_and_hmc(tmp_path):
+    from jaxcluster.analytic.cli import fisher_main, hmc_main
+
+    assert fisher_main(["--out", str(tmp_path), "--params", "Omega_m,sigma_8,log10_M0"]) == 0
+    res = json.loads((tmp_path / "fisher.json").read_text())
+    assert res["names"] == ["Omega_m", "sigma_8", "log10_M0"] and res["fom_Omega_m_sigma_8"] > 0
+    assert (tmp_path / "fisher_corner.png").exists()
+    assert hmc_main(["--out", str(tmp_path), "--params", "Omega_m,sigma_8", "--chains", "2",
+                     "--warmup", "50", "--samples", "50", "--area", "1000"]) == 0
+    res = json.loads((tmp_path / "hmc.json").read_text())
+    assert len(res["rhat"]) == 2 and (tmp_path / "hmc_corner.png").exists()
