@@ -158,18 +158,18 @@ class ScalingRelations(eqx.Module):
                            [values[i].astype(self.log10_M0.dtype) for i in range(len(names))])
 
     def mean_ln_T(
-        self, cosmo: Cosmology, M: Float[ArrayLike, "*x"], z: Float[ArrayLike, "*#x"]
-    ) -> Float[Array, "*x"]:
-        """Mean ln(T / keV) at fixed M500c [h⁻¹ M☉] and redshift z."""
+        self, cosmo: Cosmology, M: Float[ArrayLike, "*#x"], z: Float[ArrayLike, "*#x"]
+    ) -> Float[Array, "..."]:
+        """Mean ln(T / keV) at fixed M500c [h⁻¹ M☉] and redshift z (broadcast together)."""
         M_h70 = jnp.asarray(M) / _H70
         ln_E = jnp.log(E(cosmo, 1.0 / (1.0 + jnp.asarray(z))))
         ln_M0 = self.log10_M0 * math.log(10.0)
         return math.log(_T_PIVOT_MT_KEV) + (jnp.log(M_h70) - ln_M0 - self.gamma_MT * ln_E) / self.alpha_MT
 
     def mean_ln_L(
-        self, cosmo: Cosmology, ln_T: Float[ArrayLike, "*x"], z: Float[ArrayLike, "*#x"]
-    ) -> Float[Array, "*x"]:
-        """Mean ln(L / erg s⁻¹), rest-frame [0.5–2] keV, at fixed ln(T / keV) and z."""
+        self, cosmo: Cosmology, ln_T: Float[ArrayLike, "*#x"], z: Float[ArrayLike, "*#x"]
+    ) -> Float[Array, "..."]:
+        """Mean ln(L / erg s⁻¹), rest-frame [0.5–2] keV, at fixed ln(T / keV) and z (broadcast together)."""
         ln_E = jnp.log(E(cosmo, 1.0 / (1.0 + jnp.asarray(z))))
         ln_h70 = jnp.log(cosmo.h / _H70)
         return (self.log10_L0 * math.log(10.0) + self.alpha_LT * (jnp.asarray(ln_T) - math.log(_T_PIVOT_LT_KEV))
