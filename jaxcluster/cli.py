@@ -1,4 +1,4 @@
-"""Command line: `jaxcluster run` (the main job) and `jaxcluster tables build`."""
+"""Command line: `jaxcluster run` (the main job), `tables build`, `fisher`, `hmc`."""
 
 from __future__ import annotations
 
@@ -72,10 +72,32 @@ def _run(args) -> int:
     return 0
 
 
-def _tables(args) -> int:
-    from .xray import build_tables
+def _forwarded(command: str):
+    """Entry points of subcommands that parse their own options."""
+    if command == "tables":
+        from .xray.build_tables import main as tables_main
 
-    return build_tables.main(args.rest) or 0
+        def tables(argv):
+            if not argv or argv[0] != "build":
+                print("usage: jaxcluster tables build [options]  (see `jaxcluster tables build --help`)", file=sys.stderr)
+                return 2
+            return tables_main(argv[1:]) or 0
+
+        return tables
+    if command == "fisher":
+        from .analytic.cli import fisher_main
+
+        return fisher_main
+    from .analytic.cli import hmc_main
+
+    return hmc_main
+
+
+_FORWARDED = {
+    "tables": "X-ray emissivity tables: `jaxcluster tables build [options]`",
+    "fisher": "Fisher forecast of the analytic XOD model: `jaxcluster fisher --out DIR [options]`",
+    "hmc": "NUTS posterior of the analytic XOD model: `jaxcluster hmc --out DIR [options]`",
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,9 +115,11 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--x64", action="store_true", help="run in float64")
     run.set_defaults(func=_run)
-    tables = sub.add_parser("tables", help="X-ray emissivity tables: `jaxcluster tables build [options]`")
-    tables.add_argument("rest", nargs=argparse.REMAINDER, help="arguments for `python -m jaxcluster.xray.build_tables`")
-    tables.set_defaults(func=_tables)
+    for name, text in _FORWARDED.items():  # listed in --help; dispatched before parsing
+        sub.add_parser(name, help=text, add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _FORWARDED:  # their own parsers, so `--help` reaches them
+        return _forwarded(argv[0])(argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.func(args)
