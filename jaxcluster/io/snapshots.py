@@ -447,9 +447,11 @@ def voxelise_gas(
         for name, v in (("Masses", m), ("ElectronAbundance", x_e), ("InternalEnergy", u)):
             if not np.all(np.isfinite(v)) or np.any(v < 0):
                 raise ValueError(f"snapshot {path}: 'PartType0/{name}' must be finite and >= 0")
-        n_electrons = x_e * X_H * m * (mass_g / PROTON_MASS_G)
+        # Electrons per voxel volume [cm⁻³] per particle, in float64 before painting:
+        # counts (~10⁶⁷) and volumes (~10⁷² cm³) alone overflow float32.
+        n_e_per_particle = x_e * X_H * m * (mass_g / PROTON_MASS_G) / v_cell_cm3
         T = np.asarray(temperature_keV(u, x_e, X_H))
-        weights = np.stack([n_electrons, m, m * T], axis=-1)
+        weights = np.stack([n_e_per_particle, m, m * T], axis=-1)
         pos_cell = np.mod(coords * length_unit_Mpc_h, box) * cells[None, :]
         # Pad to a power of two (zero weights at the origin) so few chunk lengths get compiled.
         n_pad = min(chunk_size, 1 << max(3, (coords.shape[0] - 1).bit_length())) - coords.shape[0]
@@ -459,7 +461,7 @@ def voxelise_gas(
 
     if n_gas == 0:
         raise ValueError(f"snapshot {path}: no gas (PartType0) particles to voxelise")
-    n_e = total[..., 0] / jnp.asarray(v_cell_cm3, dtype=dtype)
+    n_e = total[..., 0]
     mass, mass_T = total[..., 1], total[..., 2]
     has_gas = mass > 0
     T_keV = jnp.where(has_gas, mass_T / jnp.where(has_gas, mass, jnp.ones((), dtype=dtype)), jnp.zeros((), dtype=dtype))

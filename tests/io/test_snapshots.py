@@ -91,6 +91,20 @@ def test_uniform_gas_has_the_analytic_electron_density(tmp_path):
     np.testing.assert_allclose(np.asarray(fields.n_e_cm3), n_e_expected, rtol=1e-5)
 
 
+def test_float32_fields_match_float64(tmp_path):
+    rng = np.random.default_rng(6)
+    box_kpc, n = 25000.0, 200
+    gas = _gas(rng.uniform(0, box_kpc, (n, 3)), rng.uniform(1e-4, 1e-2, n), rng.uniform(0, 1.2, n),
+               rng.uniform(1e3, 1e6, n), dtype=np.float32)
+    write_snapshot(tmp_path / "snap.hdf5", box_kpc_h=box_kpc, redshift=0.1, gas=gas)
+    f64 = voxelise_gas(tmp_path / "snap.hdf5", mesh_shape=8)
+    f32 = voxelise_gas(tmp_path / "snap.hdf5", mesh_shape=8, dtype=jnp.float32)
+    assert f32.n_e_cm3.dtype == f32.T_keV.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(f32.n_e_cm3), np.asarray(f64.n_e_cm3), rtol=1e-5, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(f32.T_keV), np.asarray(f64.T_keV), rtol=1e-4, atol=1e-8)
+    assert float(jnp.max(f64.n_e_cm3)) > 0
+
+
 def test_electron_count_is_conserved(tmp_path):
     rng = np.random.default_rng(1)
     box_kpc, h, n = 5000.0, 0.7, 300
