@@ -7,9 +7,12 @@ The pipeline, one subpackage per stage (see the docs' Pipeline pages):
 * `jaxcluster.nbody`: initial conditions, 2LPT, CIC mesh ops, FastPM particle mesh (diffrax),
   power spectra, sharding over devices.
 * `jaxcluster.xray`: XMM-Newton response, pyatomdb emissivity tables, count rates.
+* `jaxcluster.analytic`: Tinker08 mass function, XXL scaling relations, expected XOD,
+  Poisson likelihood, Fisher matrix, NUTS (the scaling-relation baseline).
+* `jaxcluster.io`: Gadget/AREPO snapshots (n_e, T voxelisation, PM restarts), CAMELS tables, run files.
 """
 
-from . import cosmology, nbody, params, xray
+from . import analytic, cosmology, io, nbody, params, xray
 from .cosmology import (
     Cosmology,
     GrowthTable,
@@ -26,7 +29,7 @@ from .params import FIDUCIAL, PARAM_NAMES, PRIOR_BOUNDS, ThetaSim
 __version__ = "0.1.0"
 
 __all__ = [
-    "cosmology", "nbody", "params", "xray",
+    "analytic", "cosmology", "io", "nbody", "params", "xray",
     "ThetaSim", "PARAM_NAMES", "PRIOR_BOUNDS", "FIDUCIAL",
     "Cosmology", "GrowthTable", "growth_table", "linear_power", "sigma_R",
     "comoving_distance", "angular_diameter_distance", "luminosity_distance",
