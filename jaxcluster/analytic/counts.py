@@ -212,9 +212,13 @@ def halo_counts(
     Args:
         cosmo: cosmology.
         z_edges: (n_z + 1,) redshift bin edges (static).
-        log10_M_min, log10_M_max: mass limits, log10(M / h⁻¹ M☉).
+        log10_M_min: lower mass limit, log10(M / h⁻¹ M☉).
+        log10_M_max: upper mass limit, log10(M / h⁻¹ M☉).
         area_deg2: survey area [deg²].
-        mdef, n_mass, n_z_per_bin, delta_interp: as `SurveySpec`.
+        mdef: mass definition, as `SurveySpec`.
+        n_mass: mass quadrature nodes, as `SurveySpec`.
+        n_z_per_bin: redshift quadrature nodes per bin, as `SurveySpec`.
+        delta_interp: Tinker Δ interpolation, as `SurveySpec`.
 
     Returns:
         (n_z,) expected counts.

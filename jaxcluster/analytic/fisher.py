@@ -14,7 +14,10 @@ $\mathrm{FoM} = 1/\sqrt{\det \mathrm{Cov}(Ω_m, σ_8)}$.
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -183,9 +186,9 @@ def plot_fisher_corner(
     mean: Float[ArrayLike, " n"],
     names: Sequence[str],
     samples: Float[ArrayLike, "n_sample n"] | None = None,
-    path=None,
+    path: str | os.PathLike | None = None,
     n_sigma: Sequence[float] = (1.0, 2.0),
-):
+) -> Any:  # a matplotlib Figure; matplotlib is imported lazily
     """Corner plot: Fisher ellipses (1σ, 2σ) and Gaussian marginals; optional MCMC samples overlaid.
 
     Args:
@@ -198,7 +201,7 @@ def plot_fisher_corner(
             the default levels are the 1σ, 2σ projections, as Fisher plots usually show).
 
     Returns:
-        The matplotlib Figure.
+        The matplotlib `Figure` of the corner plot.
     """
     import matplotlib
 

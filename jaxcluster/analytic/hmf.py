@@ -223,7 +223,8 @@ def tinker08_f(
         sigma: (*z, n_M) σ(M, z).
         delta_m: (*z) overdensity relative to the mean density.
         z: (*z) redshift.
-        out_of_range, delta_interp: see `tinker08_parameters`.
+        out_of_range: see `tinker08_parameters`.
+        delta_interp: see `tinker08_parameters`.
     """
     sigma = jnp.asarray(sigma)
     A, a, b, c = tinker08_parameters(delta_m, z, out_of_range, delta_interp)
@@ -281,8 +282,10 @@ def mass_function_from_sigma(
     """`mass_function` with σ(M, z=0) and dlnσ/dlnM given (e.g. interpolated from knots).
 
     Args:
-        sigma0: (n_M,) σ(M) at z = 0; dlnsigma_dlnM: (n_M,) its log slope.
-        Others: as `mass_function`.
+        sigma0: (n_M,) σ(M) at z = 0.
+        dlnsigma_dlnM: (n_M,) its log slope.
+
+    The other arguments are as in `mass_function`.
     """
     _parse_mdef(mdef)
     _check_out_of_range(out_of_range, delta_interp)
