@@ -444,21 +444,8 @@ def build_emissivity_table(
         raise ValueError(
             "some band emissivity is zero: a band lies outside the response or the T grid is too cold"
         )
-    dtype = jnp.result_type(float)
-    return EmissivityTable(
-        log10_T_keV=jnp.asarray(np.log10(T), dtype=dtype),
-        z=jnp.asarray(zz, dtype=dtype),
-        log10_eps=jnp.asarray(log_eps, dtype=dtype),
-        log10_T_break=jnp.asarray(log_Tb, dtype=dtype),
-        log10_jump=jnp.asarray(jumps, dtype=dtype),
-        even_spacing=(_is_even(np.log10(T)), _is_even(zz)),
-        bands_keV=rs[0].bands_keV,
-        quantity="photon",
-        method=resolved,
-        atomdb_version=_atomdb_note(resolved, cache_dir),
-        abundance=_abundance_note(metallicity),
-        responses=tuple(os.path.basename(s) for r in rs for s in r.sources),
-    )
+    responses = tuple(os.path.basename(s) for r in rs for s in r.sources)
+    return _assemble(T, zz, log_eps, log_Tb, jumps, rs[0].bands_keV, "photon", resolved, cache_dir, metallicity, responses)
 
 
 def build_energy_table(
@@ -485,6 +472,11 @@ def build_energy_table(
     log_eps, log_Tb, jumps = _tabulate(
         lambda Ti, zj: _energy_eps(spec, Ti, zj, bands), T, zz, _gaunt_breaks(T, resolved)
     )
+    return _assemble(T, zz, log_eps, log_Tb, jumps, bands, "energy", resolved, cache_dir, metallicity, ())
+
+
+def _assemble(T, zz, log_eps, log_Tb, jumps, bands, quantity, resolved, cache_dir, metallicity, responses):
+    """An `EmissivityTable` from tabulated NumPy arrays and their provenance."""
     dtype = jnp.result_type(float)
     return EmissivityTable(
         log10_T_keV=jnp.asarray(np.log10(T), dtype=dtype),
@@ -494,11 +486,11 @@ def build_energy_table(
         log10_jump=jnp.asarray(jumps, dtype=dtype),
         even_spacing=(_is_even(np.log10(T)), _is_even(zz)),
         bands_keV=bands,
-        quantity="energy",
+        quantity=quantity,
         method=resolved,
         atomdb_version=_atomdb_note(resolved, cache_dir),
         abundance=_abundance_note(metallicity),
-        responses=(),
+        responses=responses,
     )
 
 
