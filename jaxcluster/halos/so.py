@@ -10,9 +10,11 @@ The finder works in four passes, all of fixed size:
    `capacity` particles per cell (a cell list). Every particle within `r_max`
    of the peak is in that set.
 3. **Spherical overdensity.** The centre is refined by a shrinking sphere;
-   the enclosed mass on a log grid of radii brackets the *outermost* radius
-   where the mean enclosed density falls below Δ ρ_c(z), which is then
-   found by bisection, for Δ = 200 and 500. $M_Δ = \frac{4}{3}π R_Δ^3 Δ ρ_c(z)$.
+   one histogram pass gives the enclosed mass on a fine log grid of radii;
+   R_Δ is the *outermost* radius where the mean enclosed density falls to
+   Δ ρ_c(z) (mass interpolated linearly in r³ across the shell), for
+   200 ρ_c, 500 ρ_c and 200 ρ_m(z).
+   $M_Δ = \frac{4}{3}π R_Δ^3 Δ ρ_c(z)$.
 4. **Exclusion.** Candidates are ranked by M_200c; one whose centre lies
    inside R_200c of a more massive kept halo is dropped (sub-peaks and
    duplicates).
@@ -34,15 +36,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
-from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology, E
+from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology, E, Omega_m_a
 from ..nbody.ic import velocity_from_momentum
 from ..nbody.mesh import paint_cic, rfft_wavevectors
 
 __all__ = ["SOFinder", "HaloCatalogue", "find_halos", "particle_mass", "critical_density_comoving"]
 
-# Radii of the coarse bracket: log-spaced from r_max / 200 to r_max.
-_N_BRACKET = 24
-_N_BISECT = 24
+# Radial shells of the enclosed-mass profile: log-spaced over a factor 200 in
+# radius below the search radius (Δln r = 0.02).
+_N_RADIAL = 256
 _SHRINK_STEPS = 6
 _SHRINK_FACTOR = 0.8
 
@@ -59,6 +61,10 @@ class HaloCatalogue(eqx.Module):
         R200c: (n_halo,) comoving radius of mean density 200 ρ_c(z) [h⁻¹ Mpc].
         M500c: (n_halo,) mass within R_500c [h⁻¹ M☉].
         R500c: (n_halo,) comoving radius of mean density 500 ρ_c(z) [h⁻¹ Mpc].
+        M200m: (n_halo,) mass within R_200m [h⁻¹ M☉].
+        R200m: (n_halo,) comoving radius of mean density 200 ρ_m(z) [h⁻¹ Mpc]; the
+            least sensitive to the PM force softening, so the one to compare
+            with mass functions.
         n200c: (n_halo,) particles within R_200c.
         offset: (n_halo,) distance from the centre to the centre of mass within
             R_200c, in units of R_200c: a dynamical-state proxy (relaxed halos ≲ 0.07).
@@ -75,6 +81,8 @@ class HaloCatalogue(eqx.Module):
     R200c: Float[Array, " n_halo"]
     M500c: Float[Array, " n_halo"]
     R500c: Float[Array, " n_halo"]
+    M200m: Float[Array, " n_halo"]
+    R200m: Float[Array, " n_halo"]
     n200c: Int[Array, " n_halo"]
     offset: Float[Array, " n_halo"]
     infall: Float[Array, " n_halo"]
@@ -172,12 +180,13 @@ def _density_peaks(pos, finder):
     box = jnp.asarray(finder.box_size, dtype=pos.dtype)
     shape = finder.mesh_shape
     cell = box / jnp.asarray(shape, dtype=pos.dtype)
-    counts = paint_cic(pos / cell, jnp.ones(pos.shape[0], dtype=pos.dtype), shape)
+    counts = paint_cic(pos / cell[None, :], jnp.ones(pos.shape[0], dtype=pos.dtype), shape)
     one_plus_delta = counts * (math.prod(shape) / pos.shape[0])
     if finder.smoothing > 0:
         kx, ky, kz = rfft_wavevectors(shape, dtype=pos.dtype)  # radians per cell
         kernel = jnp.exp(-0.5 * finder.smoothing**2 * (kx**2 + ky**2 + kz**2))
-        one_plus_delta = jnp.fft.irfftn(jnp.fft.rfftn(one_plus_delta) * kernel, s=shape)
+        modes = jnp.fft.rfftn(one_plus_delta)
+        one_plus_delta = jnp.fft.irfftn(modes * kernel.astype(modes.dtype), s=shape)
     local_max = one_plus_delta
     for axis in range(3):  # separable 3×3×3 maximum filter
         local_max = jnp.maximum(local_max, jnp.maximum(jnp.roll(local_max, 1, axis), jnp.roll(local_max, -1, axis)))
@@ -186,7 +195,7 @@ def _density_peaks(pos, finder):
     k = min(finder.max_halos, heights.size)
     top, idx = jax.lax.top_k(heights, k)
     ijk = jnp.stack(jnp.unravel_index(idx, shape), axis=-1).astype(pos.dtype)
-    centres, found = ijk * cell, jnp.isfinite(top)  # CIC puts a particle's mass at nodes i·cell
+    centres, found = ijk * cell[None, :], jnp.isfinite(top)  # CIC puts a particle's mass at nodes i·cell
     if k < finder.max_halos:
         pad = finder.max_halos - k
         centres = jnp.pad(centres, ((0, pad), (0, 0)))
@@ -198,11 +207,11 @@ def _density_peaks(pos, finder):
 
 
 def _coarse_index(pos, finder):
-    box = jnp.asarray(finder.box_size, dtype=pos.dtype)
-    n_c = jnp.asarray(finder.coarse_shape, dtype=jnp.int32)
+    box = jnp.asarray(finder.box_size, dtype=pos.dtype)[None, :]
+    n_c = jnp.asarray(finder.coarse_shape, dtype=jnp.int32)[None, :]
     ijk = jnp.floor(jnp.mod(pos, box) / box * n_c.astype(pos.dtype)).astype(jnp.int32)
     ijk = jnp.clip(ijk, 0, n_c - 1)  # mod can round up to the box length in float32
-    return ijk, (ijk[..., 0] * n_c[1] + ijk[..., 1]) * n_c[2] + ijk[..., 2]
+    return ijk, (ijk[..., 0] * n_c[0, 1] + ijk[..., 1]) * n_c[0, 2] + ijk[..., 2]
 
 
 def _cell_capacity(pos: np.ndarray, finder: SOFinder) -> int:
@@ -234,12 +243,12 @@ def _neighbourhood(centre, data, starts, counts, finder, capacity):
     n_c = jnp.asarray(finder.coarse_shape, dtype=jnp.int32)
     ijk, _ = _coarse_index(centre[None, :], finder)
     shifts = jnp.stack(jnp.meshgrid(*[jnp.arange(-1, 2, dtype=jnp.int32)] * 3, indexing="ij"), -1).reshape(27, 3)
-    nb = jnp.mod(ijk + shifts, n_c)
+    nb = jnp.mod(ijk + shifts, n_c[None, :])
     flat = (nb[:, 0] * n_c[1] + nb[:, 1]) * n_c[2] + nb[:, 2]
 
     def one_cell(c):
         rows = jax.lax.dynamic_slice_in_dim(data, starts[c], capacity, axis=0)
-        return rows, jnp.arange(capacity) < counts[c]
+        return rows, jnp.arange(capacity, dtype=jnp.int32) < counts[c]
 
     rows, mask = jax.vmap(one_cell)(flat)
     return rows.reshape(27 * capacity, 6), mask.reshape(27 * capacity)
@@ -248,14 +257,14 @@ def _neighbourhood(centre, data, starts, counts, finder, capacity):
 # ------------------------------------------------------ spherical overdensity
 
 
-def _so_one(centre, data, mask, finder, mass, rho_thr):
+def _so_one(centre, data, mask, finder, mass, rho_thr, deltas):
     """SO properties of the halo around one peak (all fixed-size arithmetic)."""
     box = jnp.asarray(finder.box_size, dtype=data.dtype)
     pos, vel = data[:, :3], data[:, 3:]
 
     def offsets(c):
-        d = pos - c
-        return d - box * jnp.round(d / box)  # minimum image
+        d = pos - c[None, :]
+        return d - box[None, :] * jnp.round(d / box[None, :])  # minimum image
 
     # Shrinking sphere from two peak-mesh cells.
     cell = min(b / n for b, n in zip(finder.box_size, finder.mesh_shape))
@@ -278,30 +287,28 @@ def _so_one(centre, data, mask, finder, mass, rho_thr):
     # spheres about the refined centre are complete up to r_max − shift.
     r_complete = finder.r_max - shift
 
-    def excess(r, delta):  # enclosed mass minus the SO mass at radius r (≥ 0 inside R_Δ)
-        return jnp.sum(r2 < r**2).astype(data.dtype) * mass - delta * rho_thr * (4.0 / 3.0 * math.pi) * r**3
-
-    log_r = jnp.log(r_complete) + jnp.linspace(math.log(1 / 200.0), 0.0, _N_BRACKET, dtype=data.dtype)
+    # Enclosed mass on a fine log grid of radii from one histogram pass.
+    log_lo = jnp.log(r_complete) - math.log(200.0)
+    dlog = math.log(200.0) / _N_RADIAL
+    r2_safe = jnp.where(mask, jnp.maximum(r2, 1e-30), 4.0 * finder.r_max**2)
+    shell = jnp.floor((0.5 * jnp.log(r2_safe) - log_lo) / dlog)
+    shell = jnp.clip(shell + 1.0, 0.0, _N_RADIAL + 1.0).astype(jnp.int32)  # 0: inside the first edge
+    counts = jax.ops.segment_sum(mask.astype(data.dtype), shell, num_segments=_N_RADIAL + 2)
+    m_enc = jnp.cumsum(counts)[: _N_RADIAL + 1] * mass  # M(< edge_j)
+    u = jnp.exp(3.0 * (log_lo + dlog * jnp.arange(_N_RADIAL + 1, dtype=data.dtype)))  # edge_j³
 
     def radius(delta):
-        ex = jax.vmap(lambda lr: excess(jnp.exp(lr), delta))(log_r)
-        inside = ex >= 0
-        # Outermost bracket radius still inside; bisect between it and the next.
-        j = jnp.where(jnp.any(inside), _N_BRACKET - 1 - jnp.argmax(inside[::-1]), 0)
-        found = jnp.any(inside) & (j < _N_BRACKET - 1)
-        lo, hi = log_r[j], log_r[jnp.minimum(j + 1, _N_BRACKET - 1)]
+        k = delta * rho_thr * (4.0 / 3.0 * math.pi)  # SO mass per unit r³
+        inside = m_enc >= k * u
+        # Outermost edge still inside R_Δ (noise near the centre cannot fake a
+        # crossing), then M linear in r³ across the next shell.
+        j = jnp.minimum(_N_RADIAL - jnp.argmax(inside[::-1]), _N_RADIAL - 1)
+        found = jnp.any(inside) & ~inside[_N_RADIAL]
+        slope = (m_enc[j + 1] - m_enc[j]) / (u[j + 1] - u[j])
+        u_cross = (m_enc[j] - slope * u[j]) / jnp.maximum(k - slope, 1e-30 * k)
+        return jnp.cbrt(jnp.clip(u_cross, u[j], u[j + 1])), found
 
-        def bisect(_, b):
-            lo, hi = b
-            mid = 0.5 * (lo + hi)
-            ok = excess(jnp.exp(mid), delta) >= 0
-            return jnp.where(ok, mid, lo), jnp.where(ok, hi, mid)
-
-        lo, hi = jax.lax.fori_loop(0, _N_BISECT, bisect, (lo, hi))
-        return jnp.exp(0.5 * (lo + hi)), found
-
-    R200, found200 = radius(200.0)
-    R500, found500 = radius(500.0)
+    (R200, R500, R200m), found = jax.vmap(radius)(deltas)
     in200 = (r2 < R200**2).astype(data.dtype)
     n200 = jnp.sum(in200)
     com = jnp.sum(in200[:, None] * d, 0) / jnp.maximum(n200, 1.0)
@@ -316,38 +323,50 @@ def _so_one(centre, data, mask, finder, mass, rho_thr):
         R200c=R200,
         M500c=500.0 * rho_thr * four_pi_3 * R500**3,
         R500c=R500,
+        M200m=deltas[2] * rho_thr * four_pi_3 * R200m**3,
+        R200m=R200m,
         n200c=n200.astype(jnp.int32),
         offset=jnp.sqrt(jnp.sum(com**2)) / R200,
         infall=infall,
-        found=found200 & found500 & (R200 < 0.95 * r_complete),
+        found=jnp.all(found) & (R200m < 0.95 * r_complete),
     )
 
 
 def _exclusion(pos, R200, valid, box):
     """Greedy exclusion in descending M_200c order (inputs already sorted)."""
     d = pos[:, None, :] - pos[None, :, :]
-    d = d - box * jnp.round(d / box)
+    d = d - box[None, None, :] * jnp.round(d / box[None, None, :])
     dist = jnp.sqrt(jnp.sum(d**2, -1))
     inside = dist < R200[None, :]  # [i, j]: i's centre lies inside j's R_200c
 
     def body(i, kept):
-        blocked = jnp.any(kept & inside[i] & (jnp.arange(kept.shape[0]) < i))
+        blocked = jnp.any(kept & inside[i] & (jnp.arange(kept.shape[0], dtype=jnp.int32) < i))
         return kept.at[i].set(valid[i] & ~blocked)
 
     return jax.lax.fori_loop(0, valid.shape[0], body, jnp.zeros_like(valid))
 
 
 @eqx.filter_jit
-def _find(pos, vel, mass, rho_thr, finder, capacity):
+def _find(pos, vel, mass, rho_thr, deltas, finder, capacity):
     centres, has_peak, n_peaks = _density_peaks(pos, finder)
-    data, starts, counts = _cell_list(pos, vel, finder, capacity)
+    if 27 * capacity >= pos.shape[0]:
+        # Small boxes: the neighbourhood would hold more rows than the box has
+        # particles, so every peak looks at all of them.
+        everything = jnp.concatenate([pos, vel], axis=-1)
+        everyone = jnp.ones(pos.shape[0], dtype=bool)
 
-    def one(centre):
-        rows, mask = _neighbourhood(centre, data, starts, counts, finder, capacity)
-        return _so_one(centre, rows, mask, finder, mass, rho_thr)
+        def one(centre):
+            return _so_one(centre, everything, everyone, finder, mass, rho_thr, deltas)
+
+    else:
+        data, starts, counts = _cell_list(pos, vel, finder, capacity)
+
+        def one(centre):
+            rows, mask = _neighbourhood(centre, data, starts, counts, finder, capacity)
+            return _so_one(centre, rows, mask, finder, mass, rho_thr, deltas)
 
     out = jax.lax.map(one, centres, batch_size=8)
-    valid = has_peak & out["found"] & (out["n200c"] >= finder.min_particles) & (out["R200c"] < finder.r_max)
+    valid = has_peak & out["found"] & (out["n200c"] >= finder.min_particles)
     order = jnp.argsort(jnp.where(valid, -out["M200c"], jnp.inf))
     out = {k: v[order] for k, v in out.items()}
     valid = valid[order]
@@ -356,7 +375,7 @@ def _find(pos, vel, mass, rho_thr, finder, capacity):
     order = jnp.argsort(~kept, stable=True)  # kept first, mass order preserved
     kept = kept[order]
     fields = {}
-    for name in ("pos", "vel", "M200c", "R200c", "M500c", "R500c", "n200c", "offset", "infall"):
+    for name in ("pos", "vel", "M200c", "R200c", "M500c", "R500c", "M200m", "R200m", "n200c", "offset", "infall"):
         v = out[name][order]
         fields[name] = jnp.where(kept.reshape(kept.shape + (1,) * (v.ndim - 1)), v, jnp.zeros_like(v))
     return HaloCatalogue(**fields, valid=kept, n_peaks=n_peaks)
@@ -402,4 +421,6 @@ def find_halos(
             raise ValueError("SOFinder.capacity must be set when find_halos is traced (under jit or vmap)")
         capacity = _cell_capacity(np.asarray(pos), finder)
     rho_thr = critical_density_comoving(cosmo, a).astype(pos.dtype)
-    return _find(pos, vel, mass, rho_thr, finder, capacity)
+    om = Omega_m_a(cosmo, a.astype(cosmo.Omega_m.dtype)).astype(pos.dtype)
+    deltas = jnp.stack([jnp.asarray(200.0, dtype=pos.dtype), jnp.asarray(500.0, dtype=pos.dtype), 200.0 * om])
+    return _find(pos, vel, mass, rho_thr, deltas, finder, capacity)

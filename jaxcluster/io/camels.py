@@ -25,7 +25,7 @@ from jaxtyping import Int
 
 from ..params import PARAM_NAMES, PRIOR_BOUNDS, ThetaSim
 
-__all__ = ["CAMELS_COLUMNS", "CamelsTable", "read_camels_params"]
+__all__ = ["CAMELS_COLUMNS", "CamelsTable", "read_camels_params", "write_camels_params"]
 
 CAMELS_COLUMNS: tuple[str, ...] = ("Omega_m", "sigma_8", "A_SN1", "A_AGN1", "A_SN2", "A_AGN2", "seed")
 _NAME_COLUMNS = ("name", "#name", "sim", "simulation")
@@ -121,3 +121,28 @@ def read_camels_params(path: str | Path) -> CamelsTable:
     theta = ThetaSim(**{name: np.asarray(values[name], dtype=np.float64) for name in PARAM_NAMES})
     seeds = np.asarray(values["seed"], dtype=np.float64).astype(np.int64)
     return CamelsTable(theta=theta, seeds=seeds, names=tuple(names) if has_names else None)
+
+
+def write_camels_params(path: str | Path, theta: ThetaSim, seeds, names: tuple[str, ...] | list[str] | None = None) -> None:
+    """Write a parameter table in the CAMELS layout (`read_camels_params` reads it back exactly).
+
+    Args:
+        path: output text file.
+        theta: θ_sim batch, fields of shape (n_sim,).
+        seeds: (n_sim,) integer initial-condition seeds.
+        names: optional simulation names (first column), e.g. ``LH_0``.
+
+    Raises:
+        ValueError: mismatched lengths.
+    """
+    values = {name: np.atleast_1d(np.asarray(getattr(theta, name), dtype=np.float64)) for name in PARAM_NAMES}
+    seeds = np.atleast_1d(np.asarray(seeds))
+    n = len(seeds)
+    if any(len(v) != n for v in values.values()) or (names is not None and len(names) != n):
+        raise ValueError(f"theta fields, seeds and names must all have length {n}")
+    header = ("#Name " if names is not None else "#") + " ".join(CAMELS_COLUMNS)
+    lines = [header]
+    for i in range(n):
+        row = [repr(float(values[c][i])) for c in CAMELS_COLUMNS[:-1]] + [str(int(seeds[i]))]
+        lines.append(" ".join(([names[i]] if names is not None else []) + row))
+    Path(path).write_text("\n".join(lines) + "\n")

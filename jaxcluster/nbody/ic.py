@@ -43,7 +43,8 @@ def linear_field(
     spacing = config.particle_spacing
     kx, ky, kz = rfft_wavevectors(config.particle_shape, dtype=noise.dtype)
     k = jnp.sqrt(kx**2 + ky**2 + kz**2) / spacing  # h Mpc⁻¹
-    pk = linear_power(cosmo, k, wiggles=wiggles).astype(noise.dtype)
+    # P(k) in the cosmology's precision, the field in the noise's (float32 fields, float64 tables).
+    pk = linear_power(cosmo, k.astype(jnp.result_type(cosmo.Omega_m)), wiggles=wiggles).astype(noise.dtype)
     # Double where: √P has an infinite derivative at P(k=0) = 0 (NaN gradients otherwise).
     amp = jnp.where(k > 0, jnp.sqrt(jnp.where(k > 0, pk, 1.0) / spacing**3), 0.0)
     noise_k = jnp.fft.rfftn(noise)

@@ -74,7 +74,8 @@ def lpt(
         order: 1 (Zel'dovich) or 2 (2LPT).
     """
     psi1, psi2 = lpt_displacements(delta_lin, config, order)
-    a = jnp.asarray(a, dtype=delta_lin.dtype)
+    # Growth in the table's (default float) precision, as `kdk_factors` does.
+    a = jnp.asarray(a, dtype=jnp.result_type(float))
     q = config.lattice(delta_lin.dtype)
     d1, d2 = growth.D1(a).astype(q.dtype), growth.D2(a).astype(q.dtype)
     g1, g2 = growth.G1(cosmo, a).astype(q.dtype), growth.G2(cosmo, a).astype(q.dtype)

@@ -1,0 +1,322 @@
+r"""A synthetic hydrodynamics model: (n_e, T) on the mesh from dark matter, halos, θ_sim, z and a key.
+
+**Synthetic**: it stands in for CAMELS/IllustrisTNG in tests, examples and the
+shipped default weights; results on it are never reproductions of seed 001's
+numbers. The equations, sources and the calibration are in
+`docs/pipeline/synthetic.md`; in brief:
+
+* **Diffuse gas** follows the dark matter smoothed by a Gaussian of
+  `smoothing` h⁻¹ Mpc (gas pressure), $n_e = \bar n_e (1 + δ_s)$, with a
+  photo-ionised IGM $T = T_0 (1+δ_s)^{γ-1}$ blending into a shock-heated
+  warm-hot phase $T_{sh} = T_{sh,0} ((1+δ_s)/100)^{2/3}$ above 1 + δ_s ≈ 10.
+* **Halo gas** (halos with M_200c ≥ `min_mass`): Battaglia (2016) density and
+  Battaglia et al. (2012) pressure, T = P / n (`baryons.icm`), replacing the
+  diffuse gas inside R_200c and tapering to it by `x_trunc` R_200c.
+* **Feedback** acts through smooth functions of ln A: a gas-depletion mass
+  scale $\ln M_c = \ln M_{c,0} + \sum_i c_i \ln A_i$ removes gas from the
+  cores of halos below M_c, and core heating multiplies T; the SN
+  coefficients are larger than the AGN ones (seed 001 §5.4).
+* **Scatter** per halo: a core-density deviate (cool core vs disturbed),
+  part tied to the halo's dark matter (concentration M_500c/M_200c, centre
+  offset, infall) and part random, plus random gas-fraction and
+  temperature deviates.
+
+Units: comoving n_e [cm⁻³] and mass-weighted T [keV] on the comoving mesh.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology, E
+from ..halos.so import HaloCatalogue
+from ..io.snapshots import KEV_ERG, MPC_CM, PROTON_MASS_G, SOLAR_MASS_G
+from ..nbody.mesh import paint_cic, rfft_wavevectors
+from ..params import ThetaSim
+from .icm import MU_E, battaglia16_density, gnfw_temperature_keV
+
+__all__ = ["SyntheticGasModel", "SyntheticGas", "HaloDeviates", "synthetic_gas", "halo_deviates", "halo_gas_profile"]
+
+_K_B_KEV_PER_K = 8.617333262e-8
+# ρ [h² M☉ Mpc⁻³] → n_e [cm⁻³] needs h², M☉ in grams, Mpc in cm and μ_e m_p.
+_RHO_TO_NE = SOLAR_MASS_G / MPC_CM**3 / (MU_E * PROTON_MASS_G)
+
+
+class SyntheticGasModel(eqx.Module):
+    """Parameters of the synthetic gas model (all documented in docs/pipeline/synthetic.md).
+
+    The defaults are the fiducial model, calibrated so its clusters follow
+    observed T–M and L_X–M relations within 30 % (see the docs page).
+    All fields are plain floats (differentiable leaves).
+    """
+
+    # Diffuse gas
+    smoothing: float = 0.25  # Gaussian σ of the gas smoothing [h⁻¹ Mpc, comoving]
+    T_igm_K: float = 8e3  # IGM temperature at mean density [K]
+    gamma_igm: float = 1.55  # slope γ of T ∝ (1+δ)^(γ−1)
+    T_shock_K: float = 1e6  # warm-hot phase temperature at 1 + δ = 100 [K]
+    delta_shock: float = 10.0  # 1 + δ at which half the diffuse gas is shock-heated
+    # Halos
+    min_mass: float = 10**12.5  # smallest M_200c painted with a profile [h⁻¹ M☉]
+    x_trunc: float = 2.0  # profiles taper to the diffuse gas between R_200c and x_trunc R_200c
+    # Calibration to observed T–M and L_X–M (docs/pipeline/synthetic.md)
+    n_norm: float = 0.88  # multiplies the Battaglia (2016) gas density
+    T_norm: float = 1.15  # multiplies the Battaglia (2012) P / n temperature
+    # Feedback: ln M_c = ln M_c0 + Σ c_i ln A_i, depletion f = 1 / (1 + (M_c/M)^β)
+    ln_Mc0: float = math.log(10**13.3)  # [h⁻¹ M☉]
+    beta_dep: float = 0.8
+    c_SN1: float = 0.8
+    c_SN2: float = -0.5
+    c_AGN1: float = 0.25
+    c_AGN2: float = 0.1
+    x_eject: float = 0.5  # depletion acts inside ~x_eject R_200c
+    # Core heating: ln T_core += Σ h_i ln A_i (inside ~0.3 R_200c); diffuse: ln T_sh += Σ w_i ln A_i
+    h_SN1: float = 0.06
+    h_SN2: float = -0.03
+    h_AGN1: float = 0.04
+    h_AGN2: float = 0.03
+    w_SN1: float = 0.05
+    w_AGN1: float = 0.08
+    w_AGN2: float = 0.04
+    # Per-halo scatter (ln units)
+    sigma_core_env: float = 0.3  # core-density deviate tied to the halo's dark matter
+    sigma_core_random: float = 0.35  # core-density deviate, random
+    sigma_fgas: float = 0.1  # gas-fraction deviate, random
+    sigma_T: float = 0.08  # temperature deviate, random
+    x_core: float = 0.1  # core scale of the core deviate [R_200c]
+
+
+class HaloDeviates(eqx.Module):
+    """Per-halo scatter in ln units: core density, gas fraction, temperature (each (n_halo,))."""
+
+    core: Float[Array, " n_halo"]
+    fgas: Float[Array, " n_halo"]
+    T: Float[Array, " n_halo"]
+
+
+class SyntheticGas(eqx.Module):
+    """The model's output on the mesh.
+
+    Attributes:
+        n_e: comoving electron density [cm⁻³].
+        T_keV: mass-weighted temperature [keV].
+        halo_weight: fraction of each voxel's gas given by halo profiles (0–1).
+    """
+
+    n_e: Float[Array, "nx ny nz"]
+    T_keV: Float[Array, "nx ny nz"]
+    halo_weight: Float[Array, "nx ny nz"]
+
+
+def _ln_A(theta: ThetaSim, dtype):
+    return {k: jnp.log(jnp.asarray(getattr(theta, k), dtype=dtype)) for k in ("A_SN1", "A_SN2", "A_AGN1", "A_AGN2")}
+
+
+def _environment_score(halos: HaloCatalogue, dtype):
+    """Standardised 'relaxedness' from the halo's dark matter: concentrated, centred, quiet → positive.
+
+    Reference points are the medians of PM halos at 0.39 h⁻¹ Mpc resolution
+    (docs/pipeline/synthetic.md); each term is clipped to ±3.
+    """
+    M200 = jnp.where(halos.valid, halos.M200c, 1.0).astype(dtype)
+    conc = jnp.log(jnp.where(halos.valid, halos.M500c, 0.6).astype(dtype) / M200)
+    z_c = jnp.clip((conc - math.log(0.6)) / 0.1, -3.0, 3.0)
+    z_o = jnp.clip((jnp.log(halos.offset.astype(dtype) + 0.01) - math.log(0.06)) / 0.7, -3.0, 3.0)
+    z_i = jnp.clip((halos.infall.astype(dtype) - 0.4) / 0.15, -3.0, 3.0)
+    return (z_c - z_o - z_i) / math.sqrt(3.0)
+
+
+def halo_deviates(model: SyntheticGasModel, halos: HaloCatalogue, key: PRNGKeyArray, dtype=None) -> HaloDeviates:
+    """Draw the per-halo scatter: the core deviate mixes the environment score and a Gaussian."""
+    dtype = dtype or halos.M200c.dtype
+    n = halos.M200c.shape[0]
+    k_core, k_f, k_T = jax.random.split(key, 3)
+    core = model.sigma_core_env * _environment_score(halos, dtype) + model.sigma_core_random * jax.random.normal(
+        k_core, (n,), dtype=dtype
+    )
+    return HaloDeviates(
+        core=core,
+        fgas=model.sigma_fgas * jax.random.normal(k_f, (n,), dtype=dtype),
+        T=model.sigma_T * jax.random.normal(k_T, (n,), dtype=dtype),
+    )
+
+
+def _depletion(model, M200c, lnA):
+    """Gas depletion relative to the fiducial feedback, f(θ) / f(fid), for masses M_200c [h⁻¹ M☉]."""
+    ln_Mc = model.ln_Mc0 + model.c_SN1 * lnA["A_SN1"] + model.c_SN2 * lnA["A_SN2"]
+    ln_Mc = ln_Mc + model.c_AGN1 * lnA["A_AGN1"] + model.c_AGN2 * lnA["A_AGN2"]
+    ln_M = jnp.log(M200c)
+    return (1.0 + jnp.exp(model.beta_dep * (model.ln_Mc0 - ln_M))) / (1.0 + jnp.exp(model.beta_dep * (ln_Mc - ln_M)))
+
+
+def _core_heating(model, lnA):
+    return (
+        model.h_SN1 * lnA["A_SN1"] + model.h_SN2 * lnA["A_SN2"] + model.h_AGN1 * lnA["A_AGN1"] + model.h_AGN2 * lnA["A_AGN2"]
+    )
+
+
+def halo_gas_profile(
+    model: SyntheticGasModel,
+    x: Float[ArrayLike, "*x"],
+    M200c: Float[ArrayLike, ""],
+    R200c: Float[ArrayLike, ""],
+    cosmo: Cosmology,
+    theta: ThetaSim,
+    z: Float[ArrayLike, ""],
+    deviates: tuple = (0.0, 0.0, 0.0),
+) -> tuple[Float[Array, "*x"], Float[Array, "*x"]]:
+    r"""Electron density and temperature of one halo's gas at x = r / R_200c (untapered).
+
+    Args:
+        model: model parameters.
+        x: radii in units of R_200c (> 0).
+        M200c: halo mass [h⁻¹ M☉].
+        R200c: *comoving* R_200c [h⁻¹ Mpc].
+        cosmo: cosmology (h, Ω_b / Ω_m, ρ_c(z)).
+        theta: θ_sim (feedback amplitudes).
+        z: redshift.
+        deviates: (core, fgas, T) ln-deviates of this halo (`halo_deviates`).
+
+    Returns:
+        (n_e comoving [cm⁻³], T [keV]), each of x's shape.
+    """
+    x = jnp.asarray(x)
+    dtype = x.dtype
+    h = cosmo.h.astype(dtype)
+    z = jnp.asarray(z, dtype=dtype)
+    a = 1.0 / (1.0 + z)
+    M_sun = jnp.asarray(M200c, dtype=dtype) / h
+    R_phys_Mpc = a * jnp.asarray(R200c, dtype=dtype) / h
+    lnA = _ln_A(theta, dtype)
+    d_core, d_fgas, d_T = (jnp.asarray(d, dtype=dtype) for d in deviates)
+    x = jnp.maximum(x, 1e-3)
+    rho_crit_z = RHO_CRIT0_MSUN_H2_MPC3 * E(cosmo, a.astype(cosmo.Omega_m.dtype)).astype(dtype) ** 2  # h² M☉ Mpc⁻³
+    f_b = (cosmo.Omega_b / cosmo.Omega_m).astype(dtype)
+    core = 1.0 / (1.0 + (x / model.x_core) ** 2)
+    inner = 1.0 / (1.0 + (x / model.x_eject) ** 2)
+    depletion = _depletion(model, jnp.asarray(M200c, dtype=dtype), lnA) ** inner
+    rho_gas = model.n_norm * f_b * rho_crit_z * battaglia16_density(x, M_sun, z) * depletion * jnp.exp(d_fgas + d_core * core)
+    n_e = rho_gas * h**2 * a**3 * _RHO_TO_NE  # physical → comoving
+    heating = _core_heating(model, lnA) / (1.0 + (x / 0.3) ** 2)
+    # A denser (cool) core is also cooler: half the density deviate comes off ln T.
+    T = model.T_norm * gnfw_temperature_keV(x, M_sun, R_phys_Mpc, z) * jnp.exp(d_T + heating - 0.5 * d_core * core)
+    return n_e, T
+
+
+def _diffuse_temperature_keV(model, one_plus_delta, lnA):
+    T_igm = model.T_igm_K * one_plus_delta ** (model.gamma_igm - 1.0)
+    T_sh = model.T_shock_K * (one_plus_delta / 100.0) ** (2.0 / 3.0)
+    T_sh = T_sh * jnp.exp(model.w_SN1 * lnA["A_SN1"] + model.w_AGN1 * lnA["A_AGN1"] + model.w_AGN2 * lnA["A_AGN2"])
+    shocked = jax.nn.sigmoid((jnp.log(one_plus_delta) - math.log(model.delta_shock)) / 0.5)
+    return ((1.0 - shocked) * T_igm + shocked * T_sh) * _K_B_KEV_PER_K
+
+
+def _taper(x, x_trunc):
+    """1 inside R_200c, a half cosine to 0 at x_trunc."""
+    t = jnp.clip((x - 1.0) / (x_trunc - 1.0), 0.0, 1.0)
+    return 0.5 * (1.0 + jnp.cos(math.pi * t))
+
+
+def synthetic_gas(
+    pos: Float[Array, "n_ptcl 3"],
+    halos: HaloCatalogue,
+    theta: ThetaSim,
+    z: float | Float[Array, ""],
+    key: PRNGKeyArray,
+    box_size: tuple[float, float, float],
+    mesh_shape: tuple[int, int, int],
+    model: SyntheticGasModel = SyntheticGasModel(),
+    *,
+    cosmo: Cosmology | None = None,
+    r_paint: float = 3.0,
+    subsample: int = 2,
+) -> SyntheticGas:
+    r"""Paint synthetic (n_e, T) on a mesh from dark-matter particles and their halos.
+
+    Args:
+        pos: (n_ptcl, 3) comoving dark-matter positions [h⁻¹ Mpc].
+        halos: `find_halos` output for these particles.
+        theta: θ_sim (Ω_m, σ_8 set the cosmology unless `cosmo` is given; the
+            A's drive the feedback functions).
+        z: redshift.
+        key: PRNG key of the per-halo scatter.
+        box_size: comoving box [h⁻¹ Mpc] (static).
+        mesh_shape: output mesh (static), e.g. cells of 0.39 h⁻¹ Mpc.
+        model: model parameters.
+        cosmo: cosmology; default `Cosmology(theta.Omega_m, theta.sigma_8)`.
+        r_paint: largest comoving radius a profile is painted to [h⁻¹ Mpc]
+            (static; beyond it the diffuse gas takes over).
+        subsample: profile samples per cell and axis (cell averages of n_e and n_e T).
+
+    Returns:
+        `SyntheticGas` with comoving n_e [cm⁻³] and mass-weighted T [keV].
+    """
+    box = tuple(float(b) for b in np.broadcast_to(np.asarray(box_size, dtype=float), (3,)))
+    shape = tuple(int(n) for n in np.broadcast_to(np.asarray(mesh_shape), (3,)))
+    if pos.ndim != 2 or pos.shape[-1] != 3:
+        raise ValueError(f"pos must have shape (n_ptcl, 3), got {pos.shape}")
+    if subsample < 1:
+        raise ValueError(f"subsample = {subsample} must be >= 1")
+    if not 0 < r_paint <= min(box) / 2:
+        raise ValueError(f"r_paint = {r_paint} must lie in (0, min(box_size)/2] h⁻¹ Mpc")
+    dtype = pos.dtype
+    if cosmo is None:
+        cosmo = Cosmology(Omega_m=theta.Omega_m, sigma_8=theta.sigma_8)
+    z = jnp.asarray(z, dtype=dtype)
+    lnA = _ln_A(theta, dtype)
+    cell = jnp.asarray([b / n for b, n in zip(box, shape)], dtype=dtype)
+
+    # Diffuse gas: smoothed dark matter.
+    counts = paint_cic(pos / cell[None, :], jnp.ones(pos.shape[0], dtype=dtype), shape)
+    one_plus_delta = counts * (math.prod(shape) / pos.shape[0])
+    kx, ky, kz = rfft_wavevectors(shape, dtype=dtype)
+    k2 = (kx / cell[0]) ** 2 + (ky / cell[1]) ** 2 + (kz / cell[2]) ** 2
+    modes = jnp.fft.rfftn(one_plus_delta)
+    smooth = jnp.exp(-0.5 * model.smoothing**2 * k2).astype(modes.dtype)
+    one_plus_delta = jnp.maximum(jnp.fft.irfftn(modes * smooth, s=shape), 1e-3)
+    h = cosmo.h.astype(dtype)
+    n_e_mean = (cosmo.Omega_b.astype(dtype) * RHO_CRIT0_MSUN_H2_MPC3) * h**2 * _RHO_TO_NE
+    n_diff = n_e_mean * one_plus_delta
+    T_diff = _diffuse_temperature_keV(model, one_plus_delta, lnA)
+
+    # Halo gas: profiles on a cube of cells around each halo, sub-sampled.
+    dev = halo_deviates(model, halos, key, dtype)
+    w = int(math.ceil(r_paint / min(b / n for b, n in zip(box, shape))))
+    offs = jnp.arange(-w, w + 1, dtype=jnp.int32)
+    cube = jnp.stack(jnp.meshgrid(offs, offs, offs, indexing="ij"), -1).reshape(-1, 3)  # (C, 3)
+    sub = (jnp.arange(subsample, dtype=dtype) + 0.5) / subsample - 0.5
+    sub = jnp.stack(jnp.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(-1, 3)  # (S, 3) in cells
+    shape_arr = jnp.asarray(shape, dtype=jnp.int32)
+
+    def one_halo(centre, M200c, R200c, valid, d_core, d_fgas, d_T):
+        # Voxel i is centred on the CIC node i·cell, as `paint_cic` and `voxelise_gas` assign.
+        c_cell = jnp.round(centre / cell).astype(jnp.int32)
+        idx = c_cell[None, :] + cube  # (C, 3)
+        pts = (idx.astype(dtype)[:, None, :] + sub[None, :, :]) * cell[None, None, :]  # (C, S, 3)
+        r = jnp.sqrt(jnp.sum((pts - centre[None, None, :]) ** 2, -1))
+        R = jnp.where(valid, R200c, 1.0)
+        x = r / R
+        n_e, T = halo_gas_profile(model, x, jnp.where(valid, M200c, 1e14), R, cosmo, theta, z, (d_core, d_fgas, d_T))
+        wt = _taper(x, model.x_trunc) * (r < r_paint) * valid
+        n_w = jnp.mean(n_e * wt, -1)
+        return jnp.mod(idx, shape_arr[None, :]), n_w, jnp.mean(n_e * wt * T, -1), jnp.mean(wt, -1)
+
+    paint = halos.valid & (halos.M200c >= model.min_mass)
+    idx, n_h, nT_h, w_h = jax.vmap(one_halo)(
+        halos.pos.astype(dtype), halos.M200c.astype(dtype), halos.R200c.astype(dtype), paint, dev.core, dev.fgas, dev.T
+    )
+    flat = ((idx[..., 0] * shape[1] + idx[..., 1]) * shape[2] + idx[..., 2]).ravel()
+    size = math.prod(shape)
+    n_halo = jnp.zeros(size, dtype=dtype).at[flat].add(n_h.ravel()).reshape(shape)
+    nT_halo = jnp.zeros(size, dtype=dtype).at[flat].add(nT_h.ravel()).reshape(shape)
+    weight = jnp.minimum(jnp.zeros(size, dtype=dtype).at[flat].add(w_h.ravel()).reshape(shape), 1.0)
+
+    n_e = n_diff * (1.0 - weight) + n_halo
+    T = (n_diff * (1.0 - weight) * T_diff + nT_halo) / n_e
+    return SyntheticGas(n_e=n_e, T_keV=T, halo_weight=weight)
