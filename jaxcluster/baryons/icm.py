@@ -48,7 +48,7 @@ def _power_law(A0, alpha_m, alpha_z, M14, opz):
 
 
 def battaglia16_density(
-    x: Float[ArrayLike, "*x"], M200c_Msun: Float[ArrayLike, "*x"], z: Float[ArrayLike, "*x"]
+    x: Float[ArrayLike, "*x"], M200c_Msun: Float[ArrayLike, "*#x"], z: Float[ArrayLike, "*#x"]
 ) -> Float[Array, "*x"]:
     r"""$\tilde ρ(x) = ρ_{gas} / (f_b ρ_c(z))$ of Battaglia (2016), AGN feedback; x = r / R_200c, M in M☉."""
     x = jnp.asarray(x)
@@ -62,7 +62,7 @@ def battaglia16_density(
 
 
 def battaglia12_pressure(
-    x: Float[ArrayLike, "*x"], M200c_Msun: Float[ArrayLike, "*x"], z: Float[ArrayLike, "*x"]
+    x: Float[ArrayLike, "*x"], M200c_Msun: Float[ArrayLike, "*#x"], z: Float[ArrayLike, "*#x"]
 ) -> Float[Array, "*x"]:
     r"""$\tilde P(x) = P_{th} / P_{200}$ of Battaglia et al. (2012), AGN feedback; x = r / R_200c, M in M☉."""
     x = jnp.asarray(x)
@@ -76,9 +76,9 @@ def battaglia12_pressure(
 
 def gnfw_temperature_keV(
     x: Float[ArrayLike, "*x"],
-    M200c_Msun: Float[ArrayLike, "*x"],
-    R200c_Mpc: Float[ArrayLike, "*x"],
-    z: Float[ArrayLike, "*x"],
+    M200c_Msun: Float[ArrayLike, "*#x"],
+    R200c_Mpc: Float[ArrayLike, "*#x"],
+    z: Float[ArrayLike, "*#x"],
 ) -> Float[Array, "*x"]:
     r"""$k_B T = 100\,μ m_p G M_{200c} / R_{200c}\;\tilde P / \tilde ρ$ [keV].
 

@@ -17,8 +17,8 @@ numbers. The equations, sources and the calibration are in
   cores of halos below M_c, and core heating multiplies T; the SN
   coefficients are larger than the AGN ones (seed 001 §5.4).
 * **Scatter** per halo: a core-density deviate (cool core vs disturbed),
-  part tied to the halo's dark matter (concentration M_500c/M_200c, centre
-  offset, infall) and part random, plus random gas-fraction and
+  part tied to the halo's dark matter (centre offset and infall-shell mass
+  from the halo finder) and part random, plus random gas-fraction and
   temperature deviates.
 
 Units: comoving n_e [cm⁻³] and mass-weighted T [keV] on the comoving mesh.
@@ -85,8 +85,8 @@ class SyntheticGasModel(eqx.Module):
     w_AGN1: float = 0.08
     w_AGN2: float = 0.04
     # Per-halo scatter (ln units)
-    sigma_core_env: float = 0.3  # core-density deviate tied to the halo's dark matter
-    sigma_core_random: float = 0.35  # core-density deviate, random
+    sigma_core_env: float = 0.35  # core-density deviate tied to the halo's dark matter
+    sigma_core_random: float = 0.45  # core-density deviate, random
     sigma_fgas: float = 0.1  # gas-fraction deviate, random
     sigma_T: float = 0.08  # temperature deviate, random
     x_core: float = 0.1  # core scale of the core deviate [R_200c]
@@ -119,17 +119,17 @@ def _ln_A(theta: ThetaSim, dtype):
 
 
 def _environment_score(halos: HaloCatalogue, dtype):
-    """Standardised 'relaxedness' from the halo's dark matter: concentrated, centred, quiet → positive.
+    """Standardised 'relaxedness' from the halo's dark matter: centred and quiet → positive.
 
-    Reference points are the medians of PM halos at 0.39 h⁻¹ Mpc resolution
-    (docs/pipeline/synthetic.md); each term is clipped to ±3.
+    Two proxies from the halo finder, each standardised with reference points
+    measured on PM halos at 0.39 h⁻¹ Mpc and clipped to ±3: the centre offset
+    (ln(offset + 0.01), median ln 0.06, spread 0.5) and the infall-shell mass
+    (median 0.7, spread 0.3). M_500c/M_200c is not used: at that resolution it
+    is set by the force softening for group-scale halos, not by their assembly.
     """
-    M200 = jnp.where(halos.valid, halos.M200c, 1.0).astype(dtype)
-    conc = jnp.log(jnp.where(halos.valid, halos.M500c, 0.6).astype(dtype) / M200)
-    z_c = jnp.clip((conc - math.log(0.6)) / 0.1, -3.0, 3.0)
-    z_o = jnp.clip((jnp.log(halos.offset.astype(dtype) + 0.01) - math.log(0.06)) / 0.7, -3.0, 3.0)
-    z_i = jnp.clip((halos.infall.astype(dtype) - 0.4) / 0.15, -3.0, 3.0)
-    return (z_c - z_o - z_i) / math.sqrt(3.0)
+    z_o = jnp.clip((jnp.log(halos.offset.astype(dtype) + 0.01) - math.log(0.06)) / 0.5, -3.0, 3.0)
+    z_i = jnp.clip((halos.infall.astype(dtype) - 0.7) / 0.3, -3.0, 3.0)
+    return -(z_o + z_i) / math.sqrt(2.0)
 
 
 def halo_deviates(model: SyntheticGasModel, halos: HaloCatalogue, key: PRNGKeyArray, dtype=None) -> HaloDeviates:
@@ -303,7 +303,7 @@ def synthetic_gas(
         R = jnp.where(valid, R200c, 1.0)
         x = r / R
         n_e, T = halo_gas_profile(model, x, jnp.where(valid, M200c, 1e14), R, cosmo, theta, z, (d_core, d_fgas, d_T))
-        wt = _taper(x, model.x_trunc) * (r < r_paint) * valid
+        wt = jnp.where((r < r_paint) & valid, _taper(x, model.x_trunc), 0.0)
         n_w = jnp.mean(n_e * wt, -1)
         return jnp.mod(idx, shape_arr[None, :]), n_w, jnp.mean(n_e * wt * T, -1), jnp.mean(wt, -1)
 

@@ -142,7 +142,7 @@ def latin_hypercube(key: PRNGKeyArray, n: int) -> ThetaSim:
     """n points of a Latin hypercube over the Table 1 priors (one point per stratum in each parameter)."""
     k_perm, k_jit = jax.random.split(key)
     strata = jnp.stack([jax.random.permutation(k, n) for k in jax.random.split(k_perm, 6)], axis=-1)
-    u = (strata + jax.random.uniform(k_jit, (n, 6))) / n
+    u = (strata.astype(jnp.result_type(float)) + jax.random.uniform(k_jit, (n, 6))) / n
     return ThetaSim.from_unit(u)
 
 

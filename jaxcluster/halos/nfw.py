@@ -30,7 +30,7 @@ def nfw_mu(y: Float[ArrayLike, "*y"]) -> Float[Array, "*y"]:
     return jnp.log1p(y) - y / (1.0 + y)
 
 
-def nfw_enclosed_fraction(x: Float[ArrayLike, "*x"], c: Float[ArrayLike, "*x"]) -> Float[Array, "*x"]:
+def nfw_enclosed_fraction(x: Float[ArrayLike, "*x"], c: Float[ArrayLike, "*#x"]) -> Float[Array, "*x"]:
     r"""$M(<x R_{200c}) / M_{200c} = μ(c x) / μ(c)$ for an untruncated NFW halo of concentration c."""
     return nfw_mu(jnp.asarray(c) * x) / nfw_mu(c)
 
@@ -58,7 +58,7 @@ def nfw_radius_ratio(c: Float[ArrayLike, "*c"], delta_ratio: float, n_iter: int 
     return jnp.exp(0.5 * (lo + hi))
 
 
-def concentration_duffy08(M200c: Float[ArrayLike, "*M"], z: Float[ArrayLike, "*M"]) -> Float[Array, "*M"]:
+def concentration_duffy08(M200c: Float[ArrayLike, "*M"], z: Float[ArrayLike, "*#M"]) -> Float[Array, "*M"]:
     r"""Duffy et al. (2008) $c_{200c} = 5.71\,(M_{200c} / 2\times10^{12} h^{-1} M_☉)^{-0.084} (1+z)^{-0.47}$.
 
     The fit to their full (relaxed and unrelaxed) WMAP5 sample, NFW, Δ = 200c
