@@ -9,10 +9,14 @@ The pipeline, one subpackage per stage (see the docs' Pipeline pages):
 * `jaxcluster.xray`: XMM-Newton response, pyatomdb emissivity tables, count rates.
 * `jaxcluster.analytic`: Tinker08 mass function, XXL scaling relations, expected XOD,
   Poisson likelihood, Fisher matrix, NUTS (the scaling-relation baseline).
+* `jaxcluster.halos`: spherical-overdensity halo finder (M200c, M500c, R500c, velocities), NFW.
+* `jaxcluster.baryons`: the synthetic hydrodynamics model (published ICM profiles, feedback,
+  scatter) and the synthetic CAMELS-like training sets.
 * `jaxcluster.io`: Gadget/AREPO snapshots (n_e, T voxelisation, PM restarts), CAMELS tables, run files.
 """
 
-from . import analytic, cosmology, io, nbody, params, xray
+from . import analytic, baryons, cosmology, halos, io, nbody, params, xray
+from .baryons import SyntheticGasModel, synthetic_gas
 from .cosmology import (
     Cosmology,
     GrowthTable,
@@ -24,14 +28,16 @@ from .cosmology import (
     sigma_R,
 )
 from .nbody import NBodyResult, PMConfig, linear_field, lpt, nbody as run_nbody, step_grid, white_noise
+from .halos import HaloCatalogue, SOFinder, find_halos
 from .params import FIDUCIAL, PARAM_NAMES, PRIOR_BOUNDS, ThetaSim
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "analytic", "cosmology", "io", "nbody", "params", "xray",
+    "analytic", "baryons", "cosmology", "halos", "io", "nbody", "params", "xray",
     "ThetaSim", "PARAM_NAMES", "PRIOR_BOUNDS", "FIDUCIAL",
     "Cosmology", "GrowthTable", "growth_table", "linear_power", "sigma_R",
     "comoving_distance", "angular_diameter_distance", "luminosity_distance",
     "PMConfig", "white_noise", "linear_field", "lpt", "run_nbody", "step_grid", "NBodyResult",
+    "SOFinder", "HaloCatalogue", "find_halos", "SyntheticGasModel", "synthetic_gas",
 ]

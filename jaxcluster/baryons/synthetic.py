@@ -72,9 +72,9 @@ class SyntheticGasModel(eqx.Module):
     ln_Mc0: float = math.log(10**13.3)  # [h⁻¹ M☉]
     beta_dep: float = 0.8
     c_SN1: float = 0.8
-    c_SN2: float = -0.5
-    c_AGN1: float = 0.25
-    c_AGN2: float = 0.1
+    c_SN2: float = -0.7
+    c_AGN1: float = 0.15
+    c_AGN2: float = 0.06
     x_eject: float = 0.5  # depletion acts inside ~x_eject R_200c
     # Core heating: ln T_core += Σ h_i ln A_i (inside ~0.3 R_200c); diffuse: ln T_sh += Σ w_i ln A_i
     h_SN1: float = 0.06
