@@ -1,4 +1,4 @@
-"""Command line: `jaxcluster run` (the main job), `tables build`, `fisher`, `hmc`."""
+"""Command line: `jaxcluster run` (the main job), `tables build`, `fisher`, `hmc`, `data generate`."""
 
 from __future__ import annotations
 
@@ -88,6 +88,10 @@ def _forwarded(command: str):
         from .analytic.cli import fisher_main
 
         return fisher_main
+    if command == "data":
+        from .baryons.cli import main as data_main
+
+        return data_main
     from .analytic.cli import hmc_main
 
     return hmc_main
@@ -97,6 +101,7 @@ _FORWARDED = {
     "tables": "X-ray emissivity tables: `jaxcluster tables build [options]`",
     "fisher": "Fisher forecast of the analytic XOD model: `jaxcluster fisher --out DIR [options]`",
     "hmc": "NUTS posterior of the analytic XOD model: `jaxcluster hmc --out DIR [options]`",
+    "data": "SYNTHETIC CAMELS-like training sets: `jaxcluster data generate {cv,lh} --out DIR [options]`",
 }
 
 
