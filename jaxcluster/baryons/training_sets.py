@@ -80,6 +80,7 @@ class TrainingSetSpec:
         seed: master seed; sample i uses IC seed ``seed · 100003 + i`` (mod 2³¹).
         max_halos: halo-catalogue length per snapshot.
         capacity: cell-list capacity of the halo finder (see `SOFinder`).
+        max_neighbours: most particles within r_max of a peak (see `SOFinder`).
     """
 
     kind: str
@@ -92,6 +93,7 @@ class TrainingSetSpec:
     seed: int = 0
     max_halos: int = 64
     capacity: int = 16384
+    max_neighbours: int = 65536
 
     def __post_init__(self):
         if self.kind not in ("cv", "lh"):
@@ -112,7 +114,7 @@ class TrainingSetSpec:
     @property
     def finder(self) -> SOFinder:
         return SOFinder(self.box_size, self.n_side, max_halos=self.max_halos, capacity=self.capacity,
-                        r_max=min(2.5, self.box_size / 3))
+                        r_max=min(2.5, self.box_size / 3), max_neighbours=self.max_neighbours)
 
     @property
     def a_steps(self) -> np.ndarray:
@@ -128,7 +130,7 @@ class TrainingSetSpec:
 
 def cv_spec(n_samples: int = 8, **kwargs) -> TrainingSetSpec:
     """CV-like set: fiducial θ, 50 h⁻¹ Mpc, 128³ (0.39 h⁻¹ Mpc voxels), eight Table 1 redshifts."""
-    kwargs = dict(box_size=50.0, n_side=128, max_halos=256, capacity=65536) | kwargs
+    kwargs = dict(box_size=50.0, n_side=128, max_halos=256, capacity=65536, max_neighbours=131072) | kwargs
     return TrainingSetSpec(kind="cv", n_samples=n_samples, **kwargs)
 
 

@@ -111,6 +111,8 @@ class SOFinder(eqx.Module):
         peak_overdensity: threshold on the smoothed 1 + δ of a candidate peak.
         smoothing: Gaussian smoothing of the peak mesh, in cells.
         min_particles: fewest particles within R_200c for a halo.
+        max_neighbours: most particles within r_max of one peak (the rows the
+            SO passes run over); more raises an error naming this field.
     """
 
     box_size: tuple[float, float, float] = eqx.field(static=True)
@@ -121,6 +123,7 @@ class SOFinder(eqx.Module):
     peak_overdensity: float = eqx.field(static=True)
     smoothing: float = eqx.field(static=True)
     min_particles: int = eqx.field(static=True)
+    max_neighbours: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -132,6 +135,7 @@ class SOFinder(eqx.Module):
         peak_overdensity: float = 20.0,
         smoothing: float = 1.0,
         min_particles: int = 20,
+        max_neighbours: int = 65536,
     ):
         box = tuple(float(b) for b in np.broadcast_to(np.asarray(box_size, dtype=float), (3,)))
         mesh = tuple(int(n) for n in np.broadcast_to(np.asarray(mesh_shape), (3,)))
@@ -151,9 +155,12 @@ class SOFinder(eqx.Module):
             raise ValueError(f"smoothing = {smoothing} must be >= 0 cells")
         if min_particles < 1:
             raise ValueError(f"min_particles = {min_particles} must be >= 1")
+        if max_neighbours < 1:
+            raise ValueError(f"max_neighbours = {max_neighbours} must be >= 1")
         self.box_size, self.mesh_shape, self.max_halos, self.capacity = box, mesh, int(max_halos), capacity
         self.r_max, self.peak_overdensity = float(r_max), float(peak_overdensity)
         self.smoothing, self.min_particles = float(smoothing), int(min_particles)
+        self.max_neighbours = int(max_neighbours)
 
     @property
     def coarse_shape(self) -> tuple[int, int, int]:
@@ -260,11 +267,25 @@ def _neighbourhood(centre, data, starts, counts, finder, capacity):
 def _so_one(centre, data, mask, finder, mass, rho_thr, deltas):
     """SO properties of the halo around one peak (all fixed-size arithmetic)."""
     box = jnp.asarray(finder.box_size, dtype=data.dtype)
-    pos, vel = data[:, :3], data[:, 3:]
+    # Offsets from the peak (minimum image), then only the particles within
+    # r_max are kept, compacted into `max_neighbours` rows: every later pass
+    # runs over those instead of the whole neighbourhood.
+    d_all = data[:, :3] - centre[None, :]
+    d_all = d_all - box[None, :] * jnp.round(d_all / box[None, :])
+    near = mask & (jnp.sum(d_all**2, -1) < finder.r_max**2)
+    n_near = jnp.sum(near)
+    n_near = eqx.error_if(
+        n_near, n_near > finder.max_neighbours,
+        "a halo has more particles within r_max than SOFinder.max_neighbours: raise it or lower r_max",
+    )
+    (rows,) = jnp.nonzero(near, size=finder.max_neighbours, fill_value=data.shape[0])
+    inside = rows < data.shape[0]
+    rows = jnp.minimum(rows, data.shape[0] - 1)
+    mask = inside
+    pos, vel = d_all[rows], data[rows, 3:]  # pos relative to the peak
 
     def offsets(c):
-        d = pos - c[None, :]
-        return d - box[None, :] * jnp.round(d / box[None, :])  # minimum image
+        return pos - c[None, :]
 
     # Shrinking sphere from two peak-mesh cells.
     cell = min(b / n for b, n in zip(finder.box_size, finder.mesh_shape))
@@ -277,14 +298,13 @@ def _so_one(centre, data, mask, finder, mass, rho_thr, deltas):
         shift = jnp.sum(w[:, None] * d, 0) / jnp.maximum(n, 1.0)
         return jnp.where(n >= 10, c + shift, c)
 
-    peak = centre
-    centre = jax.lax.fori_loop(0, _SHRINK_STEPS, shrink, centre)
-    shift = peak - centre
-    shift = jnp.sqrt(jnp.sum((shift - box * jnp.round(shift / box)) ** 2))
-    d = offsets(centre)
+    rel = jax.lax.fori_loop(0, _SHRINK_STEPS, shrink, jnp.zeros(3, dtype=data.dtype))
+    shift = jnp.sqrt(jnp.sum(rel**2))
+    centre = centre + rel
+    d = offsets(rel)
     r2 = jnp.where(mask, jnp.sum(d**2, -1), jnp.inf)
-    # The gathered cells hold every particle within r_max of the peak, so
-    # spheres about the refined centre are complete up to r_max − shift.
+    # The kept particles are all those within r_max of the peak, so spheres
+    # about the refined centre are complete up to r_max − shift.
     r_complete = finder.r_max - shift
 
     # Enclosed mass on a fine log grid of radii from one histogram pass.
