@@ -1,4 +1,4 @@
-"""Command line: `jaxcluster run` (the main job), `tables build`, `fisher`, `hmc`, `data generate`."""
+"""Command line: `jaxcluster run` (the main job), `tables build`, `fisher`, `hmc`, `data generate`, `eldl train`."""
 
 from __future__ import annotations
 
@@ -92,6 +92,16 @@ def _forwarded(command: str):
         from .baryons.cli import main as data_main
 
         return data_main
+    if command == "eldl":
+        from .baryons.train import main as eldl_train_main
+
+        def eldl(argv):
+            if not argv or argv[0] != "train":
+                print("usage: jaxcluster eldl train --cv DIR --lh DIR --out DIR  (see --help)", file=sys.stderr)
+                return 2
+            return eldl_train_main(argv[1:])
+
+        return eldl
     from .analytic.cli import hmc_main
 
     return hmc_main
@@ -102,6 +112,7 @@ _FORWARDED = {
     "fisher": "Fisher forecast of the analytic XOD model: `jaxcluster fisher --out DIR [options]`",
     "hmc": "NUTS posterior of the analytic XOD model: `jaxcluster hmc --out DIR [options]`",
     "data": "SYNTHETIC CAMELS-like training sets: `jaxcluster data generate {cv,lh} --out DIR [options]`",
+    "eldl": "train the eLDL painter: `jaxcluster eldl train --cv DIR --lh DIR --out DIR [options]`",
 }
 
 

@@ -1,0 +1,434 @@
+r"""Staged eLDL training (seed 001 Fig. 1) with checkpoints that survive a kill.
+
+Stages, each resumable:
+
+1. ``base_n_e``, ``base_T``: the base LDL parameters Θ_fid for n_e and T on
+   the CV-like set at z = 0.21, full-batch L-BFGS (optax, zoom line search);
+   the iterate with the best validation loss is kept.
+2. ``net_n_e``: the n_e hypernetwork δΘ(θ_sim) on the LH-like set at
+   z = 0.21 (Adam, minibatches of boxes, early stopping); n_e has no z
+   dependence (seed 001 §2.2.2).
+3. ``net_T_<z>``: one T hypernetwork per training redshift of the LH-like
+   set, each starting from the z = 0.21 one.
+
+The losses are seed 001 eqs. (5)–(6) (`jaxcluster.baryons.loss`); the
+train/validation split is spatial: the last `validation_fraction` of every
+box along x is never trained on. Data are directories of `save_run` files,
+``<set>/<sample>/z<z>.h5`` with fields ``n_e_cm3``, ``T_keV`` and ``rho_dm``
+(what `generate_training_set` writes, and what real CAMELS snapshots give
+through `jaxcluster.io.voxelise_gas` plus a PM restart).
+
+Checkpoints: ``<out>/checkpoints/<stage>.eqx`` (`eqx.tree_serialise_leaves`
+of the parameters, optimiser state, best iterate and counters), written
+atomically every `checkpoint_every` steps; a finished stage leaves
+``<stage>.done.eqx`` and is skipped on a rerun.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, Float
+
+from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology
+from ..io.runs import load_run
+from ..params import PARAM_NAMES, ThetaSim
+from .eldl import ExtendedLDL
+from .loss import T_loss, n_e_loss, slab_mask
+from .synthetic import _RHO_TO_NE
+
+__all__ = ["TrainingConfig", "TrainingBoxes", "load_training_boxes", "mean_electron_density", "train_eldl"]
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Settings of `train_eldl` (defaults: the shipped weights' run)."""
+
+    base_redshift: float = 0.21
+    base_iterations: int = 60
+    hyper_epochs: int = 40
+    learning_rate: float = 3e-3
+    batch_size: int = 4
+    patience: int = 8
+    validation_fraction: float = 0.2
+    smoothing_n: float = 1.0
+    checkpoint_every: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("base_iterations", "hyper_epochs", "batch_size", "patience", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} = {getattr(self, name)} must be >= 1")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction = {self.validation_fraction} must lie in (0, 1)")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate = {self.learning_rate} must be > 0")
+
+
+class TrainingBoxes(eqx.Module):
+    """Boxes of one redshift, stacked on a leading axis.
+
+    Attributes:
+        pos: (n_box, n_ptcl, 3) dark-matter positions [h⁻¹ Mpc].
+        n_e: (n_box, n, n, n) electron density in units of the cosmic mean.
+        T_keV: (n_box, n, n, n) mass-weighted temperature [keV].
+        rho_dm: (n_box, n, n, n) dark-matter density in units of its mean.
+        theta: θ_sim with fields of shape (n_box,).
+        z: (n_box,) redshifts.
+        box_size, mesh_shape: geometry (static, shared).
+        names: sample names (static).
+    """
+
+    pos: Float[Array, "n_box n_ptcl 3"]
+    n_e: Float[Array, "n_box nx ny nz"]
+    T_keV: Float[Array, "n_box nx ny nz"]
+    rho_dm: Float[Array, "n_box nx ny nz"]
+    theta: ThetaSim
+    z: Float[Array, " n_box"]
+    box_size: tuple[float, float, float] = eqx.field(static=True)
+    mesh_shape: tuple[int, int, int] = eqx.field(static=True)
+    names: tuple[str, ...] = eqx.field(static=True)
+
+    @property
+    def n_box(self) -> int:
+        return self.pos.shape[0]
+
+    def take(self, idx) -> TrainingBoxes:
+        idx = jnp.asarray(idx)
+        return eqx.tree_at(
+            lambda b: (b.pos, b.n_e, b.T_keV, b.rho_dm, b.theta, b.z),
+            self,
+            (self.pos[idx], self.n_e[idx], self.T_keV[idx], self.rho_dm[idx],
+             jax.tree.map(lambda v: v[idx], self.theta), self.z[idx]),
+        )
+
+
+def mean_electron_density(cosmo: Cosmology | None = None) -> float:
+    """Cosmic mean comoving n_e = Ω_b ρ_c0 h² / (μ_e m_p) [cm⁻³] (2.18×10⁻⁷ for CAMELS)."""
+    cosmo = Cosmology(Omega_m=0.3, sigma_8=0.8) if cosmo is None else cosmo
+    return float(cosmo.Omega_b * RHO_CRIT0_MSUN_H2_MPC3 * cosmo.h**2 * _RHO_TO_NE)
+
+
+def load_training_boxes(data_dir: str | os.PathLike, z: float, max_boxes: int | None = None) -> TrainingBoxes:
+    """Read every ``<data_dir>/<sample>/z<z:.3f>.h5`` into stacked float32 arrays.
+
+    Raises:
+        ValueError: no file at that redshift, or boxes of different geometry.
+    """
+    files = sorted(Path(data_dir).glob(f"*/z{z:.3f}.h5"), key=lambda p: (len(p.parent.name), p.parent.name))
+    if max_boxes is not None:
+        files = files[:max_boxes]
+    if not files:
+        raise ValueError(f"no training files {data_dir}/*/z{z:.3f}.h5 (is z = {z} one of the set's redshifts?)")
+    n_e_mean = mean_electron_density()
+    cols = {k: [] for k in ("pos", "n_e", "T", "rho", "theta", "z")}
+    geometry = None
+    for path in files:
+        run = load_run(path)
+        for need in ("n_e_cm3", "T_keV", "rho_dm"):
+            if need not in run.fields:
+                raise ValueError(f"{path} has no field {need!r}")
+        g = (run.config.box_size, tuple(np.shape(run.fields["n_e_cm3"])))
+        if geometry is None:
+            geometry = g
+        elif g != geometry:
+            raise ValueError(f"{path}: geometry {g} differs from the first file's {geometry}")
+        rho = np.asarray(run.fields["rho_dm"], dtype=np.float32)
+        cols["pos"].append(np.asarray(run.pos, dtype=np.float32))
+        cols["n_e"].append(np.asarray(run.fields["n_e_cm3"], dtype=np.float32) / n_e_mean)
+        cols["T"].append(np.asarray(run.fields["T_keV"], dtype=np.float32))
+        cols["rho"].append(rho / rho.mean())
+        cols["theta"].append(np.asarray(run.theta.to_array(), dtype=np.float64))
+        cols["z"].append(run.z)
+    theta = np.stack(cols["theta"])
+    return TrainingBoxes(
+        pos=jnp.asarray(np.stack(cols["pos"])), n_e=jnp.asarray(np.stack(cols["n_e"])),
+        T_keV=jnp.asarray(np.stack(cols["T"])), rho_dm=jnp.asarray(np.stack(cols["rho"])),
+        theta=ThetaSim(*(theta[:, i] for i in range(len(PARAM_NAMES)))),
+        z=jnp.asarray(np.asarray(cols["z"], dtype=np.float32)),
+        box_size=geometry[0], mesh_shape=geometry[1], names=tuple(p.parent.name for p in files),
+    )
+
+
+# ----------------------------------------------------------------- checkpoints
+
+
+def _save(path: Path, tree) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    eqx.tree_serialise_leaves(tmp, tree)
+    os.replace(tmp, path)  # a kill never leaves a half-written checkpoint
+
+
+def _box_loss(field: str, model: ExtendedLDL, boxes: TrainingBoxes, i, mask, n: float, z_fixed: float | None):
+    pos, theta = boxes.pos[i], jax.tree.map(lambda v: v[i], boxes.theta)
+    if field == "n_e":
+        pred = model.n_e(pos, theta, boxes.box_size, boxes.mesh_shape)
+        return n_e_loss(pred, boxes.n_e[i], boxes.T_keV[i], boxes.rho_dm[i], boxes.box_size, mask, n)
+    z = boxes.z[i] if z_fixed is None else z_fixed
+    pred = model.T_keV(pos, theta, z, boxes.box_size, boxes.mesh_shape)
+    return T_loss(pred, boxes.n_e[i], boxes.T_keV[i], boxes.rho_dm[i], boxes.box_size, mask, n)
+
+
+def _mean_loss(field, model, boxes, mask, n, z_fixed, idx=None):
+    """Mean loss over boxes (sequential over boxes: memory of one box at a time)."""
+    idx = jnp.arange(boxes.n_box) if idx is None else idx
+    losses = jax.lax.map(lambda i: _box_loss(field, model, boxes, i, mask, n, z_fixed), idx)
+    return jnp.mean(losses)
+
+
+def _fit_lbfgs(stage, model, where, field, boxes, config, ckpt_dir, progress) -> tuple[ExtendedLDL, dict]:
+    """Full-batch L-BFGS on the sub-module `where(model)`; best validation iterate kept."""
+    from tqdm.auto import tqdm
+
+    train_mask = slab_mask(boxes.mesh_shape, config.validation_fraction)
+    val_mask = slab_mask(boxes.mesh_shape, config.validation_fraction, validation=True)
+    params, static = eqx.partition(where(model), eqx.is_inexact_array)
+
+    def f(p, data):
+        loss = _mean_loss(field, eqx.tree_at(where, model, eqx.combine(p, static)), data, train_mask,
+                          config.smoothing_n, config.base_redshift)
+        return loss.astype(jnp.result_type(float))  # optax keeps the line-search value in the default float
+
+    @eqx.filter_jit
+    def val_loss(p, data):
+        return _mean_loss(field, eqx.tree_at(where, model, eqx.combine(p, static)), data, val_mask, config.smoothing_n,
+                          config.base_redshift)
+
+    opt = optax.lbfgs()
+
+    @eqx.filter_jit
+    def step(p, state, data):
+        fn = lambda q: f(q, data)
+        value, grad = optax.value_and_grad_from_state(fn)(p, state=state)
+        updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=fn)
+        return optax.apply_updates(p, updates), state, value
+
+    carry = (params, opt.init(params), params, jnp.asarray(0), jnp.asarray(jnp.inf))
+    path = ckpt_dir / f"{stage}.eqx"
+    if path.exists():
+        carry = eqx.tree_deserialise_leaves(path, carry)
+    p, state, best, it, best_val = carry
+    history = _read_history(ckpt_dir, stage)
+    bar = tqdm(total=config.base_iterations, initial=int(it), desc=stage, disable=not progress)
+    while int(it) < config.base_iterations:
+        p, state, value = step(p, state, boxes)
+        it = it + 1
+        if int(it) % config.checkpoint_every == 0 or int(it) == config.base_iterations:
+            v = val_loss(p, boxes)
+            if v < best_val:
+                best, best_val = p, v
+            history.append({"iteration": int(it), "train": float(value), "validation": float(v)})
+            _write_history(ckpt_dir, stage, history)
+            _save(path, (p, state, best, it, best_val))
+        bar.set_postfix(loss=f"{float(value):.4g}")
+        bar.update(1)
+    bar.close()
+    return eqx.tree_at(where, model, eqx.combine(best, static)), {"best_validation": float(best_val), "history": history}
+
+
+def _fit_adam(stage, model, where, field, boxes, config, ckpt_dir, progress, z_fixed) -> tuple[ExtendedLDL, dict]:
+    """Minibatch Adam with early stopping on the validation slab; best epoch kept."""
+    from tqdm.auto import tqdm
+
+    train_mask = slab_mask(boxes.mesh_shape, config.validation_fraction)
+    val_mask = slab_mask(boxes.mesh_shape, config.validation_fraction, validation=True)
+    params, static = eqx.partition(where(model), eqx.is_inexact_array)
+    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(config.learning_rate))
+    rebuild = lambda p: eqx.tree_at(where, model, eqx.combine(p, static))
+
+    @eqx.filter_jit
+    def step(p, state, data, idx):
+        loss, grad = jax.value_and_grad(
+            lambda q: _mean_loss(field, rebuild(q), data, train_mask, config.smoothing_n, z_fixed, idx))(p)
+        updates, state = opt.update(grad, state, p)
+        return optax.apply_updates(p, updates), state, loss
+
+    @eqx.filter_jit
+    def val_loss(p, data):
+        return _mean_loss(field, rebuild(p), data, val_mask, config.smoothing_n, z_fixed)
+
+    zero = jnp.asarray(0)
+    carry = (params, opt.init(params), params, zero, jnp.asarray(jnp.inf), zero)
+    path = ckpt_dir / f"{stage}.eqx"
+    if path.exists():
+        carry = eqx.tree_deserialise_leaves(path, carry)
+    p, state, best, epoch, best_val, stale = carry
+    history = _read_history(ckpt_dir, stage)
+    n, bs = boxes.n_box, min(config.batch_size, boxes.n_box)
+    bar = tqdm(total=config.hyper_epochs, initial=int(epoch), desc=stage, disable=not progress)
+    while int(epoch) < config.hyper_epochs and int(stale) < config.patience:
+        order = jax.random.permutation(jax.random.fold_in(jax.random.key(config.seed), int(epoch)), n)
+        losses = []
+        for start in range(0, n - bs + 1, bs):  # whole batches only: one compiled shape
+            p, state, loss = step(p, state, boxes, order[start:start + bs])
+            losses.append(float(loss))
+        v = val_loss(p, boxes)
+        epoch = epoch + 1
+        if v < best_val:
+            best, best_val, stale = p, v, zero
+        else:
+            stale = stale + 1
+        history.append({"epoch": int(epoch), "train": float(np.mean(losses)), "validation": float(v)})
+        _write_history(ckpt_dir, stage, history)
+        _save(path, (p, state, best, epoch, best_val, stale))
+        bar.set_postfix(train=f"{np.mean(losses):.4g}", val=f"{float(v):.4g}")
+        bar.update(1)
+    bar.close()
+    return rebuild(best), {"best_validation": float(best_val), "history": history}
+
+
+def _read_history(ckpt_dir: Path, stage: str) -> list:
+    path = ckpt_dir / f"{stage}.json"
+    return json.loads(path.read_text()) if path.exists() else []
+
+
+def _write_history(ckpt_dir: Path, stage: str, history: list) -> None:
+    tmp = ckpt_dir / f"{stage}.json.tmp"
+    tmp.write_text(json.dumps(history))
+    os.replace(tmp, ckpt_dir / f"{stage}.json")
+
+
+def _stage(name, model, run: Callable, ckpt_dir: Path, metrics: dict):
+    """Run a stage unless its final parameters are on disk (then load them)."""
+    done = ckpt_dir / f"{name}.done.eqx"
+    if done.exists():
+        metrics[name] = json.loads((ckpt_dir / f"{name}.metrics.json").read_text())
+        return eqx.tree_deserialise_leaves(done, model)
+    model, m = run(model)
+    _save(done, model)
+    (ckpt_dir / f"{name}.metrics.json").write_text(json.dumps(m))
+    metrics[name] = m
+    return model
+
+
+def train_eldl(
+    cv_dir: str | os.PathLike,
+    lh_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model: ExtendedLDL,
+    config: TrainingConfig = TrainingConfig(),
+    *,
+    progress: bool = True,
+    max_boxes: int | None = None,
+) -> tuple[ExtendedLDL, dict]:
+    """Train an `ExtendedLDL` in the stages of seed 001 Fig. 1 (resumable).
+
+    Args:
+        cv_dir: CV-like set (fiducial θ) with files at `config.base_redshift`.
+        lh_dir: LH-like set with files at every redshift of `model.T_redshifts`.
+        out_dir: checkpoints and metrics go to ``out_dir/checkpoints``.
+        model: the untrained (or partly trained) model, e.g. `ExtendedLDL.init(key)`.
+        config: training settings.
+        progress: tqdm bars.
+        max_boxes: use at most this many boxes per set and redshift.
+
+    Returns:
+        (trained model, metrics per stage).
+    """
+    ckpt = Path(out_dir) / "checkpoints"
+    ckpt.mkdir(parents=True, exist_ok=True)
+    metrics: dict = {}
+    z0 = config.base_redshift
+    cv = load_training_boxes(cv_dir, z0, max_boxes)
+    model = _stage("base_n_e", model, lambda m: _fit_lbfgs("base_n_e", m, lambda e: e.n_e_base, "n_e", cv, config, ckpt,
+                                                            progress), ckpt, metrics)
+    model = _stage("base_T", model, lambda m: _fit_lbfgs("base_T", m, lambda e: e.T_base, "T", cv, config, ckpt,
+                                                          progress), ckpt, metrics)
+    del cv
+    lh = load_training_boxes(lh_dir, z0, max_boxes)
+    model = _stage("net_n_e", model, lambda m: _fit_adam("net_n_e", m, lambda e: e.n_e_net, "n_e", lh, config, ckpt,
+                                                          progress, None), ckpt, metrics)
+    # T heads: the z0 head first, then every other redshift starting from it.
+    zs = list(model.T_redshifts)
+    k0 = int(np.argmin([abs(z - z0) for z in zs]))
+    order = [k0] + [k for k in range(len(zs)) if k != k0]
+    for k in order:
+        name = f"net_T_z{zs[k]:.3f}"
+        boxes = lh if k == k0 else load_training_boxes(lh_dir, zs[k], max_boxes)
+        if k != k0:  # start from the z0 head
+            model = eqx.tree_at(lambda e: e.T_nets[k], model, model.T_nets[k0])
+        model = _stage(name, model, lambda m, k=k, b=boxes: _fit_adam(name, m, lambda e: e.T_nets[k], "T", b, config, ckpt,
+                                                                     progress, float(zs[k])), ckpt, metrics)
+    return model, metrics
+
+
+# ------------------------------------------------------------------------ CLI
+
+
+def _set_redshifts(lh_dir: Path) -> tuple[float, ...]:
+    first = sorted(p for p in Path(lh_dir).iterdir() if p.is_dir())
+    if not first:
+        raise ValueError(f"--lh {lh_dir} holds no sample directories")
+    zs = sorted(float(f.stem[1:]) for f in first[0].glob("z*.h5"))
+    if not zs:
+        raise ValueError(f"--lh {lh_dir}/{first[0].name} holds no z*.h5 files")
+    return tuple(zs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``jaxcluster eldl train --cv DIR --lh DIR --out DIR``: train an eLDL (resumable)."""
+    import argparse
+    import sys
+    import time
+
+    parser = argparse.ArgumentParser(
+        prog="jaxcluster eldl train",
+        description="Train the extended LDL in seed 001's stages (base LDL on the CV set at z = 0.21 with L-BFGS, "
+        "then θ_sim hypernetworks on the LH set, one T head per redshift). Data: directories of run files "
+        "(`jaxcluster data generate`, or real CAMELS converted with jaxcluster.io). Rerun the same command "
+        "to resume after an interruption.",
+    )
+    parser.add_argument("--cv", type=Path, required=True, help="CV-like set directory")
+    parser.add_argument("--lh", type=Path, required=True, help="LH-like set directory")
+    parser.add_argument("--out", type=Path, required=True, help="output directory: eldl.eqx, eldl.json, checkpoints/")
+    parser.add_argument("--filter", choices=("bspline", "parametric"), default="bspline", help="Fourier operator")
+    parser.add_argument("--base-iterations", type=int, default=TrainingConfig.base_iterations)
+    parser.add_argument("--epochs", type=int, default=TrainingConfig.hyper_epochs, help="hypernetwork epochs (at most)")
+    parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
+    parser.add_argument("--learning-rate", type=float, default=TrainingConfig.learning_rate)
+    parser.add_argument("--patience", type=int, default=TrainingConfig.patience)
+    parser.add_argument("--max-boxes", type=int, default=None, help="use at most this many boxes per set and redshift")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        if args.max_boxes is not None and args.max_boxes < 1:
+            raise ValueError(f"--max-boxes = {args.max_boxes} must be >= 1")
+        config = TrainingConfig(base_iterations=args.base_iterations, hyper_epochs=args.epochs,
+                                batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                patience=args.patience, seed=args.seed)
+        for name in ("cv", "lh"):
+            if not getattr(args, name).is_dir():
+                raise ValueError(f"--{name} {getattr(args, name)} is not a directory")
+        redshifts = _set_redshifts(args.lh)
+    except ValueError as err:
+        print(f"jaxcluster: error: eldl train: {err}", file=sys.stderr)
+        return 2
+    jax.config.update("jax_enable_x64", True)  # float64 cosmology tables; fields stay float32
+    from .weights import save_eldl
+
+    structure = {"filter": args.filter, "redshifts": list(redshifts)}
+    model = ExtendedLDL.init(jax.random.key(args.seed), filter=args.filter, redshifts=redshifts)
+    t0 = time.time()
+    model, metrics = train_eldl(args.cv, args.lh, args.out, model, config, progress=not args.no_progress,
+                                max_boxes=args.max_boxes)
+    summary = {k: v["best_validation"] for k, v in metrics.items()}
+    meta = {"cv": str(args.cv), "lh": str(args.lh), "config": dataclasses.asdict(config),
+            "best_validation_loss": summary, "train_seconds": time.time() - t0}
+    for name in ("cv", "lh"):
+        spec = getattr(args, name) / "spec.json"
+        if spec.exists():
+            meta[f"{name}_spec"] = json.loads(spec.read_text())
+    save_eldl(args.out / "eldl.eqx", model, structure, meta)
+    print(f"jaxcluster eldl train: wrote {args.out / 'eldl.eqx'} ({len(metrics)} stages; best validation {summary})")
+    return 0
