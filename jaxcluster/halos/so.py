@@ -6,9 +6,10 @@ The finder works in four passes, all of fixed size:
    and the local maxima of the 3×3×3 neighbourhood above `peak_overdensity`
    become candidates; the `max_halos` highest are kept.
 2. **Neighbourhoods.** Particles are sorted into a coarse grid of cells at
-   least `r_max` wide; each candidate gathers its 27 neighbouring cells, up to
-   `capacity` particles per cell (a cell list). Every particle within `r_max`
-   of the peak is in that set.
+   least `r_max` wide; each candidate gathers the particles of the 3×3×3
+   block of cells around it (a ragged gather into `capacity` rows), so
+   every particle within `r_max` of the peak is in that set, and keeps
+   those within `r_max` (at most `max_neighbours`).
 3. **Spherical overdensity.** The centre is refined by a shrinking sphere;
    one histogram pass gives the enclosed mass on a fine log grid of radii;
    R_Δ is the *outermost* radius where the mean enclosed density falls to
@@ -103,9 +104,11 @@ class SOFinder(eqx.Module):
         mesh_shape: mesh on which density peaks are found; its cell should be
             about the PM force resolution (e.g. the PM mesh).
         max_halos: number of candidate peaks examined (the output length).
-        capacity: most particles in one coarse cell of the cell list; None
-            lets `find_halos` measure it (outside jit only). Under jit an
-            overflowing cell raises an error naming this field.
+        capacity: most particles gathered around one peak: those of the 3×3×3
+            block of coarse cells that holds it. None lets `find_halos`
+            measure it (outside jit only). Under jit an overflow raises an
+            error naming this field. At or above the particle count every
+            peak simply looks at all particles.
         r_max: largest radius searched [h⁻¹ Mpc, comoving]; halos whose
             R_200c reaches it are dropped. At most a third of the box.
         peak_overdensity: threshold on the smoothed 1 + δ of a candidate peak.
@@ -221,44 +224,56 @@ def _coarse_index(pos, finder):
     return ijk, (ijk[..., 0] * n_c[0, 1] + ijk[..., 1]) * n_c[0, 2] + ijk[..., 2]
 
 
+def _block_counts(counts: Array, coarse_shape) -> Array:
+    """Particles in the 3×3×3 block of coarse cells around every cell (periodic)."""
+    grid = counts.reshape(coarse_shape)
+    for axis in range(3):
+        grid = grid + jnp.roll(grid, 1, axis) + jnp.roll(grid, -1, axis)
+    return grid
+
+
 def _cell_capacity(pos: np.ndarray, finder: SOFinder) -> int:
-    """Most particles in one coarse cell, rounded up to a multiple of 64 (so it rarely changes)."""
+    """Most particles in any 3×3×3 block of coarse cells, rounded up to a multiple of 1024."""
     _, flat = _coarse_index(jnp.asarray(pos), finder)
-    most = int(np.bincount(np.asarray(flat), minlength=math.prod(finder.coarse_shape)).max())
-    return 64 * (most // 64 + 1)
+    counts = jnp.bincount(flat, length=math.prod(finder.coarse_shape))
+    most = int(jnp.max(_block_counts(counts, finder.coarse_shape)))
+    return 1024 * (most // 1024 + 1)
 
 
 def _cell_list(pos, vel, finder, capacity):
-    """Particles sorted by coarse cell (padded by `capacity` rows), per-cell starts and counts."""
+    """Particles sorted by coarse cell, per-cell starts and counts."""
     _, flat = _coarse_index(pos, finder)
     n_cells = math.prod(finder.coarse_shape)
     order = jnp.argsort(flat)
     counts = jnp.bincount(flat, length=n_cells).astype(jnp.int32)
     starts = (jnp.cumsum(counts) - counts).astype(jnp.int32)
     counts = eqx.error_if(
-        counts, jnp.max(counts) > capacity,
-        "SOFinder.capacity is smaller than the most particles in one coarse cell: raise it "
+        counts, jnp.max(_block_counts(counts, finder.coarse_shape)) > capacity,
+        "SOFinder.capacity is smaller than the most particles in a 3×3×3 block of coarse cells: raise it "
         "(or leave it None and call find_halos outside jit)",
     )
     data = jnp.concatenate([pos, vel], axis=-1)[order]
-    data = jnp.pad(data, ((0, capacity), (0, 0)))
     return data, starts, counts
 
 
 def _neighbourhood(centre, data, starts, counts, finder, capacity):
-    """Particles of the 27 coarse cells around `centre`: (27·capacity, 6) [pos | vel] and a mask."""
+    """Particles of the 27 coarse cells around `centre`, packed into (capacity, 6) [pos | vel] rows and a mask.
+
+    A ragged gather: row j belongs to the neighbour cell c whose cumulative
+    count first exceeds j, at offset j − (cumulative count before c).
+    """
     n_c = jnp.asarray(finder.coarse_shape, dtype=jnp.int32)
     ijk, _ = _coarse_index(centre[None, :], finder)
     shifts = jnp.stack(jnp.meshgrid(*[jnp.arange(-1, 2, dtype=jnp.int32)] * 3, indexing="ij"), -1).reshape(27, 3)
     nb = jnp.mod(ijk + shifts, n_c[None, :])
     flat = (nb[:, 0] * n_c[1] + nb[:, 1]) * n_c[2] + nb[:, 2]
-
-    def one_cell(c):
-        rows = jax.lax.dynamic_slice_in_dim(data, starts[c], capacity, axis=0)
-        return rows, jnp.arange(capacity, dtype=jnp.int32) < counts[c]
-
-    rows, mask = jax.vmap(one_cell)(flat)
-    return rows.reshape(27 * capacity, 6), mask.reshape(27 * capacity)
+    n_cell, first = counts[flat], starts[flat]
+    cum = jnp.cumsum(n_cell)
+    j = jnp.arange(capacity, dtype=jnp.int32)
+    c = jnp.minimum(jnp.searchsorted(cum, j, side="right"), 26)
+    row = first[c] + j - (cum[c] - n_cell[c])
+    mask = j < cum[-1]
+    return data[jnp.where(mask, row, 0)], mask
 
 
 # ------------------------------------------------------ spherical overdensity
@@ -369,7 +384,7 @@ def _exclusion(pos, R200, valid, box):
 @eqx.filter_jit
 def _find(pos, vel, mass, rho_thr, deltas, finder, capacity):
     centres, has_peak, n_peaks = _density_peaks(pos, finder)
-    if 27 * capacity >= pos.shape[0]:
+    if capacity >= pos.shape[0]:
         # Small boxes: the neighbourhood would hold more rows than the box has
         # particles, so every peak looks at all of them.
         everything = jnp.concatenate([pos, vel], axis=-1)
