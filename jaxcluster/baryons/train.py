@@ -209,11 +209,13 @@ def _fit_lbfgs(stage, model, where, field, boxes, config, ckpt_dir, progress) ->
     @eqx.filter_jit
     def step(p, state, data):
         fn = lambda q: f(q, data)
-        value, grad = optax.value_and_grad_from_state(fn)(p, state=state)
-        updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=fn)
+        # optax's line search mixes int32 and int64 counters: allow it under strict promotion.
+        with jax.numpy_dtype_promotion("standard"):
+            value, grad = optax.value_and_grad_from_state(fn)(p, state=state)
+            updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=fn)
         return optax.apply_updates(p, updates), state, value
 
-    carry = (params, opt.init(params), params, jnp.asarray(0), jnp.asarray(jnp.inf))
+    carry = (params, opt.init(params), params, jnp.asarray(0), jnp.asarray(jnp.inf, dtype=jnp.float32))
     path = ckpt_dir / f"{stage}.eqx"
     if path.exists():
         carry = eqx.tree_deserialise_leaves(path, carry)
@@ -224,7 +226,7 @@ def _fit_lbfgs(stage, model, where, field, boxes, config, ckpt_dir, progress) ->
         p, state, value = step(p, state, boxes)
         it = it + 1
         if int(it) % config.checkpoint_every == 0 or int(it) == config.base_iterations:
-            v = val_loss(p, boxes)
+            v = val_loss(p, boxes).astype(jnp.float32)
             if v < best_val:
                 best, best_val = p, v
             history.append({"iteration": int(it), "train": float(value), "validation": float(v)})
@@ -250,7 +252,8 @@ def _fit_adam(stage, model, where, field, boxes, config, ckpt_dir, progress, z_f
     def step(p, state, data, idx):
         loss, grad = jax.value_and_grad(
             lambda q: _mean_loss(field, rebuild(q), data, train_mask, config.smoothing_n, z_fixed, idx))(p)
-        updates, state = opt.update(grad, state, p)
+        with jax.numpy_dtype_promotion("standard"):  # optax's counters, as in _fit_lbfgs
+            updates, state = opt.update(grad, state, p)
         return optax.apply_updates(p, updates), state, loss
 
     @eqx.filter_jit
@@ -258,7 +261,7 @@ def _fit_adam(stage, model, where, field, boxes, config, ckpt_dir, progress, z_f
         return _mean_loss(field, rebuild(p), data, val_mask, config.smoothing_n, z_fixed)
 
     zero = jnp.asarray(0)
-    carry = (params, opt.init(params), params, zero, jnp.asarray(jnp.inf), zero)
+    carry = (params, opt.init(params), params, zero, jnp.asarray(jnp.inf, dtype=jnp.float32), zero)
     path = ckpt_dir / f"{stage}.eqx"
     if path.exists():
         carry = eqx.tree_deserialise_leaves(path, carry)
@@ -272,7 +275,7 @@ def _fit_adam(stage, model, where, field, boxes, config, ckpt_dir, progress, z_f
         for start in range(0, n - bs + 1, bs):  # whole batches only: one compiled shape
             p, state, loss = step(p, state, boxes, order[start:start + bs])
             losses.append(float(loss))
-        v = val_loss(p, boxes)
+        v = val_loss(p, boxes).astype(jnp.float32)
         epoch = epoch + 1
         if v < best_val:
             best, best_val, stale = p, v, zero
@@ -319,7 +322,8 @@ def train_eldl(
     config: TrainingConfig = TrainingConfig(),
     *,
     progress: bool = True,
-    max_boxes: int | None = None,
+    max_cv_boxes: int | None = None,
+    max_lh_boxes: int | None = None,
 ) -> tuple[ExtendedLDL, dict]:
     """Train an `ExtendedLDL` in the stages of seed 001 Fig. 1 (resumable).
 
@@ -330,7 +334,8 @@ def train_eldl(
         model: the untrained (or partly trained) model, e.g. `ExtendedLDL.init(key)`.
         config: training settings.
         progress: tqdm bars.
-        max_boxes: use at most this many boxes per set and redshift.
+        max_cv_boxes: use at most this many CV boxes.
+        max_lh_boxes: use at most this many LH boxes per redshift.
 
     Returns:
         (trained model, metrics per stage).
@@ -339,13 +344,13 @@ def train_eldl(
     ckpt.mkdir(parents=True, exist_ok=True)
     metrics: dict = {}
     z0 = config.base_redshift
-    cv = load_training_boxes(cv_dir, z0, max_boxes)
+    cv = load_training_boxes(cv_dir, z0, max_cv_boxes)
     model = _stage("base_n_e", model, lambda m: _fit_lbfgs("base_n_e", m, lambda e: e.n_e_base, "n_e", cv, config, ckpt,
                                                             progress), ckpt, metrics)
     model = _stage("base_T", model, lambda m: _fit_lbfgs("base_T", m, lambda e: e.T_base, "T", cv, config, ckpt,
                                                           progress), ckpt, metrics)
     del cv
-    lh = load_training_boxes(lh_dir, z0, max_boxes)
+    lh = load_training_boxes(lh_dir, z0, max_lh_boxes)
     model = _stage("net_n_e", model, lambda m: _fit_adam("net_n_e", m, lambda e: e.n_e_net, "n_e", lh, config, ckpt,
                                                           progress, None), ckpt, metrics)
     # T heads: the z0 head first, then every other redshift starting from it.
@@ -354,7 +359,7 @@ def train_eldl(
     order = [k0] + [k for k in range(len(zs)) if k != k0]
     for k in order:
         name = f"net_T_z{zs[k]:.3f}"
-        boxes = lh if k == k0 else load_training_boxes(lh_dir, zs[k], max_boxes)
+        boxes = lh if k == k0 else load_training_boxes(lh_dir, zs[k], max_lh_boxes)
         if k != k0:  # start from the z0 head
             model = eqx.tree_at(lambda e: e.T_nets[k], model, model.T_nets[k0])
         model = _stage(name, model, lambda m, k=k, b=boxes: _fit_adam(name, m, lambda e: e.T_nets[k], "T", b, config, ckpt,
@@ -397,13 +402,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
     parser.add_argument("--learning-rate", type=float, default=TrainingConfig.learning_rate)
     parser.add_argument("--patience", type=int, default=TrainingConfig.patience)
-    parser.add_argument("--max-boxes", type=int, default=None, help="use at most this many boxes per set and redshift")
+    parser.add_argument("--max-cv-boxes", type=int, default=None, help="use at most this many CV boxes")
+    parser.add_argument("--max-lh-boxes", type=int, default=None, help="use at most this many LH boxes per redshift")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        if args.max_boxes is not None and args.max_boxes < 1:
-            raise ValueError(f"--max-boxes = {args.max_boxes} must be >= 1")
+        for name in ("max_cv_boxes", "max_lh_boxes"):
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} = {getattr(args, name)} must be >= 1")
         config = TrainingConfig(base_iterations=args.base_iterations, hyper_epochs=args.epochs,
                                 batch_size=args.batch_size, learning_rate=args.learning_rate,
                                 patience=args.patience, seed=args.seed)
@@ -421,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
     model = ExtendedLDL.init(jax.random.key(args.seed), filter=args.filter, redshifts=redshifts)
     t0 = time.time()
     model, metrics = train_eldl(args.cv, args.lh, args.out, model, config, progress=not args.no_progress,
-                                max_boxes=args.max_boxes)
+                                max_cv_boxes=args.max_cv_boxes, max_lh_boxes=args.max_lh_boxes)
     summary = {k: v["best_validation"] for k, v in metrics.items()}
     meta = {"cv": str(args.cv), "lh": str(args.lh), "config": dataclasses.asdict(config),
             "best_validation_loss": summary, "train_seconds": time.time() - t0}
