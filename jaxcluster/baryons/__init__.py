@@ -18,6 +18,8 @@ from .ldl import (
     paint_one_plus_delta,
 )
 from .loss import T_loss, n_e_loss, slab_mask, smooth
+from .train import TrainingConfig, evaluate_eldl, load_training_boxes, train_eldl
+from .weights import default_eldl, load_eldl, save_eldl
 from .synthetic import HaloDeviates, SyntheticGas, SyntheticGasModel, halo_deviates, halo_gas_profile, synthetic_gas
 
 __all__ = [
@@ -25,6 +27,7 @@ __all__ = [
     "bspline_basis", "clamped_knots", "paint_one_plus_delta", "DENSITY_FLOOR", "DEFAULT_K_MAX",
     "ExtendedLDL", "Hypernetwork", "CAMELS_REDSHIFTS", "ldl_params", "n_ldl_params", "shift_ldl_params",
     "n_e_loss", "T_loss", "slab_mask", "smooth",
+    "TrainingConfig", "train_eldl", "evaluate_eldl", "load_training_boxes", "save_eldl", "load_eldl", "default_eldl",
     "SyntheticGasModel", "SyntheticGas", "HaloDeviates", "synthetic_gas", "halo_deviates", "halo_gas_profile",
     "MU", "MU_E", "battaglia16_density", "battaglia12_pressure", "gnfw_temperature_keV",
     "cluster_observables", "vikhlinin09_luminosity", "vikhlinin09_temperature", "arnaud05_temperature",
