@@ -10,13 +10,14 @@ The pipeline, one subpackage per stage (see the docs' Pipeline pages):
 * `jaxcluster.analytic`: Tinker08 mass function, XXL scaling relations, expected XOD,
   Poisson likelihood, Fisher matrix, NUTS (the scaling-relation baseline).
 * `jaxcluster.halos`: spherical-overdensity halo finder (M200c, M500c, R500c, velocities), NFW.
-* `jaxcluster.baryons`: the synthetic hydrodynamics model (published ICM profiles, feedback,
-  scatter) and the synthetic CAMELS-like training sets.
+* `jaxcluster.baryons`: the eLDL baryon painter (LDL layers, θ_sim hypernetworks, losses,
+  staged training, shipped weights) and the synthetic hydrodynamics model that stands in
+  for CAMELS (published ICM profiles, feedback, scatter, training-set generators).
 * `jaxcluster.io`: Gadget/AREPO snapshots (n_e, T voxelisation, PM restarts), CAMELS tables, run files.
 """
 
 from . import analytic, baryons, cosmology, halos, io, nbody, params, xray
-from .baryons import SyntheticGasModel, synthetic_gas
+from .baryons import ExtendedLDL, SyntheticGasModel, default_eldl, synthetic_gas
 from .cosmology import (
     Cosmology,
     GrowthTable,
@@ -40,4 +41,5 @@ __all__ = [
     "comoving_distance", "angular_diameter_distance", "luminosity_distance",
     "PMConfig", "white_noise", "linear_field", "lpt", "run_nbody", "step_grid", "NBodyResult",
     "SOFinder", "HaloCatalogue", "find_halos", "SyntheticGasModel", "synthetic_gas",
+    "ExtendedLDL", "default_eldl",
 ]

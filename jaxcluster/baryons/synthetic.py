@@ -249,7 +249,7 @@ def synthetic_gas(
         box_size: comoving box [h⁻¹ Mpc] (static).
         mesh_shape: output mesh (static), e.g. cells of 0.39 h⁻¹ Mpc.
         model: model parameters.
-        cosmo: cosmology; default `Cosmology(theta.Omega_m, theta.sigma_8)`.
+        cosmo: cosmology; default `Cosmology.from_theta(theta)`.
         r_paint: largest comoving radius a profile is painted to [h⁻¹ Mpc]
             (static; beyond it the diffuse gas takes over).
         subsample: profile samples per cell and axis (cell averages of n_e and n_e T).
@@ -267,7 +267,7 @@ def synthetic_gas(
         raise ValueError(f"r_paint = {r_paint} must lie in (0, min(box_size)/2] h⁻¹ Mpc")
     dtype = pos.dtype
     if cosmo is None:
-        cosmo = Cosmology(Omega_m=theta.Omega_m, sigma_8=theta.sigma_8)
+        cosmo = Cosmology.from_theta(theta)
     z = jnp.asarray(z, dtype=dtype)
     lnA = _ln_A(theta, dtype)
     cell = jnp.asarray([b / n for b, n in zip(box, shape)], dtype=dtype)

@@ -188,7 +188,7 @@ def simulate_sample(
     the per-halo gas scatter.
     """
     config, finder = spec.config, spec.finder
-    cosmo = Cosmology(Omega_m=theta.Omega_m, sigma_8=theta.sigma_8)
+    cosmo = Cosmology.from_theta(theta)
     growth = growth_table(cosmo)
     k_ic, k_gas = jax.random.split(key)
     noise = white_noise(k_ic, config.particle_shape, dtype=jnp.float32)
