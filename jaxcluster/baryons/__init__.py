@@ -1,6 +1,7 @@
 """Baryons: the eLDL painter (LDL layers, hypernetworks, losses, training) and the synthetic
 hydrodynamics model that stands in for CAMELS (published ICM profiles, training sets)."""
 
+from .camels_sets import convert_camels
 from .cluster_observables import arnaud05_temperature, cluster_observables, vikhlinin09_luminosity, vikhlinin09_temperature
 from .eldl import CAMELS_REDSHIFTS, ExtendedLDL, Hypernetwork, ldl_params, n_ldl_params, shift_ldl_params
 from .icm import MU, MU_E, battaglia12_pressure, battaglia16_density, gnfw_temperature_keV
@@ -27,7 +28,7 @@ __all__ = [
     "bspline_basis", "clamped_knots", "paint_one_plus_delta", "DENSITY_FLOOR", "DEFAULT_K_MAX",
     "ExtendedLDL", "Hypernetwork", "CAMELS_REDSHIFTS", "ldl_params", "n_ldl_params", "shift_ldl_params",
     "n_e_loss", "T_loss", "slab_mask", "smooth",
-    "TrainingConfig", "train_eldl", "evaluate_eldl", "load_training_boxes", "save_eldl", "load_eldl", "default_eldl",
+    "convert_camels", "TrainingConfig", "train_eldl", "evaluate_eldl", "load_training_boxes", "save_eldl", "load_eldl", "default_eldl",
     "SyntheticGasModel", "SyntheticGas", "HaloDeviates", "synthetic_gas", "halo_deviates", "halo_gas_profile",
     "MU", "MU_E", "battaglia16_density", "battaglia12_pressure", "gnfw_temperature_keV",
     "cluster_observables", "vikhlinin09_luminosity", "vikhlinin09_temperature", "arnaud05_temperature",

@@ -1,4 +1,5 @@
-"""``jaxcluster data generate {cv,lh} --out DIR``: write a SYNTHETIC CAMELS-like training set.
+"""``jaxcluster data generate {cv,lh} --out DIR``: write a SYNTHETIC CAMELS-like training set;
+``jaxcluster data convert-camels SIM... --params FILE --out DIR``: the same layout from real CAMELS.
 
 The data are synthetic stand-ins for CAMELS, not CAMELS: PM dark matter
 (2LPT + FastPM from z = 6), spherical-overdensity halos and a parametric gas
@@ -41,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxcluster data", description=_DESCRIPTION)
-    sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="generate")
+    sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="{generate,convert-camels}")
     gen = sub.add_parser("generate", help="write a synthetic CV- or LH-like training set (stand-ins for CAMELS)",
                          description=_DESCRIPTION)
     gen.add_argument("kind", choices=tuple(_KINDS), help="; ".join(f"{k}: {v}" for k, v in _KINDS.items()))
@@ -53,6 +54,17 @@ def _parser() -> argparse.ArgumentParser:
                      help="particles per side = voxels per side of the fields (default: cv 128, lh 64)")
     gen.add_argument("--box", type=float, default=None, help="box side [h⁻¹ Mpc] (default: cv 50, lh 25)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
+    conv = sub.add_parser(
+        "convert-camels", help="turn real CAMELS simulations into an eLDL training set",
+        description="Voxelise the gas of CAMELS/IllustrisTNG snapshots at the chosen redshifts and re-simulate "
+        "their dark matter with the PM from the highest-redshift snapshot (z = 6), writing the layout "
+        "`jaxcluster eldl train` reads. Rerun to resume.")
+    conv.add_argument("sims", type=Path, nargs="+", help="simulation directories (e.g. IllustrisTNG/LH_0), snap_*.hdf5 inside")
+    conv.add_argument("--params", type=Path, required=True, help="CAMELS parameter table")
+    conv.add_argument("--out", type=Path, required=True, help="output directory")
+    conv.add_argument("--redshifts", type=float, nargs="+", default=None, help="default: the eight of seed 001 Table 1")
+    conv.add_argument("--steps", type=int, default=20, help="PM steps from the first snapshot (default 20)")
+    conv.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -109,6 +121,31 @@ def _generate(args) -> int:
     return 0
 
 
+def _convert(args) -> int:
+    if args.steps < 1:
+        raise _UsageError(f"data convert-camels: --steps = {args.steps} must be >= 1")
+    for d in args.sims:
+        if not d.is_dir():
+            raise _UsageError(f"data convert-camels: {d} is not a directory")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from ..io.camels import read_camels_params
+    from .camels_sets import convert_camels
+    from .training_sets import TABLE1_REDSHIFTS
+
+    try:
+        table = read_camels_params(args.params)
+    except ValueError as err:
+        raise _UsageError(f"data convert-camels: --params: {err}") from None
+    t0 = time.perf_counter()
+    written = convert_camels(args.sims, table, args.out, redshifts=tuple(args.redshifts or TABLE1_REDSHIFTS),
+                             n_steps=args.steps, progress=not args.no_progress)
+    print(f"jaxcluster data convert-camels: converted {len(written)} simulation(s) to {args.out}/ "
+          f"in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``jaxcluster data``; returns the exit code (2 for bad input)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -117,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             args = _parser().parse_args(argv)
         except SystemExit as done:  # --help
             return int(done.code or 0)
-        return _generate(args)
+        return _convert(args) if args.action == "convert-camels" else _generate(args)
     except _UsageError as err:
         print(f"jaxcluster: error: {err}", file=sys.stderr)
         return 2
