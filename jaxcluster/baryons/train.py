@@ -3,7 +3,7 @@ r"""Staged eLDL training (seed 001 Fig. 1) with checkpoints that survive a kill.
 Stages, each resumable:
 
 1. ``base_n_e``, ``base_T``: the base LDL parameters Θ_fid for n_e and T on
-   the CV-like set at z = 0.21, full-batch L-BFGS (optax, zoom line search);
+   the CV-like set at z = 0.21, full-batch L-BFGS (optax, backtracking line search);
    the iterate with the best validation loss is kept.
 2. ``net_n_e``: the n_e hypernetwork δΘ(θ_sim) on the LH-like set at
    z = 0.21 (Adam, minibatches of boxes, early stopping); n_e has no z
@@ -204,7 +204,10 @@ def _fit_lbfgs(stage, model, where, field, boxes, config, ckpt_dir, progress) ->
         return _mean_loss(field, eqx.tree_at(where, model, eqx.combine(p, static)), data, val_mask, config.smoothing_n,
                           config.base_redshift)
 
-    opt = optax.lbfgs()
+    # Backtracking (Armijo) rather than optax's default zoom line search: the L1
+    # loss with ReLU outputs is not smooth, and the strong-Wolfe search stalls
+    # there for tens of evaluations per iteration.
+    opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=12, decrease_factor=0.5, store_grad=True))
 
     @eqx.filter_jit
     def step(p, state, data):
