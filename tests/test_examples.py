@@ -11,7 +11,11 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 @pytest.mark.parametrize(
     "script, args",
-    [("pm_sensitivity.py", ["--particles", "8", "--steps", "3"]), ("cluster_count_rate.py", ["--T", "3", "--z", "0.3"])],
+    [
+        ("pm_sensitivity.py", ["--particles", "8", "--steps", "3"]),
+        ("cluster_count_rate.py", ["--T", "3", "--z", "0.3"]),
+        ("eldl_paint.py", ["--n-side", "32"]),
+    ],
 )
 def test_example_runs(script, args):
     res = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=600)
