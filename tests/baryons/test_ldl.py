@@ -76,15 +76,17 @@ def test_bspline_reproduces_a_cubic():
     np.testing.assert_allclose(np.asarray(bspline_basis(x2, knots)) @ coef, np.asarray(y2), atol=1e-12)
 
 
-def test_bspline_filter_identity_at_init_and_constant_beyond_k_max(getkey):
+def test_bspline_filter_is_the_inverse_laplacian_at_init_and_constant_beyond_k_max(getkey):
     k = jnp.asarray([0.0, 0.1, 1.0, DEFAULT_K_MAX, 2 * DEFAULT_K_MAX])
-    np.testing.assert_array_equal(np.asarray(_apply(BSplineFilter(), k)), 1.0)
+    v0 = np.asarray(_apply(BSplineFilter(), k))
+    assert v0[0] == 0.0  # no potential for the k = 0 mode
+    np.testing.assert_allclose(v0[1:] * np.asarray(k[1:]) ** 2, 1.0, rtol=1e-14)
     g = BSplineFilter(jax.random.normal(getkey(), (12,), dtype=jnp.float64))
-    v = np.asarray(_apply(g, k))
-    assert v[4] == v[3]  # continued as a constant beyond k_max
-    # Clamped: Ô(0) = 1 + Ξ_0 and Ô(k_max) = 1 + Ξ_last.
-    assert v[0] == pytest.approx(1 + float(g.coeffs[0]), abs=1e-15)
-    assert v[3] == pytest.approx(1 + float(g.coeffs[-1]), abs=1e-14)
+    v = np.asarray(_apply(g, k)) * np.asarray(k) ** 2  # the modulation 1 + S
+    assert v[4] == pytest.approx(v[3], rel=1e-14)  # continued as a constant beyond k_max
+    # Clamped: 1 + S(k_max) = 1 + Ξ_last; near 0, 1 + S → 1 + Ξ_0.
+    assert float(_apply(g, jnp.asarray(1e-6))) * 1e-12 == pytest.approx(1 + float(g.coeffs[0]), rel=1e-5)
+    assert v[3] == pytest.approx(1 + float(g.coeffs[-1]), abs=1e-13)
     # Shape-preserving.
     assert _apply(g, jnp.ones((3, 4, 5))).shape == (3, 4, 5)
     with pytest.raises(ValueError, match="coeffs"):
@@ -122,7 +124,7 @@ def test_displacement_with_zero_alpha_is_identity(getkey):
 
 @pytest.mark.parametrize("gamma", [1.0, 2.0])
 def test_plane_wave_displacement_matches_analytic(gamma):
-    """1 + δ = 1 + A cos(kx), Ô = 1: dx = α γ ∂_x δ = −α γ A k sin(kx) at linear order.
+    """1 + δ = 1 + A cos(kx), Ô = 1/k²: dx = α γ ∂_x ∇⁻²(−δ) = −α γ (A/k) sin(kx) at linear order.
 
     The particles are a lattice at cell centres displaced by ψ = −(A/k) sin(kq),
     so that 1 + δ ≈ 1 + A cos(kx). On the mesh, CIC painting of the
@@ -146,7 +148,7 @@ def test_plane_wave_displacement_matches_analytic(gamma):
 
     layer = DisplacementLayer(gamma=gamma, alpha=alpha, filter=BSplineFilter())
     dx = np.asarray(eqx.filter_jit(lambda m, p: m.displacement(p, box, shape))(layer, pos))
-    amp = alpha * gamma * A * k
+    amp = alpha * gamma * A / k
     bare = -amp * np.sin(k * np.asarray(pos[:, 0]))
     windowed = bare * window_paint * math.cos(k / 2)
     err_windowed = np.max(np.abs(dx[:, 0] - windowed)) / amp
