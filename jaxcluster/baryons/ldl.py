@@ -448,8 +448,8 @@ class LDL(eqx.Module):
             key: optional PRNG key for the jitter.
             filter: "bspline" (default, seed 001) or "parametric" (Dai & Seljak 2021).
             n_displacements: number of displacement layers (seed 001: 2).
-            alpha: initial α scale: the B-spline layers start at 10 α (dimensionless,
-                potential flow), the parametric ones at −α [h⁻¹ Mpc]² (density-gradient flow).
+            alpha: initial |α|: the B-spline layers start at α (dimensionless, potential
+                flow), the parametric ones at −α [h⁻¹ Mpc]² (density-gradient flow).
             b1: initial b1 (units of the output field).
         """
         if filter not in ("bspline", "parametric"):
@@ -464,7 +464,7 @@ class LDL(eqx.Module):
             else:
                 # −Ô_G ≈ 1 between k_h = 0.05 and k_l = 4 h Mpc⁻¹, so α < 0 moves particles towards peaks.
                 filt = ParametricFilter()
-            a = 10.0 * alpha if filter == "bspline" else -alpha
+            a = alpha if filter == "bspline" else -alpha
             gamma = 1.0
             if k is not None:
                 kg, ka, kc = jax.random.split(k, 3)

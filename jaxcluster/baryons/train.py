@@ -4,7 +4,7 @@ Stages, each resumable:
 
 1. ``base_n_e``, ``base_T``: the base LDL parameters Θ_fid for n_e and T on
    the CV-like set at z = 0.21, full-batch L-BFGS (optax, backtracking line
-   search) from a power-law warm start of the activation (`warm_start`);
+   search) from a thresholded power-law warm start (`warm_start`);
    the iterate with the best validation loss is kept.
 2. ``net_n_e``: the n_e hypernetwork δΘ(θ_sim) on the LH-like set at
    z = 0.21 (Adam, minibatches of boxes, early stopping); n_e has no z
@@ -323,13 +323,17 @@ def _stage(name, model, run: Callable, ckpt_dir: Path, metrics: dict):
 
 
 def warm_start(ldl: LDL, boxes: TrainingBoxes, field: str, validation_fraction: float = 0.2) -> LDL:
-    r"""Set the activation to the power law $y ≈ b_1 (1+δ)^μ$ fitted to the training voxels.
+    r"""Start the base LDL as a thresholded power law of the dark-matter density, without displacement.
 
-    A weighted least-squares line in log–log between the dark-matter density
-    (undisplaced particles) and the target field, weighted like the loss
-    (n_e² T^½ ρ_DM), gives L-BFGS a start on the right scale: an
-    identity-like start is orders of magnitude off in cluster cores, where
-    the loss lives, and the line search then crawls.
+    The loss lives in a few hundred cluster-core voxels (97 % of the
+    n_e² T^½ ρ_DM weight of a 50 h⁻¹ Mpc box in its 100 brightest voxels).
+    A weighted least-squares line in log–log over the brightest 0.1 % of
+    training voxels (1 % for T) gives b₁ and μ; for n_e, b₀ puts the
+    threshold at the 20th percentile of their dark-matter density, so
+    fainter voxels start at zero; α = 0. From the near-identity start, or
+    with a displacement already on, the first L-BFGS steps fell into the
+    all-zero output (loss 3.06×10⁴ against 1.9×10⁴ for this start on the
+    synthetic CV set), from which a ReLU cannot recover.
     """
     train = np.asarray(slab_mask(boxes.mesh_shape, validation_fraction))
     x, y, w = [], [], []
@@ -338,13 +342,17 @@ def warm_start(ldl: LDL, boxes: TrainingBoxes, field: str, validation_fraction: 
         n, T = np.asarray(boxes.n_e[i], np.float64), np.asarray(boxes.T_keV[i], np.float64)
         target = n if field == "n_e" else T
         ok = train & (opd > 0) & (target > 0)
-        x.append(np.log(opd[ok]))
-        y.append(np.log(target[ok]))
+        x.append(opd[ok])
+        y.append(target[ok])
         w.append((n**2 * np.sqrt(np.maximum(T, 0)) * np.asarray(boxes.rho_dm[i], np.float64))[ok])
     x, y, w = (np.concatenate(v) for v in (x, y, w))
-    mu, log_b1 = np.polyfit(x, y, 1, w=np.sqrt(w / w.sum()))
-    act = ActivationLayer(b0=0.0, b1=float(np.exp(log_b1)), mu=float(mu))
-    return eqx.tree_at(lambda m: m.activation, ldl, act)
+    bright = w >= np.quantile(w, 0.999 if field == "n_e" else 0.99)
+    mu, log_b1 = np.polyfit(np.log(x[bright]), np.log(y[bright]), 1, w=np.sqrt(w[bright] / w[bright].sum()))
+    b1 = float(np.exp(log_b1))
+    b0 = b1 * float(np.quantile(x[bright], 0.2)) ** mu if field == "n_e" else 0.0
+    ldl = eqx.tree_at(lambda m: m.activation, ldl, ActivationLayer(b0=b0, b1=b1, mu=float(mu)))
+    zero = [jnp.zeros_like(d.alpha) for d in ldl.displacements]
+    return eqx.tree_at(lambda m: [d.alpha for d in m.displacements], ldl, zero)
 
 
 def train_eldl(
