@@ -275,6 +275,11 @@ def _fit_adam(stage, model, where, field, boxes, config, ckpt_dir, progress, z_f
         carry = eqx.tree_deserialise_leaves(path, carry)
     p, state, best, epoch, best_val, stale = carry
     history = _read_history(ckpt_dir, stage)
+    if int(epoch) == 0 and not history:
+        # The start is a candidate: an epoch that only makes things worse (e.g.
+        # into the all-zero output of a dead ReLU) is never kept.
+        best_val = val_loss(p, boxes).astype(jnp.float32)
+        history.append({"epoch": 0, "train": None, "validation": float(best_val)})
     n, bs = boxes.n_box, min(config.batch_size, boxes.n_box)
     bar = tqdm(total=config.hyper_epochs, initial=int(epoch), desc=stage, disable=not progress)
     while int(epoch) < config.hyper_epochs and int(stale) < config.patience:
