@@ -159,7 +159,8 @@ class ExtendedLDL(eqx.Module):
             filter: "bspline" (default) or "parametric", for both base LDLs.
             redshifts: training redshifts of the T nets (default seed 001 Table 1).
             n_displacements: displacement layers per LDL.
-            width, depth: hypernetwork MLP sizes.
+            width: hypernetwork hidden-layer width.
+            depth: hypernetwork hidden-layer count.
         """
         n_e_base = LDL.init(None, filter, n_displacements)
         T_base = LDL.init(None, filter, n_displacements)

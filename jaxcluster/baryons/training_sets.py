@@ -262,7 +262,7 @@ def generate_training_set(
     model: SyntheticGasModel = SyntheticGasModel(),
     *,
     progress: bool = True,
-    devices=None,
+    devices: list | None = None,
 ) -> list[str]:
     """Generate (or resume) a synthetic training set on disk.
 

@@ -123,7 +123,9 @@ def read_camels_params(path: str | Path) -> CamelsTable:
     return CamelsTable(theta=theta, seeds=seeds, names=tuple(names) if has_names else None)
 
 
-def write_camels_params(path: str | Path, theta: ThetaSim, seeds, names: tuple[str, ...] | list[str] | None = None) -> None:
+def write_camels_params(
+    path: str | Path, theta: ThetaSim, seeds: np.ndarray | list[int], names: tuple[str, ...] | list[str] | None = None
+) -> None:
     """Write a parameter table in the CAMELS layout (`read_camels_params` reads it back exactly).
 
     Args:
