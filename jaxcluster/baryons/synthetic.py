@@ -36,7 +36,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology, E
 from ..halos.so import HaloCatalogue
-from ..io.snapshots import KEV_ERG, MPC_CM, PROTON_MASS_G, SOLAR_MASS_G
+from ..io.snapshots import MPC_CM, PROTON_MASS_G, SOLAR_MASS_G
 from ..nbody.mesh import paint_cic, rfft_wavevectors
 from ..params import ThetaSim
 from .icm import MU_E, battaglia16_density, gnfw_temperature_keV

@@ -1,6 +1,5 @@
 """Calibration of the fiducial synthetic clusters to observed X-ray scaling relations (within 30 %)."""
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -40,7 +39,7 @@ def test_gas_fraction_and_luminosity_rise_with_mass():
 def test_luminosity_scatter_at_fixed_mass_is_observed_like():
     """σ(ln L_X | M) from the core, gas-fraction and T deviates: 0.3–0.5 (observed 0.25–0.45 core-included)."""
     rng = np.random.default_rng(0)
-    ln_L, ln_L_exc = [], []
+    ln_L = []
     core_sd = np.hypot(MODEL.sigma_core_env, MODEL.sigma_core_random)  # environment score of unit variance
     for _ in range(150):
         d = (core_sd * rng.normal(), MODEL.sigma_fgas * rng.normal(), MODEL.sigma_T * rng.normal())

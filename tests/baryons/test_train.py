@@ -4,12 +4,11 @@ import json
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxcluster.baryons import ExtendedLDL
-from jaxcluster.baryons.train import TrainingConfig, _fit_adam, _fit_lbfgs, load_training_boxes, main, train_eldl
+from jaxcluster.baryons.train import TrainingConfig, _fit_adam, _fit_lbfgs, load_training_boxes, main
 from jaxcluster.baryons.training_sets import cv_spec, generate_training_set, lh_spec
 from jaxcluster.baryons.weights import load_eldl, save_eldl
 

@@ -8,7 +8,6 @@ import textwrap
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -24,7 +23,7 @@ from jaxcluster.baryons.training_sets import (
     training_set_parameters,
 )
 from jaxcluster.io import load_run, read_camels_params
-from jaxcluster.params import PARAM_NAMES, ThetaSim
+from jaxcluster.params import ThetaSim
 
 TINY = dict(n_side=16, box_size=12.5, redshifts=(0.1, 0.33), n_steps=3, max_halos=8, capacity=4096)
 

@@ -1,8 +1,5 @@
 """The spherical-overdensity finder on injected NFW halos, invariances, errors, and a PM mass function."""
 
-import math
-
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -148,7 +145,6 @@ def test_pm_mass_function_matches_tinker08():
     smaller halos low, and the box holds few above 10¹⁴.
     """
     from jaxcluster.analytic.hmf import mass_function
-    from jaxcluster.cosmology import growth_table
     from jaxcluster.nbody import PMConfig, step_grid, white_noise
     from jaxcluster.nbody.sharding import simulate_batch
 
