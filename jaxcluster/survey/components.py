@@ -1,0 +1,121 @@
+r"""JAX-native detection: threshold + 8-connected components by label propagation (runs on a GPU).
+
+Every pixel above the threshold starts with its own flat index as label;
+each iteration replaces a label by the maximum over the pixel's 3×3
+neighbourhood (restricted to pixels above the threshold) and then jumps
+pointers twice ($ℓ ← ℓ[ℓ]$: a label is the index of a pixel of the same
+component, whose own label is at least as large). Labels only grow and stay
+inside their component, so the loop (`lax.while_loop`, until nothing
+changes) ends with every component labelled by its largest flat index. The
+pointer jumps make the iteration count grow like the logarithm of the
+component diameter rather than the diameter for compact blobs.
+
+Components smaller than `min_area` are dropped; the rest are ranked by
+their summed map value and the brightest `max_sources` numbered 1..max
+(`lax.top_k`), exactly as the sep wrapper ranks its sources
+(`detect.relabel_by_flux`), so both produce the same kind of segmentation.
+
+Unlike sep this detector does not deblend: two sources whose isophotes
+above the threshold touch are one component. `match_catalogues` measures
+how often that matters (tests/test_survey_detect.py; docs/pipeline/survey.md).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, Int
+
+__all__ = ["label_components", "segment_components", "match_catalogues"]
+
+
+def _neighbour_max(labels: Int[Array, "n m"]) -> Int[Array, "n m"]:
+    n, m = labels.shape
+    p = jnp.pad(labels, 1, constant_values=-1)
+    out = labels
+    for dx in (0, 1, 2):
+        for dy in (0, 1, 2):
+            out = jnp.maximum(out, p[dx:dx + n, dy:dy + m])
+    return out
+
+
+def label_components(mask: Bool[Array, "n m"]) -> Int[Array, "n m"]:
+    """8-connected components of `mask`: each pixel gets the largest flat index of its component, −1 off the mask.
+
+    Args:
+        mask: (n, m) pixels to group.
+
+    Returns:
+        (n, m) int32 labels (a flat index into the map, or −1).
+    """
+    n, m = mask.shape
+    start = jnp.where(mask, jnp.arange(n * m, dtype=jnp.int32).reshape(n, m), -1)
+
+    def step(labels):
+        lab = jnp.where(mask, _neighbour_max(labels), -1).reshape(-1)
+        for _ in range(2):  # pointer jumping
+            lab = jnp.where(lab >= 0, jnp.maximum(lab, lab[jnp.maximum(lab, 0)]), -1)
+        return lab.reshape(n, m)
+
+    def body(state):
+        labels, _ = state
+        new = step(labels)
+        return new, jnp.any(new != labels)
+
+    labels, _ = jax.lax.while_loop(lambda s: s[1], body, (start, jnp.array(True)))
+    return labels
+
+
+def segment_components(
+    image: Float[Array, "n m"], pixel_threshold: float, min_area: int, max_sources: int
+) -> Int[Array, "n m"]:
+    """Segmentation of one map: pixels > threshold, 8-connected, ≥ min_area pixels, ranked by flux.
+
+    Args:
+        image: (n, m) count rate per pixel [counts s⁻¹].
+        pixel_threshold: absolute threshold per pixel [counts s⁻¹].
+        min_area: minimum component size [pixels].
+        max_sources: labels kept (the brightest).
+
+    Returns:
+        (n, m) int32 labels 0..max_sources (0: background), 1 the brightest.
+    """
+    n, m = image.shape
+    size = n * m
+    labels = label_components(image > pixel_threshold).reshape(-1)
+    ids = jnp.where(labels >= 0, labels, size)  # `size` collects the background
+    area = jax.ops.segment_sum(jnp.ones((size,), jnp.int32), ids, num_segments=size + 1)[:size]
+    flux = jax.ops.segment_sum(image.reshape(-1), ids, num_segments=size + 1)[:size]
+    score = jnp.where(area >= min_area, flux, -jnp.inf)
+    k = min(max_sources, size)
+    top, roots = jax.lax.top_k(score, k)
+    rank = jnp.where(jnp.isfinite(top), jnp.arange(1, k + 1, dtype=jnp.int32), 0)
+    table = jnp.zeros((size + 1,), jnp.int32).at[roots].set(rank)
+    return table[ids].reshape(n, m)
+
+
+def match_catalogues(
+    xi_a: np.ndarray, cr_a: np.ndarray, xi_b: np.ndarray, cr_b: np.ndarray, max_offset: float, cr_rtol: float
+) -> np.ndarray:
+    """For each source of catalogue a, whether b has one within `max_offset` whose CR agrees to `cr_rtol`.
+
+    Args:
+        xi_a: (n_a, 2) positions (any unit, same as `max_offset`).
+        cr_a: (n_a,) count rates.
+        xi_b: (n_b, 2) positions.
+        cr_b: (n_b,) count rates.
+        max_offset: largest centroid separation of a match.
+        cr_rtol: largest |CR_b / CR_a − 1| of a match.
+
+    Returns:
+        (n_a,) bool.
+    """
+    xi_a, xi_b = np.asarray(xi_a, float).reshape(-1, 2), np.asarray(xi_b, float).reshape(-1, 2)
+    cr_a, cr_b = np.asarray(cr_a, float).ravel(), np.asarray(cr_b, float).ravel()
+    if xi_b.shape[0] == 0:
+        return np.zeros(xi_a.shape[0], bool)
+    d = np.hypot(*(xi_a[:, None, :] - xi_b[None, :, :]).transpose(2, 0, 1))
+    close = d <= max_offset
+    agree = np.abs(cr_b[None, :] / np.where(cr_a > 0, cr_a, np.inf)[:, None] - 1.0) <= cr_rtol
+    return np.any(close & agree, axis=1)
