@@ -16,10 +16,17 @@ numbers. The equations, sources and the calibration are in
   scale $\ln M_c = \ln M_{c,0} + \sum_i c_i \ln A_i$ removes gas from the
   cores of halos below M_c, and core heating multiplies T; the SN
   coefficients are larger than the AGN ones (seed 001 §5.4).
+* **Tracing**: halo gas follows the dark matter's departures from a smooth
+  NFW halo, $n_e \to n_e\,(\tilde ρ_{DM} / \tilde ρ_{NFW})^{β_{tr}}$ with both
+  fields smoothed over `trace_smoothing`, renormalised per halo so each
+  halo keeps its gas mass: substructure, mergers and asphericity clump the
+  gas and raise L_X, as in hydrodynamical runs.
 * **Scatter** per halo: a core-density deviate (cool core vs disturbed),
-  part tied to the halo's dark matter (centre offset and infall-shell mass
-  from the halo finder) and part random, plus random gas-fraction and
-  temperature deviates.
+  mostly tied to the halo's dark matter (centre offset and infall-shell mass
+  from the halo finder) and partly random, plus small random gas-fraction and
+  temperature deviates. With the tracing, most of the scatter of the
+  clusters' L_X at fixed mass is set by their dark matter, as it is in
+  hydrodynamical simulations run from given initial conditions.
 
 Units: comoving n_e [cm⁻³] and mass-weighted T [keV] on the comoving mesh.
 """
@@ -35,6 +42,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology, E
+from ..halos.nfw import concentration_duffy08, nfw_mu
 from ..halos.so import HaloCatalogue
 from ..io.snapshots import MPC_CM, PROTON_MASS_G, SOLAR_MASS_G
 from ..nbody.mesh import paint_cic, rfft_wavevectors
@@ -85,11 +93,15 @@ class SyntheticGasModel(eqx.Module):
     w_AGN1: float = 0.08
     w_AGN2: float = 0.04
     # Per-halo scatter (ln units)
-    sigma_core_env: float = 0.35  # core-density deviate tied to the halo's dark matter
-    sigma_core_random: float = 0.45  # core-density deviate, random
-    sigma_fgas: float = 0.1  # gas-fraction deviate, random
-    sigma_T: float = 0.08  # temperature deviate, random
+    sigma_core_env: float = 0.5  # core-density deviate tied to the halo's dark matter
+    sigma_core_random: float = 0.15  # core-density deviate, random
+    sigma_fgas: float = 0.05  # gas-fraction deviate, random
+    sigma_T: float = 0.05  # temperature deviate, random
     x_core: float = 0.1  # core scale of the core deviate [R_200c]
+    # Gas tracing the dark matter's departures from NFW (0 switches it off)
+    beta_trace: float = 0.5
+    trace_smoothing: float = 0.5  # Gaussian σ of both fields in the ratio [h⁻¹ Mpc, comoving]
+    trace_clip: float = 3.0  # the ratio is clipped to [1/trace_clip, trace_clip]
 
 
 class HaloDeviates(eqx.Module):
@@ -274,12 +286,15 @@ def synthetic_gas(
 
     # Diffuse gas: smoothed dark matter.
     counts = paint_cic(pos / cell[None, :], jnp.ones(pos.shape[0], dtype=dtype), shape)
-    one_plus_delta = counts * (math.prod(shape) / pos.shape[0])
+    one_plus_delta_raw = counts * (math.prod(shape) / pos.shape[0])
     kx, ky, kz = rfft_wavevectors(shape, dtype=dtype)
     k2 = (kx / cell[0]) ** 2 + (ky / cell[1]) ** 2 + (kz / cell[2]) ** 2
-    modes = jnp.fft.rfftn(one_plus_delta)
-    smooth = jnp.exp(-0.5 * model.smoothing**2 * k2).astype(modes.dtype)
-    one_plus_delta = jnp.maximum(jnp.fft.irfftn(modes * smooth, s=shape), 1e-3)
+
+    def gaussian(field, sigma):
+        modes = jnp.fft.rfftn(field)
+        return jnp.fft.irfftn(modes * jnp.exp(-0.5 * sigma**2 * k2).astype(modes.dtype), s=shape)
+
+    one_plus_delta = jnp.maximum(gaussian(one_plus_delta_raw, model.smoothing), 1e-3)
     h = cosmo.h.astype(dtype)
     n_e_mean = (cosmo.Omega_b.astype(dtype) * RHO_CRIT0_MSUN_H2_MPC3) * h**2 * _RHO_TO_NE
     n_diff = n_e_mean * one_plus_delta
@@ -293,6 +308,7 @@ def synthetic_gas(
     sub = (jnp.arange(subsample, dtype=dtype) + 0.5) / subsample - 0.5
     sub = jnp.stack(jnp.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(-1, 3)  # (S, 3) in cells
     shape_arr = jnp.asarray(shape, dtype=jnp.int32)
+    rho_mean = cosmo.Omega_m.astype(dtype) * RHO_CRIT0_MSUN_H2_MPC3  # comoving [h² M☉ Mpc⁻³ = h⁻¹ M☉ (h⁻¹ Mpc)⁻³]
 
     def one_halo(centre, M200c, R200c, valid, d_core, d_fgas, d_T):
         # Voxel i is centred on the CIC node i·cell, as `paint_cic` and `voxelise_gas` assign.
@@ -301,21 +317,43 @@ def synthetic_gas(
         pts = (idx.astype(dtype)[:, None, :] + sub[None, :, :]) * cell[None, None, :]  # (C, S, 3)
         r = jnp.sqrt(jnp.sum((pts - centre[None, None, :]) ** 2, -1))
         R = jnp.where(valid, R200c, 1.0)
+        M = jnp.where(valid, M200c, 1e14)
         x = r / R
-        n_e, T = halo_gas_profile(model, x, jnp.where(valid, M200c, 1e14), R, cosmo, theta, z, (d_core, d_fgas, d_T))
+        n_e, T = halo_gas_profile(model, x, M, R, cosmo, theta, z, (d_core, d_fgas, d_T))
         wt = jnp.where((r < r_paint) & valid, _taper(x, model.x_trunc), 0.0)
-        n_w = jnp.mean(n_e * wt, -1)
-        return jnp.mod(idx, shape_arr[None, :]), n_w, jnp.mean(n_e * wt * T, -1), jnp.mean(wt, -1)
+        # The smooth NFW halo the tracing compares the dark matter with, in units of the mean.
+        c = concentration_duffy08(M, z)
+        y = jnp.maximum(c * x, 1e-2)
+        rho_nfw = M * c**3 / (4.0 * math.pi * R**3 * nfw_mu(c)) / (y * (1.0 + y) ** 2) / rho_mean
+        return (
+            jnp.mod(idx, shape_arr[None, :]), jnp.mean(n_e * wt, -1), jnp.mean(n_e * wt * T, -1),
+            jnp.mean(wt, -1), jnp.mean(rho_nfw * wt, -1),
+        )
 
     paint = halos.valid & (halos.M200c >= model.min_mass)
-    idx, n_h, nT_h, w_h = jax.vmap(one_halo)(
+    idx, n_h, nT_h, w_h, rho_h = jax.vmap(one_halo)(
         halos.pos.astype(dtype), halos.M200c.astype(dtype), halos.R200c.astype(dtype), paint, dev.core, dev.fgas, dev.T
     )
-    flat = ((idx[..., 0] * shape[1] + idx[..., 1]) * shape[2] + idx[..., 2]).ravel()
+    flat = (idx[..., 0] * shape[1] + idx[..., 1]) * shape[2] + idx[..., 2]  # (H, C)
     size = math.prod(shape)
-    n_halo = jnp.zeros(size, dtype=dtype).at[flat].add(n_h.ravel()).reshape(shape)
-    nT_halo = jnp.zeros(size, dtype=dtype).at[flat].add(nT_h.ravel()).reshape(shape)
-    weight = jnp.minimum(jnp.zeros(size, dtype=dtype).at[flat].add(w_h.ravel()).reshape(shape), 1.0)
+
+    def scatter(values):
+        return jnp.zeros(size, dtype=dtype).at[flat.ravel()].add(values.ravel()).reshape(shape)
+
+    weight = jnp.minimum(scatter(w_h), 1.0)
+    # Tracing: the dark matter over its smooth-NFW model, both smoothed alike, to the power β_tr,
+    # then renormalised per halo so the tracing moves gas around within a halo but adds none.
+    rho_model = (1.0 - weight) + scatter(rho_h)
+    ratio = jnp.maximum(gaussian(one_plus_delta_raw, model.trace_smoothing), 1e-3) / jnp.maximum(
+        gaussian(rho_model, model.trace_smoothing), 1e-3
+    )
+    ratio = jnp.clip(ratio, 1.0 / model.trace_clip, model.trace_clip) ** model.beta_trace
+    t = ratio.ravel()[flat]  # (H, C)
+    den = jnp.sum(n_h * t, -1, keepdims=True)
+    ok = den > 0  # unpainted halos have no gas to renormalise (and must not make NaN gradients)
+    t = t * jnp.where(ok, jnp.sum(n_h, -1, keepdims=True) / jnp.where(ok, den, 1.0), 1.0)
+    n_halo = scatter(n_h * t)
+    nT_halo = scatter(nT_h * t)
 
     n_e = n_diff * (1.0 - weight) + n_halo
     T = (n_diff * (1.0 - weight) * T_diff + nT_halo) / n_e
