@@ -58,7 +58,7 @@ __all__ = ["LightconeGeometry", "BoxLayout", "redshift_at_distance", "box_layout
 ARCMIN_RAD = math.pi / (180.0 * 60.0)
 
 
-def _check(name: str, value, low: float, high: float, *, low_open: bool = False) -> float:
+def _check(name, value, low, high, *, low_open=False) -> float:
     v = float(value)
     bad = not math.isfinite(v) or v > high or (v <= low if low_open else v < low)
     if bad:

@@ -174,7 +174,7 @@ def compton_y_columns(
     dtype = n_e_cm3.dtype
     opz = 1.0 + jnp.asarray(z).astype(dtype)
     const = SIGMA_T_CM2 * MPC_CM / ME_C2_KEV  # [cm² · cm / keV] ~ 4e-3, float32-safe
-    pe_dl = jnp.sum(n_e_cm3 * T_keV * weights.astype(dtype), axis=-1)  # [cm⁻³ keV] × cells
+    pe_dl = jnp.sum(n_e_cm3 * T_keV * weights.astype(dtype)[None, None, :], axis=-1)  # [cm⁻³ keV] × cells
     return const * opz**2 * pe_dl * (cell_size / jnp.asarray(h).astype(dtype))
 
 
@@ -221,14 +221,15 @@ def box_maps(
     n_e = n_e_rel.astype(dtype) * jnp.asarray(n_e_mean, dtype)
     T = T.astype(dtype)
     cr_vox = voxel_count_rates(table, n_e, T, z, cell**3, cosmo)
-    cr_cols = jnp.sum(cr_vox * w[:, None], axis=2)  # (n⊥, n⊥, n_band)
+    cr_cols = jnp.sum(cr_vox * w[None, None, :, None], axis=2)  # (n⊥, n⊥, n_band)
     y_cols = compton_y_columns(n_e, T, w, z, cell, cosmo.h)
     one_plus_delta = paint_one_plus_delta(pos, box, shape)
     om = cosmo.Omega_m.astype(dtype)
-    mass_cols = jnp.sum(one_plus_delta * w, axis=-1) * (om * RHO_CRIT0_MSUN_H2_MPC3 * cell**3)
+    column_density = jnp.sum(one_plus_delta * w[None, None, :], axis=-1)  # Σ_k w_k (1 + δ_k)
+    mass_cols = column_density * (om * RHO_CRIT0_MSUN_H2_MPC3 * cell**3)
     a = 1.0 / (1.0 + z)
     om_z = om * a**-3 / E(cosmo, a.astype(cosmo.Omega_m.dtype)).astype(dtype) ** 2
-    rho_cols = jnp.sum(one_plus_delta * w, axis=-1) / jnp.sum(w) * om_z
+    rho_cols = column_density / jnp.sum(w) * om_z
     flux_w, mean_w = resampling_weights(chi, geometry, dtype)
     return BoxMaps(
         count_rate=resample(cr_cols, flux_w),

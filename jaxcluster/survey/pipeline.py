@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, Key, PRNGKeyArray
 
 from ..analytic.counts import XODBinning
 from ..cosmology import Cosmology, growth_table
@@ -109,7 +109,7 @@ class SurveyConfig(eqx.Module):
         n_steps: int = 10,
         mesh_factor: int = 1,
         detector: str = "sep",
-        threshold: float = 1e-3,
+        threshold: float = 1e-4,
         min_area: int = 3,
         deblend_nthresh: int = 32,
         deblend_cont: float = 0.005,
@@ -172,7 +172,7 @@ class SurveyResult(eqx.Module):
     xod_soft: Float[Array, "n_cr n_hr n_z"]
 
 
-def _lightcone(theta, key, layout, cosmo, growth, config, eldl, table):
+def _lightcone(theta, key, seg_given, layout, cosmo, growth, config, eldl, table):
     geom = config.geometry
     pm = geom.pm_config(config.mesh_factor)
     dtype = jnp.result_type(float)
@@ -180,18 +180,19 @@ def _lightcone(theta, key, layout, cosmo, growth, config, eldl, table):
     frac = jnp.linspace(0.0, 1.0, config.n_steps + 1, dtype=dtype)
 
     def one_box(args):
-        k, z, chi = args
+        k, z, chi, seg = args
         noise = white_noise(k, pm.particle_shape, dtype=dtype)
         pos, p = lpt(linear_field(noise, cosmo, pm), cosmo, growth, pm, a_init, order=2)
         a_box = 1.0 / (1.0 + z.astype(dtype))
         run = nbody(pos, p, cosmo, pm, a_init + (a_box - a_init) * frac, growth=growth)
         maps = box_maps(run.pos[-1], theta, z, chi, layout.depth, geom, eldl, table, cosmo)
-        seg = segment(jnp.sum(maps.count_rate, axis=-1), geom, config.detection)
+        if seg is None:
+            seg = segment(jnp.sum(maps.count_rate, axis=-1), geom, config.detection)
         cat = measure_sources(seg, maps.count_rate, geom, z, config.detection.max_sources)
         return maps, seg, cat
 
     keys = jax.random.split(key, geom.n_boxes)
-    return jax.lax.map(one_box, (keys, layout.z, layout.chi))
+    return jax.lax.map(one_box, (keys, layout.z, layout.chi, seg_given))
 
 
 def _xods(cat: Catalogue, config: SurveyConfig):
@@ -212,6 +213,7 @@ def simulate_survey(
     *,
     eldl=None,
     table: EmissivityTable | None = None,
+    segmentation: Int[Array, "n_lc n_box n_pix n_pix"] | None = None,
 ) -> SurveyResult:
     """Simulate a survey: maps, segmentations, catalogues and XODs of every box of every lightcone.
 
@@ -222,6 +224,10 @@ def simulate_survey(
         config: `SurveyConfig` (static).
         eldl: baryon painter (`ExtendedLDL`); default `baryons.default_eldl()`.
         table: count-rate table; default `xray.default_emissivity_table()` (EPIC-pn).
+        segmentation: (n_lightcones, n_boxes, n_pix, n_pix) labels to measure
+            the sources in instead of detecting them (e.g. a previous result's
+            `segmentation`): the segmentation held fixed, as for gradients
+            and their finite-difference checks.
 
     Returns:
         `SurveyResult`.
@@ -240,8 +246,16 @@ def simulate_survey(
     cosmo = Cosmology.from_theta(theta)
     layout = box_layout(cosmo, config.geometry)
     growth = growth_table(cosmo)
+    geom = config.geometry
     keys = jax.random.split(key, config.n_lightcones)
-    maps, seg, cat = jax.lax.map(lambda k: _lightcone(theta, k, layout, cosmo, growth, config, eldl, table), keys)
+    if segmentation is not None:
+        want = (config.n_lightcones, geom.n_boxes, geom.n_pix, geom.n_pix)
+        if segmentation.shape != want:
+            raise ValueError(f"segmentation shape {segmentation.shape} != (n_lightcones, n_boxes, n_pix, n_pix) = {want}")
+    maps, seg, cat = jax.lax.map(
+        lambda args: _lightcone(theta, args[0], args[1], layout, cosmo, growth, config, eldl, table),
+        (keys, segmentation),
+    )
     hard, soft = _xods(cat, config)
     return SurveyResult(layout=layout, maps=maps, segmentation=seg, catalogue=cat, xod=hard, xod_soft=soft)
 
@@ -274,7 +288,7 @@ def simulate_xod(
 
 def simulate_xod_batch(
     theta: ThetaSim,
-    keys: PRNGKeyArray,
+    keys: Key[Array, " batch"],
     config: SurveyConfig,
     *,
     soft: bool = False,
