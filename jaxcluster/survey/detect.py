@@ -82,12 +82,12 @@ class DetectionConfig(eqx.Module):
 
     def __init__(
         self,
-        method: str = "sep",
-        threshold: float = 1e-4,
-        min_area: int = 3,
-        deblend_nthresh: int = 32,
-        deblend_cont: float = 0.005,
-        max_sources: int = 256,
+        method="sep",
+        threshold=1e-4,
+        min_area=3,
+        deblend_nthresh=32,
+        deblend_cont=0.005,
+        max_sources=256,
     ):
         if method not in DETECTORS:
             raise ValueError(f"method = {method!r} is not an allowed detector {DETECTORS}")

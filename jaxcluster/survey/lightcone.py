@@ -106,14 +106,14 @@ class LightconeGeometry(eqx.Module):
 
     def __init__(
         self,
-        area_deg2: float = 20.0,
-        z_min: float = 0.1,
-        z_max: float = 0.5,
-        n_boxes: int = 12,
-        cell_size: float = 0.39,
-        pixel_arcmin: float = 1.0,
-        omega_m_min: float = PRIOR_BOUNDS["Omega_m"][0],
-        omega_m_max: float = PRIOR_BOUNDS["Omega_m"][1],
+        area_deg2=20.0,
+        z_min=0.1,
+        z_max=0.5,
+        n_boxes=12,
+        cell_size=0.39,
+        pixel_arcmin=1.0,
+        omega_m_min=PRIOR_BOUNDS["Omega_m"][0],
+        omega_m_max=PRIOR_BOUNDS["Omega_m"][1],
     ):
         self.area_deg2 = _check("area_deg2", area_deg2, 0.0, 400.0, low_open=True)
         self.z_max = _check("z_max", z_max, 0.01, 3.0, low_open=True)
