@@ -67,26 +67,76 @@ def label_components(mask: Bool[Array, "n m"]) -> Int[Array, "n m"]:
     return labels
 
 
+def _steepest_ascent(image, mask):
+    """Each masked pixel's flat index of the neighbour (3×3, in the mask, itself included) of highest value."""
+    n, m = image.shape
+    idx = jnp.arange(n * m, dtype=jnp.int32).reshape(n, m)
+    val = jnp.where(mask, image, -jnp.inf)
+    pv = jnp.pad(val, 1, constant_values=-jnp.inf)
+    pi = jnp.pad(idx, 1, constant_values=-1)
+    best_v, best_i = val, idx
+    for dx in (0, 1, 2):
+        for dy in (0, 1, 2):
+            v, i = pv[dx:dx + n, dy:dy + m], pi[dx:dx + n, dy:dy + m]
+            better = (v > best_v) | ((v == best_v) & (i > best_i))  # ties: larger index, so no cycles
+            best_v, best_i = jnp.where(better, v, best_v), jnp.where(better, i, best_i)
+    return jnp.where(mask, best_i, -1).reshape(-1)
+
+
+def _peaks(pointer, n_jumps):
+    """Follow the steepest-ascent pointers to their fixed points (pointer doubling)."""
+    safe = jnp.maximum(pointer, 0)
+    for _ in range(n_jumps):
+        safe = safe[safe]
+    return jnp.where(pointer >= 0, safe, -1)
+
+
 def segment_components(
-    image: Float[Array, "n m"], pixel_threshold: float, min_area: int, max_sources: int
+    image: Float[Array, "n m"], pixel_threshold: float, min_area: int, max_sources: int, deblend_cont: float | None = 0.005
 ) -> Int[Array, "n m"]:
-    """Segmentation of one map: pixels > threshold, 8-connected, ≥ min_area pixels, ranked by flux.
+    """Segmentation of one map: pixels > threshold, 8-connected, deblended at peaks, ranked by flux.
+
+    With `deblend_cont` set, each component is cut into the basins of its
+    local maxima (steepest ascent, a watershed on the noiseless map); a
+    basin is kept as a source of its own when it holds at least
+    `deblend_cont` of its component's count rate and `min_area` pixels
+    (SExtractor's contrast criterion), otherwise it joins the component's
+    brightest basin. `None` keeps whole components.
 
     Args:
         image: (n, m) count rate per pixel [counts s⁻¹].
         pixel_threshold: absolute threshold per pixel [counts s⁻¹].
-        min_area: minimum component size [pixels].
+        min_area: minimum source size [pixels].
         max_sources: labels kept (the brightest).
+        deblend_cont: minimum flux fraction of a deblended source, or None.
 
     Returns:
         (n, m) int32 labels 0..max_sources (0: background), 1 the brightest.
     """
     n, m = image.shape
     size = n * m
-    labels = label_components(image > pixel_threshold).reshape(-1)
-    ids = jnp.where(labels >= 0, labels, size)  # `size` collects the background
-    area = jax.ops.segment_sum(jnp.ones((size,), jnp.int32), ids, num_segments=size + 1)[:size]
-    flux = jax.ops.segment_sum(image.reshape(-1), ids, num_segments=size + 1)[:size]
+    mask = image > pixel_threshold
+    comp = label_components(mask).reshape(-1)
+    ids = jnp.where(comp >= 0, comp, size)  # `size` collects the background
+    flat = image.reshape(-1)
+    ones = jnp.ones((size,), jnp.int32)
+    if deblend_cont is not None:
+        peak = _peaks(_steepest_ascent(image, mask), max(1, int(np.ceil(np.log2(size))) + 1))
+        pid = jnp.where(peak >= 0, peak, size)
+        basin_flux = jax.ops.segment_sum(flat, pid, num_segments=size + 1)[:size]
+        basin_area = jax.ops.segment_sum(ones, pid, num_segments=size + 1)[:size]
+        comp_flux = jax.ops.segment_sum(flat, ids, num_segments=size + 1)[:size]
+        comp_of_basin = jnp.where(basin_area > 0, comp, size)  # a peak pixel's own component
+        # the brightest basin of each component
+        best = jax.ops.segment_max(jnp.where(basin_area > 0, basin_flux, -jnp.inf), comp_of_basin, num_segments=size + 1)
+        is_main = (basin_area > 0) & (basin_flux >= best[comp_of_basin])
+        main = jnp.full((size + 1,), size, jnp.int32).at[comp_of_basin].min(
+            jnp.where(is_main, jnp.arange(size, dtype=jnp.int32), size))
+        keep = (basin_area >= min_area) & (basin_flux >= deblend_cont * comp_flux[jnp.minimum(comp_of_basin, size - 1)])
+        owner = jnp.where(keep | is_main, jnp.arange(size, dtype=jnp.int32), main[comp_of_basin])
+        ids = jnp.where(peak >= 0, owner[jnp.maximum(peak, 0)], size)
+    area = jax.ops.segment_sum(ones, ids, num_segments=size + 1)[:size]
+    flux = jax.ops.segment_sum(flat, ids, num_segments=size + 1)[:size]
     score = jnp.where(area >= min_area, flux, -jnp.inf)
     k = min(max_sources, size)
     top, roots = jax.lax.top_k(score, k)

@@ -163,7 +163,7 @@ def segment(image: Float[Array, "n m"], geometry: LightconeGeometry, config: Det
         return segment_sep(image, thr, config)
     from .components import segment_components
 
-    return segment_components(jax.lax.stop_gradient(image), thr, config.min_area, config.max_sources)
+    return segment_components(jax.lax.stop_gradient(image), thr, config.min_area, config.max_sources, config.deblend_cont)
 
 
 class Catalogue(eqx.Module):
