@@ -1,4 +1,4 @@
-"""Command line: `jaxcluster run` (the main job), `tables build`, `fisher`, `hmc`, `data generate`, `eldl train`."""
+"""Command line: `jaxcluster simulate` (the main job: a mock survey), `run` (a PM box), `tables build`, `fisher`, `hmc`, `data generate`, `eldl train`."""
 
 from __future__ import annotations
 
@@ -92,6 +92,10 @@ def _forwarded(command: str):
         from .baryons.cli import main as data_main
 
         return data_main
+    if command == "simulate":
+        from .survey.cli import main as simulate_main
+
+        return simulate_main
     if command == "eldl":
         from .baryons.train import main as eldl_train_main
 
@@ -108,6 +112,7 @@ def _forwarded(command: str):
 
 
 _FORWARDED = {
+    "simulate": "mock X-ray survey (maps, catalogue, XOD, figures): `jaxcluster simulate [--out DIR] [options]`",
     "tables": "X-ray emissivity tables: `jaxcluster tables build [options]`",
     "fisher": "Fisher forecast of the analytic XOD model: `jaxcluster fisher --out DIR [options]`",
     "hmc": "NUTS posterior of the analytic XOD model: `jaxcluster hmc --out DIR [options]`",

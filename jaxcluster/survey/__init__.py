@@ -20,7 +20,17 @@ from .maps import (
     resampling_weights,
     voxel_count_rates,
 )
-from .pipeline import SurveyConfig, SurveyResult, seed001_survey, simulate_survey, simulate_xod, simulate_xod_batch
+from .pipeline import (
+    SurveyConfig,
+    SurveyResult,
+    box_keys,
+    seed001_survey,
+    simulate_box,
+    simulate_survey,
+    simulate_xod,
+    simulate_xod_batch,
+    survey_xods,
+)
 from .xod import XODBinning, hard_xod, soft_bin_weights, soft_xod
 
 __all__ = [
@@ -29,5 +39,5 @@ __all__ = [
     "DETECTORS", "DetectionConfig", "Catalogue", "segment", "segment_sep", "measure_sources", "relabel_by_flux",
     "label_components", "segment_components", "match_catalogues",
     "XODBinning", "hard_xod", "soft_xod", "soft_bin_weights",
-    "SurveyConfig", "SurveyResult", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey",
+    "SurveyConfig", "SurveyResult", "simulate_box", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey",
 ]

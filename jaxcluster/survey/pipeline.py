@@ -37,7 +37,7 @@ from .lightcone import BoxLayout, LightconeGeometry, box_layout
 from .maps import BoxMaps, box_maps
 from .xod import hard_xod, soft_xod
 
-__all__ = ["SurveyConfig", "SurveyResult", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey"]
+__all__ = ["SurveyConfig", "SurveyResult", "simulate_box", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey"]
 
 
 def _check(name, value, lo, hi, integer=False):
@@ -172,30 +172,75 @@ class SurveyResult(eqx.Module):
     xod_soft: Float[Array, "n_cr n_hr n_z"]
 
 
-def _lightcone(theta, key, seg_given, layout, cosmo, growth, config, eldl, table):
+def simulate_box(
+    theta: ThetaSim,
+    key: PRNGKeyArray,
+    z: Float[Array, ""],
+    chi: Float[Array, ""],
+    depth: Float[Array, ""],
+    config: SurveyConfig,
+    *,
+    eldl,
+    table: EmissivityTable,
+    segmentation: Int[Array, "n_pix n_pix"] | None = None,
+    growth=None,
+) -> tuple[BoxMaps, Int[Array, "n_pix n_pix"], Catalogue]:
+    """One box of a lightcone: initial conditions → PM → eLDL → maps → detection → catalogue.
+
+    `simulate_survey` maps this over the boxes (`lax.map`); the CLI calls it
+    box by box to show progress. Same key, same box.
+
+    Args:
+        theta: θ_sim.
+        key: the box's PRNG key (its initial conditions).
+        z: box redshift (`BoxLayout.z[b]`).
+        chi: axial comoving distance of its centre [h⁻¹ Mpc].
+        depth: true box depth [h⁻¹ Mpc].
+        config: `SurveyConfig`.
+        eldl: baryon painter.
+        table: count-rate emissivity table.
+        segmentation: labels to measure in (held fixed) instead of detecting.
+        growth: `growth_table` of θ_sim's cosmology (computed if None).
+
+    Returns:
+        (maps, segmentation, catalogue) of the box.
+    """
     geom = config.geometry
+    cosmo = Cosmology.from_theta(theta)
+    growth = growth_table(cosmo) if growth is None else growth
     pm = geom.pm_config(config.mesh_factor)
     dtype = jnp.result_type(float)
     a_init = 1.0 / (1.0 + config.z_init)
     frac = jnp.linspace(0.0, 1.0, config.n_steps + 1, dtype=dtype)
+    noise = white_noise(key, pm.particle_shape, dtype=dtype)
+    pos, p = lpt(linear_field(noise, cosmo, pm), cosmo, growth, pm, a_init, order=2)
+    a_box = 1.0 / (1.0 + jnp.asarray(z).astype(dtype))
+    run = nbody(pos, p, cosmo, pm, a_init + (a_box - a_init) * frac, growth=growth)
+    maps = box_maps(run.pos[-1], theta, z, chi, depth, geom, eldl, table, cosmo)
+    seg = segmentation
+    if seg is None:
+        seg = segment(jnp.sum(maps.count_rate, axis=-1), geom, config.detection)
+    cat = measure_sources(seg, maps.count_rate, geom, z, config.detection.max_sources)
+    return maps, seg, cat
 
+
+def _lightcone(theta, key, seg_given, layout, growth, config, eldl, table):
     def one_box(args):
         k, z, chi, seg = args
-        noise = white_noise(k, pm.particle_shape, dtype=dtype)
-        pos, p = lpt(linear_field(noise, cosmo, pm), cosmo, growth, pm, a_init, order=2)
-        a_box = 1.0 / (1.0 + z.astype(dtype))
-        run = nbody(pos, p, cosmo, pm, a_init + (a_box - a_init) * frac, growth=growth)
-        maps = box_maps(run.pos[-1], theta, z, chi, layout.depth, geom, eldl, table, cosmo)
-        if seg is None:
-            seg = segment(jnp.sum(maps.count_rate, axis=-1), geom, config.detection)
-        cat = measure_sources(seg, maps.count_rate, geom, z, config.detection.max_sources)
-        return maps, seg, cat
+        return simulate_box(theta, k, z, chi, layout.depth, config, eldl=eldl, table=table, segmentation=seg,
+                            growth=growth)
 
-    keys = jax.random.split(key, geom.n_boxes)
+    keys = jax.random.split(key, config.geometry.n_boxes)
     return jax.lax.map(one_box, (keys, layout.z, layout.chi, seg_given))
 
 
-def _xods(cat: Catalogue, config: SurveyConfig):
+def box_keys(key: PRNGKeyArray, config: SurveyConfig) -> Key[Array, "n_lc n_box"]:
+    """The PRNG key of every box: `split(split(key, n_lightcones)[i], n_boxes)[b]`."""
+    return jax.vmap(lambda k: jax.random.split(k, config.geometry.n_boxes))(jax.random.split(key, config.n_lightcones))
+
+
+def survey_xods(cat: Catalogue, config: SurveyConfig) -> tuple[Float[Array, "n_cr n_hr n_z"], Float[Array, "n_cr n_hr n_z"]]:
+    """(hard, soft) XODs of a catalogue with any leading axes (all its sources together)."""
     cr = cat.count_rate_total.reshape(-1)
     hr = cat.hardness_ratio.reshape(-1)
     z = cat.z.reshape(-1)
@@ -253,10 +298,10 @@ def simulate_survey(
         if segmentation.shape != want:
             raise ValueError(f"segmentation shape {segmentation.shape} != (n_lightcones, n_boxes, n_pix, n_pix) = {want}")
     maps, seg, cat = jax.lax.map(
-        lambda args: _lightcone(theta, args[0], args[1], layout, cosmo, growth, config, eldl, table),
+        lambda args: _lightcone(theta, args[0], args[1], layout, growth, config, eldl, table),
         (keys, segmentation),
     )
-    hard, soft = _xods(cat, config)
+    hard, soft = survey_xods(cat, config)
     return SurveyResult(layout=layout, maps=maps, segmentation=seg, catalogue=cat, xod=hard, xod_soft=soft)
 
 
