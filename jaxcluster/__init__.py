@@ -14,9 +14,11 @@ The pipeline, one subpackage per stage (see the docs' Pipeline pages):
   staged training, shipped weights) and the synthetic hydrodynamics model that stands in
   for CAMELS (published ICM profiles, feedback, scatter, training-set generators).
 * `jaxcluster.io`: Gadget/AREPO snapshots (n_e, T voxelisation, PM restarts), CAMELS tables, run files.
+* `jaxcluster.survey`: lightcones, mock X-ray / Compton-y / mass maps, detection (sep and a JAX
+  detector), the hard and soft XOD; `simulate_xod`, `simulate_survey`.
 """
 
-from . import analytic, baryons, cosmology, halos, io, nbody, params, xray
+from . import analytic, baryons, cosmology, halos, io, nbody, params, survey, xray
 from .baryons import ExtendedLDL, SyntheticGasModel, default_eldl, synthetic_gas
 from .cosmology import (
     Cosmology,
@@ -31,15 +33,17 @@ from .cosmology import (
 from .nbody import NBodyResult, PMConfig, linear_field, lpt, nbody as run_nbody, step_grid, white_noise
 from .halos import HaloCatalogue, SOFinder, find_halos
 from .params import FIDUCIAL, PARAM_NAMES, PRIOR_BOUNDS, ThetaSim
+from .survey import SurveyConfig, simulate_survey, simulate_xod
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "analytic", "baryons", "cosmology", "halos", "io", "nbody", "params", "xray",
+    "analytic", "baryons", "cosmology", "halos", "io", "nbody", "params", "survey", "xray",
     "ThetaSim", "PARAM_NAMES", "PRIOR_BOUNDS", "FIDUCIAL",
     "Cosmology", "GrowthTable", "growth_table", "linear_power", "sigma_R",
     "comoving_distance", "angular_diameter_distance", "luminosity_distance",
     "PMConfig", "white_noise", "linear_field", "lpt", "run_nbody", "step_grid", "NBodyResult",
     "SOFinder", "HaloCatalogue", "find_halos", "SyntheticGasModel", "synthetic_gas",
     "ExtendedLDL", "default_eldl",
+    "SurveyConfig", "simulate_survey", "simulate_xod",
 ]
