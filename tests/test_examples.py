@@ -15,6 +15,8 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
         ("pm_sensitivity.py", ["--particles", "8", "--steps", "3"]),
         ("cluster_count_rate.py", ["--T", "3", "--z", "0.3"]),
         ("eldl_paint.py", ["--n-side", "32"]),
+        # the derivative part compiles for ~1 min; tests/test_survey_maps.py checks soft-XOD gradients
+        ("survey_xod.py", ["--area", "1", "--pixel", "6", "--steps", "2", "--no-grad"]),
     ],
 )
 def test_example_runs(script, args):
