@@ -21,8 +21,14 @@ Outputs: n_e in units of the cosmic mean comoving electron density
 (dimensionless; multiply by $\bar n_e$ for cm⁻³), and T in keV. Both are the
 LDL's ReLU output, hence ≥ 0.
 
-Every hypernetwork's last layer starts at zero, so at initialisation δΘ = 0
-and the extended model equals the base LDLs for every θ_sim and z.
+Every hypernetwork is anchored at the fiducial point,
+$δΘ(θ) = δΘ_0 + \mathrm{MLP}(θ) - \mathrm{MLP}(θ_\mathrm{fid})$: its MLP
+only moves the weights *away* from θ_fid, where the base LDL (trained on
+the larger fiducial CV boxes) holds, so the conditioned model is the base
+model at the fiducial point by construction. The constant δΘ_0 is zero for
+n_e; for T it carries the fiducial redshift evolution relative to the base
+redshift. At initialisation MLP ≡ 0 and δΘ_0 = 0, so the extended model
+equals the base LDLs for every θ_sim and z.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ..params import PARAM_NAMES, ThetaSim
+from ..params import FIDUCIAL, PARAM_NAMES, ThetaSim
 from .ldl import LDL
 
 __all__ = ["CAMELS_REDSHIFTS", "n_ldl_params", "ldl_params", "shift_ldl_params", "Hypernetwork", "ExtendedLDL"]
@@ -65,19 +71,25 @@ def shift_ldl_params(ldl: LDL, delta: Float[Array, " n_param"]) -> LDL:
     return eqx.combine(unravel(flat + delta.astype(flat.dtype)), static)
 
 
+_U_FID = np.asarray(ThetaSim(**FIDUCIAL).to_unit(), dtype=np.float64)  # θ_fid in unit-cube coordinates
+
+
 class Hypernetwork(eqx.Module):
-    r"""MLP θ_sim (unit cube) → δΘ, the shift of an LDL's flat parameter vector.
+    r"""θ_sim (unit cube) → δΘ = δΘ_0 + MLP(u) − MLP(u_fid), the shift of an LDL's flat parameters.
 
     The input u = `theta.to_unit()` ∈ [0, 1]⁶ is centred as 2u − 1; the MLP
     has `depth` hidden layers of `width` units with `activation` (default
-    tanh). Its last layer (weights and bias) starts at zero, so δΘ = 0 at
-    initialisation.
+    tanh). Subtracting the MLP at the fiducial point anchors δΘ(θ_fid) = δΘ_0.
+    The MLP's last layer (weights and bias) and δΘ_0 start at zero, so δΘ = 0
+    at initialisation.
 
     Attributes:
         mlp: the `eqx.nn.MLP` (6 → n_out).
+        offset: δΘ_0, the shift at the fiducial point (n_out,).
     """
 
     mlp: eqx.nn.MLP
+    offset: Float[Array, " n_out"]
 
     def __init__(self, n_out: int, *, key: PRNGKeyArray, width: int = 64, depth: int = 2, activation=jnp.tanh):
         if n_out < 1:
@@ -87,6 +99,7 @@ class Hypernetwork(eqx.Module):
         self.mlp = eqx.tree_at(
             lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp, (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias))
         )
+        self.offset = jnp.zeros(n_out, dtype=last.bias.dtype)
 
     @property
     def n_out(self) -> int:
@@ -94,7 +107,22 @@ class Hypernetwork(eqx.Module):
 
     def __call__(self, u: Float[Array, " 6"]) -> Float[Array, " n_out"]:
         """δΘ for one θ_sim given in unit-cube coordinates (`ThetaSim.to_unit()`); batch with `vmap`."""
-        return self.mlp(2.0 * u - 1.0)
+        u_fid = jnp.asarray(_U_FID, dtype=u.dtype)
+        return self.offset + self.mlp(2.0 * u - 1.0) - self.mlp(2.0 * u_fid - 1.0)
+
+
+def _checked_unit(theta: ThetaSim) -> Float[Array, " 6"]:
+    """θ_sim in unit-cube coordinates, after checking it is one point inside the prior.
+
+    The hypernetworks are trained inside the seed 001 Table 1 prior only: a value outside
+    raises (`eqx.error_if`, so also under jit, naming the parameter and its range).
+    """
+    if not isinstance(theta, ThetaSim):
+        raise TypeError(f"theta must be a ThetaSim, got {type(theta).__name__}")
+    shapes = {name: jnp.shape(getattr(theta, name)) for name in PARAM_NAMES}
+    if any(shape != () for shape in shapes.values()):
+        raise ValueError(f"theta must hold one θ_sim (scalar fields), got shapes {shapes}: vmap over a batched ThetaSim")
+    return theta.check_prior().to_unit()
 
 
 def _interpolation_weights(z, redshifts: tuple[float, ...]):
@@ -170,12 +198,14 @@ class ExtendedLDL(eqx.Module):
         return cls(n_e_base, T_base, n_e_net, T_nets, redshifts)
 
     def delta_n_e(self, theta: ThetaSim) -> Float[Array, " n_param"]:
-        """δΘ of the n_e LDL for one θ_sim."""
-        return self.n_e_net(theta.to_unit())
+        """δΘ of the n_e LDL for one θ_sim (inside the prior)."""
+        return self.n_e_net(_checked_unit(theta))
 
     def delta_T(self, theta: ThetaSim, z: Float[ArrayLike, ""]) -> Float[Array, " n_param"]:
         """δΘ_z of the T LDL: linear in z between the two nearest trained nets, clamped outside."""
-        u = theta.to_unit()
+        u = _checked_unit(theta)
+        if jnp.ndim(z) != 0:
+            raise ValueError(f"z must be a scalar redshift, got shape {jnp.shape(z)}: vmap over several")
         if len(self.T_nets) == 1:
             return self.T_nets[0](u)
         outs = jnp.stack([net(u) for net in self.T_nets])  # (n_z, n_param)

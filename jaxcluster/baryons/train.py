@@ -6,11 +6,14 @@ Stages, each resumable:
    the CV-like set at z = 0.21, full-batch L-BFGS (optax, backtracking line
    search) from a thresholded power-law warm start (`warm_start`);
    the iterate with the best validation loss is kept.
-2. ``net_n_e``: the n_e hypernetwork δΘ(θ_sim) on the LH-like set at
+2. ``net_n_e``: the n_e hypernetwork's MLP on the LH-like set at
    z = 0.21 (Adam, minibatches of boxes, early stopping); n_e has no z
-   dependence (seed 001 §2.2.2).
+   dependence (seed 001 §2.2.2). The hypernetworks are anchored,
+   δΘ(θ_fid) = δΘ_0 (`eldl.Hypernetwork`): the small LH boxes teach the
+   θ dependence, never the fiducial weights.
 3. ``net_T_<z>``: one T hypernetwork per training redshift of the LH-like
-   set, each starting from the z = 0.21 one.
+   set, each starting from the z = 0.21 one; its δΘ_0 is the change of the
+   warm-start power law of T from z = 0.21 to its z on the CV boxes.
 
 The losses are seed 001 eqs. (5)–(6) (`jaxcluster.baryons.loss`); the
 train/validation split is spatial: the last `validation_fraction` of every
@@ -43,7 +46,7 @@ from jaxtyping import Array, Float
 from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology
 from ..io.runs import load_run
 from ..params import PARAM_NAMES, ThetaSim
-from .eldl import ExtendedLDL
+from .eldl import ExtendedLDL, ldl_params
 from .ldl import LDL, ActivationLayer, paint_one_plus_delta
 from .loss import T_loss, n_e_loss, slab_mask
 from .synthetic import _RHO_TO_NE
@@ -398,19 +401,30 @@ def train_eldl(
         lambda e: e.T_base, "T", cv, config, ckpt, progress), ckpt, metrics)
     del cv
     lh = load_training_boxes(lh_dir, z0, max_lh_boxes)
-    model = _stage("net_n_e", model, lambda m: _fit_adam("net_n_e", m, lambda e: e.n_e_net, "n_e", lh, config, ckpt,
+    # Hypernetworks: only their MLPs train (on the LH set); δΘ(θ_fid) stays at the offset.
+    model = _stage("net_n_e", model, lambda m: _fit_adam("net_n_e", m, lambda e: e.n_e_net.mlp, "n_e", lh, config, ckpt,
                                                           progress, None), ckpt, metrics)
-    # T heads: the z0 head first, then every other redshift starting from it.
+    # T heads: the z0 head first, then every other redshift starting from it. A head's
+    # offset (its shift at θ_fid) is the change of the warm-start power law of T between
+    # z0 and its redshift on the fiducial CV boxes: the fiducial redshift evolution comes
+    # from the large boxes, the θ dependence from the LH set.
     zs = list(model.T_redshifts)
     k0 = int(np.argmin([abs(z - z0) for z in zs]))
     order = [k0] + [k for k in range(len(zs)) if k != k0]
+    fid0 = None
     for k in order:
         name = f"net_T_z{zs[k]:.3f}"
         boxes = lh if k == k0 else load_training_boxes(lh_dir, zs[k], max_lh_boxes)
-        if k != k0:  # start from the z0 head
-            model = eqx.tree_at(lambda e: e.T_nets[k], model, model.T_nets[k0])
-        model = _stage(name, model, lambda m, k=k, b=boxes: _fit_adam(name, m, lambda e: e.T_nets[k], "T", b, config, ckpt,
-                                                                     progress, float(zs[k])), ckpt, metrics)
+        if k != k0:  # start from the z0 head, shifted by the fiducial evolution
+            if fid0 is None:
+                fid0 = ldl_params(warm_start(model.T_base, load_training_boxes(cv_dir, z0, max_cv_boxes), "T",
+                                             config.validation_fraction))
+            fid_k = ldl_params(warm_start(model.T_base, load_training_boxes(cv_dir, zs[k], max_cv_boxes), "T",
+                                          config.validation_fraction))
+            head = eqx.tree_at(lambda h: h.offset, model.T_nets[k0], (fid_k - fid0).astype(model.T_nets[k0].offset.dtype))
+            model = eqx.tree_at(lambda e: e.T_nets[k], model, head)
+        model = _stage(name, model, lambda m, k=k, b=boxes: _fit_adam(name, m, lambda e: e.T_nets[k].mlp, "T", b, config,
+                                                                     ckpt, progress, float(zs[k])), ckpt, metrics)
     return model, metrics
 
 

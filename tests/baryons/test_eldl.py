@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jaxtyping import TypeCheckError
 
 from jaxcluster.baryons.eldl import (
     CAMELS_REDSHIFTS,
@@ -180,3 +181,35 @@ def test_validation(setup):
     single = ExtendedLDL.init(jax.random.key(1), redshifts=(0.21,))
     theta = ThetaSim()
     np.testing.assert_array_equal(np.asarray(single.delta_T(theta, jnp.asarray(0.5))), np.asarray(single.T_nets[0](theta.to_unit())))
+
+
+def test_theta_outside_prior_and_wrong_shapes_raise_clear_errors(setup):
+    model, perturbed, pos = setup
+    with pytest.raises(ValueError, match=r"Omega_m .* allowed range \[0.1, 0.5\]"):
+        ThetaSim(Omega_m=0.7)  # concrete values: at construction
+    # traced values: inside jit, naming the parameter and its range
+    bad = jnp.asarray([0.3, 0.8, 5.0, 1.0, 1.0, 1.0])
+    with pytest.raises(Exception, match=r"A_SN1 is outside its allowed range \[0.25, 4.0\]"):
+        eqx.filter_jit(lambda m, x: m.delta_n_e(ThetaSim.from_array(x)))(perturbed, bad)
+    with pytest.raises(Exception, match=r"A_SN1 is outside its allowed range"):
+        eqx.filter_jit(lambda m, x: m.delta_T(ThetaSim.from_array(x), 0.3))(perturbed, bad)
+    batch = ThetaSim.from_array(jnp.tile(jnp.asarray(ThetaSim().to_array()), (3, 1)))
+    with pytest.raises(ValueError, match="one θ_sim .* vmap"):
+        model.delta_n_e(batch)
+    # with the jaxtyping import hook on (as in this suite) the annotations catch these first
+    with pytest.raises((ValueError, TypeCheckError), match="z"):
+        model.delta_T(ThetaSim(), jnp.asarray([0.1, 0.2]))
+    with pytest.raises((TypeError, TypeCheckError), match="ThetaSim"):
+        model.delta_n_e(jnp.zeros(6))
+    with pytest.raises((ValueError, TypeCheckError), match="pos"):
+        model.n_e(pos[:, :2], ThetaSim(), BOX, SHAPE)
+
+
+def test_conditioned_model_is_the_base_model_at_the_fiducial_point(setup):
+    _, perturbed, pos = setup
+    fid = ThetaSim()
+    np.testing.assert_array_equal(np.asarray(perturbed.delta_n_e(fid)), 0.0)
+    np.testing.assert_array_equal(np.asarray(perturbed.delta_T(fid, 0.33)), 0.0)
+    np.testing.assert_allclose(np.asarray(_call(perturbed, pos, fid, 0.3)[0]), np.asarray(_ldl(perturbed.n_e_base, pos)))
+    away = ThetaSim(Omega_m=0.35, A_AGN1=2.0)
+    assert float(jnp.max(jnp.abs(perturbed.delta_n_e(away)))) > 1e-4

@@ -183,6 +183,21 @@ def test_axis_permutation_transposes_the_field(perm):
     np.testing.assert_allclose(np.asarray(out), np.asarray(jnp.transpose(_REF_SYM, perm)), atol=1e-10)
 
 
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_rotation_by_90_degrees_rotates_the_field(axis):
+    # A 90° rotation about `axis` maps the CIC nodes i·cell onto nodes (periodically):
+    # (u, v) → (−v mod L, u) in the plane of the two other axes, so F'[a, b] = F[b, −a mod n].
+    u, v = [i for i in range(3) if i != axis]
+    moved = _POS_SYM.at[:, u].set(jnp.mod(-_POS_SYM[:, v], BOX)).at[:, v].set(_POS_SYM[:, u])
+    out = np.asarray(_FIELD_SYM(moved))
+    ref = np.asarray(_REF_SYM)
+    idx = np.indices(SHAPE)
+    src = list(idx)
+    src[u], src[v] = idx[v], (-idx[u]) % N
+    np.testing.assert_allclose(out, ref[tuple(src)], atol=1e-10)
+    assert np.abs(out - ref).max() > 1e-3  # the field is not trivially symmetric
+
+
 def test_gradient_kinds_and_validation(getkey):
     pos = _particles(getkey())
     exact = _run(DisplacementLayer(alpha=0.02), pos)
