@@ -40,6 +40,8 @@ in the XOD (`jaxcluster.survey.xod`), not here.
 
 from __future__ import annotations
 
+from typing import SupportsFloat, SupportsInt
+
 import math
 from functools import partial
 
@@ -82,12 +84,12 @@ class DetectionConfig(eqx.Module):
 
     def __init__(
         self,
-        method="sep",
-        threshold=1e-4,
-        min_area=3,
-        deblend_nthresh=32,
-        deblend_cont=0.005,
-        max_sources=256,
+        method: str = "sep",
+        threshold: SupportsFloat = 1e-4,
+        min_area: SupportsInt = 3,
+        deblend_nthresh: SupportsInt = 32,
+        deblend_cont: SupportsFloat = 0.005,
+        max_sources: SupportsInt = 256,
     ):
         if method not in DETECTORS:
             raise ValueError(f"method = {method!r} is not an allowed detector {DETECTORS}")

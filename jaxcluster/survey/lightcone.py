@@ -42,6 +42,8 @@ Comoving lengths in h⁻¹ Mpc throughout.
 
 from __future__ import annotations
 
+from typing import SupportsFloat, SupportsInt
+
 import math
 
 import equinox as eqx
@@ -106,14 +108,14 @@ class LightconeGeometry(eqx.Module):
 
     def __init__(
         self,
-        area_deg2=20.0,
-        z_min=0.1,
-        z_max=0.5,
-        n_boxes=12,
-        cell_size=0.39,
-        pixel_arcmin=1.0,
-        omega_m_min=PRIOR_BOUNDS["Omega_m"][0],
-        omega_m_max=PRIOR_BOUNDS["Omega_m"][1],
+        area_deg2: SupportsFloat = 20.0,
+        z_min: SupportsFloat = 0.1,
+        z_max: SupportsFloat = 0.5,
+        n_boxes: SupportsInt = 12,
+        cell_size: SupportsFloat = 0.39,
+        pixel_arcmin: SupportsFloat = 1.0,
+        omega_m_min: SupportsFloat = PRIOR_BOUNDS["Omega_m"][0],
+        omega_m_max: SupportsFloat = PRIOR_BOUNDS["Omega_m"][1],
     ):
         self.area_deg2 = _check("area_deg2", area_deg2, 0.0, 400.0, low_open=True)
         self.z_max = _check("z_max", z_max, 0.01, 3.0, low_open=True)

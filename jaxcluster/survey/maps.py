@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
+from ..baryons.eldl import ExtendedLDL
 from ..baryons.ldl import paint_one_plus_delta
 from ..baryons.train import mean_electron_density
 from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology, E
@@ -185,7 +186,7 @@ def box_maps(
     chi: Float[ArrayLike, ""],
     depth: Float[ArrayLike, ""],
     geometry: LightconeGeometry,
-    eldl,
+    eldl: ExtendedLDL,
     table: EmissivityTable,
     cosmo: Cosmology,
 ) -> BoxMaps:

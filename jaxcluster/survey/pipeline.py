@@ -17,17 +17,20 @@ spreads a batch of (θ_sim, key) over devices.
 
 from __future__ import annotations
 
+from typing import SupportsFloat, SupportsInt
+
 import math
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import PartitionSpec
-from jaxtyping import Array, Float, Int, Key, PRNGKeyArray
+from jax.sharding import Mesh, PartitionSpec
+from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray
 
 from ..analytic.counts import XODBinning
-from ..cosmology import Cosmology, growth_table
+from ..baryons.eldl import ExtendedLDL
+from ..cosmology import Cosmology, GrowthTable, growth_table
 from ..nbody import linear_field, lpt, nbody, white_noise
 from ..nbody.sharding import device_mesh
 from ..params import ThetaSim
@@ -96,30 +99,30 @@ class SurveyConfig(eqx.Module):
 
     def __init__(
         self,
-        area_deg2=20.0,
-        z_min=0.1,
-        z_max=0.5,
-        n_boxes=12,
-        cell_size=0.39,
-        pixel_arcmin=1.0,
-        omega_m_min=0.1,
-        omega_m_max=0.5,
-        n_lightcones=1,
-        z_init=6.0,
-        n_steps=10,
-        mesh_factor=1,
-        detector="sep",
-        threshold=1e-4,
-        min_area=3,
-        deblend_nthresh=32,
-        deblend_cont=0.005,
-        max_sources=256,
-        cr_min=0.02,
-        cr_edges=None,
-        hr_edges=None,
-        z_edges=None,
-        softness=0.02,
-        softness_z=0.005,
+        area_deg2: SupportsFloat = 20.0,
+        z_min: SupportsFloat = 0.1,
+        z_max: SupportsFloat = 0.5,
+        n_boxes: SupportsInt = 12,
+        cell_size: SupportsFloat = 0.39,
+        pixel_arcmin: SupportsFloat = 1.0,
+        omega_m_min: SupportsFloat = 0.1,
+        omega_m_max: SupportsFloat = 0.5,
+        n_lightcones: SupportsInt = 1,
+        z_init: SupportsFloat = 6.0,
+        n_steps: SupportsInt = 10,
+        mesh_factor: SupportsInt = 1,
+        detector: str = "sep",
+        threshold: SupportsFloat = 1e-4,
+        min_area: SupportsInt = 3,
+        deblend_nthresh: SupportsInt = 32,
+        deblend_cont: SupportsFloat = 0.005,
+        max_sources: SupportsInt = 256,
+        cr_min: SupportsFloat = 0.02,
+        cr_edges: ArrayLike | None = None,
+        hr_edges: ArrayLike | None = None,
+        z_edges: ArrayLike | None = None,
+        softness: SupportsFloat = 0.02,
+        softness_z: SupportsFloat = 0.005,
     ):
         self.geometry = LightconeGeometry(area_deg2, z_min, z_max, n_boxes, cell_size, pixel_arcmin,
                                           omega_m_min, omega_m_max)
@@ -180,10 +183,10 @@ def simulate_box(
     depth: Float[Array, ""],
     config: SurveyConfig,
     *,
-    eldl,
+    eldl: ExtendedLDL,
     table: EmissivityTable,
     segmentation: Int[Array, "n_pix n_pix"] | None = None,
-    growth=None,
+    growth: GrowthTable | None = None,
 ) -> tuple[BoxMaps, Int[Array, "n_pix n_pix"], Catalogue]:
     """One box of a lightcone: initial conditions → PM → eLDL → maps → detection → catalogue.
 
@@ -256,7 +259,7 @@ def simulate_survey(
     key: PRNGKeyArray,
     config: SurveyConfig,
     *,
-    eldl=None,
+    eldl: ExtendedLDL | None = None,
     table: EmissivityTable | None = None,
     segmentation: Int[Array, "n_lc n_box n_pix n_pix"] | None = None,
 ) -> SurveyResult:
@@ -278,8 +281,9 @@ def simulate_survey(
         `SurveyResult`.
 
     Raises:
-        ValueError (or, under jit, an `eqx.error_if` runtime error): Ω_m outside
-        [omega_m_min, omega_m_max] of the configuration.
+        ValueError: a segmentation of the wrong shape, or a table without two
+            bands. Ω_m outside [omega_m_min, omega_m_max] of the configuration
+            raises at run time (`eqx.error_if`, also under jit).
     """
     if eldl is None:
         from ..baryons import default_eldl
@@ -311,7 +315,7 @@ def simulate_xod(
     config: SurveyConfig,
     *,
     soft: bool = False,
-    eldl=None,
+    eldl: ExtendedLDL | None = None,
     table: EmissivityTable | None = None,
 ) -> Float[Array, "n_cr n_hr n_z"]:
     """The survey's XOD for one θ_sim and key (`simulate_survey`'s, without keeping the maps).
@@ -337,8 +341,8 @@ def simulate_xod_batch(
     config: SurveyConfig,
     *,
     soft: bool = False,
-    mesh=None,
-    eldl=None,
+    mesh: Mesh | None = None,
+    eldl: ExtendedLDL | None = None,
     table: EmissivityTable | None = None,
 ) -> Float[Array, "batch n_cr n_hr n_z"]:
     """XODs of a batch of (θ_sim, key), split over devices (`jax.shard_map`, no communication).

@@ -52,7 +52,7 @@ def hard_xod(
     """Histogram of the selected sources (CR > cr_min) in the (CR, HR, z) bins.
 
     Args:
-        cr: (s,) CR[0.5–2] [counts s⁻¹].
+        cr: (s,) CR(0.5–2 keV) [counts s⁻¹].
         hr: (s,) hardness ratios.
         z: (s,) redshifts.
         valid: (s,) which slots hold sources.
@@ -93,7 +93,7 @@ def soft_xod(
     """Differentiable XOD (module docstring): logistic bin assignment and CR threshold.
 
     Args:
-        cr: (s,) CR[0.5–2] [counts s⁻¹].
+        cr: (s,) CR(0.5–2 keV) [counts s⁻¹].
         hr: (s,) hardness ratios.
         z: (s,) redshifts.
         valid: (s,) which slots hold sources (not differentiated).
