@@ -492,6 +492,8 @@ def main(argv: list[str] | None = None) -> int:
                                 max_cv_boxes=args.max_cv_boxes, max_lh_boxes=args.max_lh_boxes)
     summary = {k: v["best_validation"] for k, v in metrics.items()}
     meta = {"cv": str(args.cv), "lh": str(args.lh), "config": dataclasses.asdict(config),
+            # the first N boxes of each set (sorted by name) were trained on; the rest are held out
+            "config_max_boxes": {"cv": args.max_cv_boxes, "lh": args.max_lh_boxes},
             "best_validation_loss": summary, "train_seconds": time.time() - t0}
     for name in ("cv", "lh"):
         spec = getattr(args, name) / "spec.json"
