@@ -52,6 +52,7 @@ def _parser():
     ap.add_argument("--threshold", type=float, default=1e-4, help="detection threshold [counts s⁻¹ arcmin⁻²]")
     ap.add_argument("--cr-min", type=float, default=0.02, help="CR[0.5–2] cut [counts s⁻¹]")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eldl", default=None, help="eLDL weights (.eqx written by `jaxcluster eldl train`); default the shipped ones")
     ap.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     return ap
 
@@ -143,6 +144,8 @@ def _figures(out, maps, cat, xod, config, z_boxes):
         for mask, colour in ((valid[b] & ~sel[b], "cyan"), (sel[b], "red")):
             ax.scatter(xi[b, mask, 0], xi[b, mask, 1], s=60, facecolors="none", edgecolors=colour, lw=0.8)
         ax.set_title(f"box {b}, z = {float(z_boxes[b]):.3f}", fontsize=9)
+        ax.set_xlabel(r"$ξ_x$ [deg]", fontsize=8)
+        ax.set_ylabel(r"$ξ_y$ [deg]", fontsize=8)
         ax.tick_params(labelsize=7)
     fig.suptitle("CR[0.5–2 keV] per 1′ pixel (EPIC-pn); red: CR > %.3g c/s, cyan: fainter detections" % config.cr_min)
     fig.tight_layout()
@@ -211,7 +214,13 @@ def _simulate(args) -> int:
     out.mkdir(parents=True, exist_ok=True)
     g = config.geometry
     t0 = time.perf_counter()
-    eldl, table = default_eldl(), default_emissivity_table()
+    if args.eldl is None:
+        eldl = default_eldl()
+    else:
+        from ..baryons import load_eldl
+
+        eldl, _ = load_eldl(args.eldl)
+    table = default_emissivity_table()
     layout = box_layout(Cosmology.from_theta(theta), g)
     keys = box_keys(jax.random.key(args.seed), config)
     box = eqx.filter_jit(lambda th, k, z, chi, d, e, t: simulate_box(th, k, z, chi, d, config, eldl=e, table=t))
@@ -248,7 +257,7 @@ def _simulate(args) -> int:
             bar.update(1)
     n_sel = int(np.sum(tab["selected"]))
     summary = dict(
-        theta={n: float(getattr(theta, n)) for n in ThetaSim.names}, seed=args.seed,
+        theta={n: float(getattr(theta, n)) for n in ThetaSim.names}, seed=args.seed, eldl=args.eldl or "shipped default",
         area_deg2_per_lightcone=g.area_deg2, n_lightcones=config.n_lightcones, z_range=[g.z_min, g.z_max],
         n_boxes=g.n_boxes, mesh_per_box=list(g.mesh_shape), cell_size=g.cell_size, n_pix=g.n_pix,
         pixel_arcmin=math.degrees(g.pixel_rad) * 60, box_redshifts=np.asarray(layout.z).tolist(),
