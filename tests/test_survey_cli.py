@@ -51,5 +51,3 @@ def test_simulate_writes_maps_catalogue_xod_and_figures(tmp_path):
 def test_simulate_bad_input_is_one_clear_line(tmp_path):
     res = _cli("--out", str(tmp_path), "--omega-m", "0.7")
     assert res.returncode == 2 and "Omega_m" in res.stderr and "[0.1, 0.5]" in res.stderr and "Traceback" not in res.stderr
-    res = _cli("--out", str(tmp_path), "--area", "-3")
-    assert res.returncode == 2 and "area_deg2" in res.stderr and "Traceback" not in res.stderr

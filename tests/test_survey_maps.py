@@ -126,7 +126,7 @@ def _box_maps(pos, om):
     return box_maps(pos, th, lay.z[BOX], lay.chi[BOX], lay.depth, GEOM_BOX, ELDL, default_emissivity_table(), cosmo), lay
 
 
-def test_uniform_matter_gives_omega_m_of_z():
+def _check_uniform_matter():
     maps, lay = _box_maps(jnp.asarray(_lattice(GEOM_BOX)), 0.3)
     z, chi = float(lay.z[BOX]), float(lay.chi[BOX])
     om_z = 0.3 * (1 + z) ** 3 / (0.3 * (1 + z) ** 3 + 0.7)
@@ -141,12 +141,17 @@ def test_uniform_matter_gives_omega_m_of_z():
     np.testing.assert_allclose(np.asarray(maps.count_rate.sum(axis=(0, 1))), np.asarray(cr_vox) * n_vox, rtol=1e-6)
 
 
-def test_soft_xod_gradient_through_one_box_matches_finite_differences():
-    """d(soft XOD)/dΩ_m through box placement (z, χ, depth), the eLDL, count rates and the soft bins.
+def test_one_box_uniform_matter_and_soft_xod_gradient():
+    """`box_maps` of one box (one compilation, so one test):
 
-    Particles are held fixed (the PM adjoint has its own tests in tests/nbody; the full
-    pipeline's version is the slow test in test_survey_pipeline.py); the segmentation is fixed.
+    * uniform matter: ρ/ρ_c = Ω_m(z), the mass map holds ρ̄_m × footprint × depth, and uniform
+      gas holds every voxel's count rate inside the cone;
+    * d(soft XOD)/dΩ_m through box placement (z, χ, depth), the eLDL, count rates and the soft
+      bins, against central differences. Particles are held fixed (the PM adjoint has its own
+      tests in tests/nbody; the full pipeline's version is the slow test in
+      test_survey_pipeline.py); the segmentation is fixed.
     """
+    _check_uniform_matter()
     pos = _clumps(GEOM_BOX, 0)
     maps0, _ = _box_maps(pos, 0.3)
     img = np.asarray(maps0.count_rate.sum(-1))
