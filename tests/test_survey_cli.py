@@ -10,6 +10,7 @@ from astropy.io import fits
 from astropy.table import Table
 
 from jaxcluster.baryons import ExtendedLDL, save_eldl
+from jaxcluster.survey.cli import main
 
 
 def _cli(*args, timeout=600):
@@ -17,14 +18,16 @@ def _cli(*args, timeout=600):
                           timeout=timeout)
 
 
-def test_simulate_writes_maps_catalogue_xod_and_figures(tmp_path):
+def test_simulate_writes_maps_catalogue_xod_and_figures(tmp_path, capsys):
     # near-identity eLDL weights (independent of the shipped ones), coarse cells, a threshold ~3× the median pixel
     weights = tmp_path / "eldl.eqx"
     save_eldl(weights, ExtendedLDL.init(jax.random.key(0)), {})
     out = tmp_path / "out"
-    res = _cli("--out", str(out), "--area", "1", "--cell-size", "2", "--pixel", "6", "--steps", "2",
-               "--threshold", "3e-6", "--cr-min", "5e-4", "--eldl", str(weights), "--seed", "3")
-    assert res.returncode == 0, res.stderr[-3000:]
+    # in-process (a subprocess would pay the jax import and startup again; test_simulate_bad_input runs one)
+    rc = main(["--out", str(out), "--area", "1", "--cell-size", "2", "--pixel", "6", "--steps", "2",
+               "--threshold", "3e-6", "--cr-min", "5e-4", "--eldl", str(weights), "--seed", "3"])
+    err = capsys.readouterr().err
+    assert rc == 0, err[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_boxes"] == 12 and summary["mesh_per_box"] == [12, 12, 43] and summary["n_pix"] == 10
     with fits.open(out / "maps.fits") as hdul:
@@ -45,7 +48,7 @@ def test_simulate_writes_maps_catalogue_xod_and_figures(tmp_path):
     assert xod["xod"].sum() == summary["xod_total"] <= int(np.sum(cat["selected"]))
     for png in ("maps.png", "xod.png", "dndz.png"):
         assert (out / png).stat().st_size > 10_000
-    assert "boxes" in res.stderr  # tqdm progress bar
+    assert "boxes" in err  # tqdm progress bar
 
 
 def test_simulate_bad_input_is_one_clear_line(tmp_path):

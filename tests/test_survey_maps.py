@@ -5,6 +5,8 @@ supersampled remap (numpy), astropy's physical constants, and central
 finite differences.
 """
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,64 +119,56 @@ def _clumps(geom, seed, n_clumps=4, frac=0.05, sigma=0.3):
     return jnp.asarray(q)
 
 
-@jax.jit
-def _box_maps(pos, om):
-    """Maps of box BOX of GEOM_BOX at Ω_m = om (placement, eLDL and count rates all depend on Ω_m)."""
+def _soft_xod_total(pos, om, seg, binning, weights, cr_min):
+    """Σ w · soft XOD of box BOX of GEOM_BOX at Ω_m = om, sources measured in `seg`; aux: the maps and layout."""
     cosmo = Cosmology(Omega_m=om)
     lay = box_layout(cosmo, GEOM_BOX)
     th = ThetaSim(Omega_m=om, sigma_8=0.8)
-    return box_maps(pos, th, lay.z[BOX], lay.chi[BOX], lay.depth, GEOM_BOX, ELDL, default_emissivity_table(), cosmo), lay
-
-
-def _check_uniform_matter():
-    maps, lay = _box_maps(jnp.asarray(_lattice(GEOM_BOX)), 0.3)
-    z, chi = float(lay.z[BOX]), float(lay.chi[BOX])
-    om_z = 0.3 * (1 + z) ** 3 / (0.3 * (1 + z) ** 3 + 0.7)
-    np.testing.assert_allclose(np.asarray(maps.rho_over_rho_c), om_z, rtol=1e-10)
-    # the mass map holds ρ̄_m × (footprint area at χ) × depth
-    area = (GEOM_BOX.side_rad * chi) ** 2
-    np.testing.assert_allclose(float(maps.mass.sum()), 0.3 * 2.77536627e11 * area * float(lay.depth), rtol=1e-10)
-    # uniform gas at n̄_e and 1 keV: the map holds every voxel's count rate inside the cone, nothing more
-    cr_vox = count_rate(default_emissivity_table(), jnp.asarray([mean_electron_density()]), jnp.asarray([1.0]),
-                        z, GEOM_BOX.cell_size**3, Cosmology(Omega_m=0.3))[0]
-    n_vox = area / GEOM_BOX.cell_size**2 * float(lay.depth) / GEOM_BOX.cell_size
-    np.testing.assert_allclose(np.asarray(maps.count_rate.sum(axis=(0, 1))), np.asarray(cr_vox) * n_vox, rtol=1e-6)
+    maps = box_maps(pos, th, lay.z[BOX], lay.chi[BOX], lay.depth, GEOM_BOX, ELDL, default_emissivity_table(), cosmo)
+    cat = measure_sources(seg, maps.count_rate, GEOM_BOX, lay.z[BOX], 16)
+    x = soft_xod(cat.count_rate_total, cat.hardness_ratio, cat.z, cat.valid, binning, cr_min, 0.1, 0.05)
+    return jnp.sum(weights * x), (maps, lay)
 
 
 def test_one_box_uniform_matter_and_soft_xod_gradient():
-    """`box_maps` of one box (one compilation, so one test):
+    """`box_maps` of one box, compiled once (positions and segmentation are arguments):
 
     * uniform matter: ρ/ρ_c = Ω_m(z), the mass map holds ρ̄_m × footprint × depth, and uniform
-      gas holds every voxel's count rate inside the cone;
+      gas (the near-identity eLDL) holds every voxel's count rate inside the cone;
     * d(soft XOD)/dΩ_m through box placement (z, χ, depth), the eLDL, count rates and the soft
       bins, against central differences. Particles are held fixed (the PM adjoint has its own
       tests in tests/nbody; the full pipeline's version is the slow test in
       test_survey_pipeline.py); the segmentation is fixed.
     """
-    _check_uniform_matter()
+    cr_min = 1e-7
+    binning = XODBinning(np.geomspace(cr_min, 1.0, 6), np.geomspace(0.05, 20, 5), np.linspace(0.01, 2.0, 3))
+    weights = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.5, binning.shape))
+    vg = jax.jit(jax.value_and_grad(partial(_soft_xod_total, binning=binning, weights=weights, cr_min=cr_min),
+                                    argnums=1, has_aux=True))
+    no_sources = jnp.zeros((GEOM_BOX.n_pix, GEOM_BOX.n_pix), jnp.int32)
+
+    # uniform matter
+    (_, (maps, lay)), _ = vg(jnp.asarray(_lattice(GEOM_BOX)), jnp.asarray(0.3), no_sources)
+    z, chi = float(lay.z[BOX]), float(lay.chi[BOX])
+    om_z = 0.3 * (1 + z) ** 3 / (0.3 * (1 + z) ** 3 + 0.7)
+    np.testing.assert_allclose(np.asarray(maps.rho_over_rho_c), om_z, rtol=1e-10)
+    area = (GEOM_BOX.side_rad * chi) ** 2
+    np.testing.assert_allclose(float(maps.mass.sum()), 0.3 * 2.77536627e11 * area * float(lay.depth), rtol=1e-10)
+    cr_vox = count_rate(default_emissivity_table(), jnp.asarray([mean_electron_density()]), jnp.asarray([1.0]),
+                        z, GEOM_BOX.cell_size**3, Cosmology(Omega_m=0.3))[0]
+    n_vox = area / GEOM_BOX.cell_size**2 * float(lay.depth) / GEOM_BOX.cell_size
+    np.testing.assert_allclose(np.asarray(maps.count_rate.sum(axis=(0, 1))), np.asarray(cr_vox) * n_vox, rtol=1e-6)
+
+    # clumps: detect at Ω_m = 0.3, then hold the segmentation fixed
     pos = _clumps(GEOM_BOX, 0)
-    maps0, _ = _box_maps(pos, 0.3)
+    (_, (maps0, _)), _ = vg(pos, jnp.asarray(0.3), no_sources)
     img = np.asarray(maps0.count_rate.sum(-1))
     seg = segment_components(jnp.asarray(img), 0.15 * img.max(), 2, 16)
     assert int(seg.max()) >= 2
-    cr_edges = np.geomspace(img.max() * 0.01, img.sum() * 2, 6)
-    binning = XODBinning(cr_edges, np.geomspace(0.05, 20, 5), np.linspace(0.01, 2.0, 3))
-    weights = jnp.asarray(np.random.default_rng(1).uniform(0.5, 1.5, binning.shape))
-
-    @jax.jit
-    def value_and_grad(om):
-        def f(om):
-            maps, lay = _box_maps(pos, om)
-            cat = measure_sources(seg, maps.count_rate, GEOM_BOX, lay.z[BOX], 16)
-            x = soft_xod(cat.count_rate_total, cat.hardness_ratio, cat.z, cat.valid, binning, cr_edges[0], 0.1, 0.05)
-            return jnp.sum(weights * x)
-
-        return jax.value_and_grad(f)(om)
-
     om0, eps = 0.3, 1e-4
-    v0, g = value_and_grad(jnp.asarray(om0))
-    vp, _ = value_and_grad(jnp.asarray(om0 + eps))
-    vm, _ = value_and_grad(jnp.asarray(om0 - eps))
+    (v0, _), g = vg(pos, jnp.asarray(om0), seg)
+    (vp, _), _ = vg(pos, jnp.asarray(om0 + eps), seg)
+    (vm, _), _ = vg(pos, jnp.asarray(om0 - eps), seg)
     fd = (vp - vm) / (2 * eps)
     assert float(v0) > 0 and float(g) != 0.0
     np.testing.assert_allclose(float(g), float(fd), rtol=1e-4)
