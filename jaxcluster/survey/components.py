@@ -6,18 +6,25 @@ neighbourhood (restricted to pixels above the threshold) and then jumps
 pointers twice ($ℓ ← ℓ[ℓ]$: a label is the index of a pixel of the same
 component, whose own label is at least as large). Labels only grow and stay
 inside their component, so the loop (`lax.while_loop`, until nothing
-changes) ends with every component labelled by its largest flat index. The
-pointer jumps make the iteration count grow like the logarithm of the
-component diameter rather than the diameter for compact blobs.
+changes) ends with every component labelled by its largest flat index; the
+pointer jumps cut the number of iterations below the component diameter
+that plain propagation needs.
 
-Components smaller than `min_area` are dropped; the rest are ranked by
+**Deblending** (`deblend_cont`, default 0.005 as sep's): each component is
+cut into the basins of its local maxima by steepest ascent (every pixel
+points to its brightest 3×3 neighbour; pointer doubling finds the peak it
+climbs to — a watershed of the noiseless map). A basin holding at least
+`deblend_cont` of its component's count rate and `min_area` pixels is a
+source of its own (SExtractor's contrast criterion); smaller ones join the
+component's brightest basin. sep decides splits by a multi-threshold tree
+and shares out the pixels differently, so blended sources can differ in
+how their count rate is divided (docs/pipeline/survey.md gives the match
+rates).
+
+Sources smaller than `min_area` are dropped; the rest are ranked by
 their summed map value and the brightest `max_sources` numbered 1..max
 (`lax.top_k`), exactly as the sep wrapper ranks its sources
 (`detect.relabel_by_flux`), so both produce the same kind of segmentation.
-
-Unlike sep this detector does not deblend: two sources whose isophotes
-above the threshold touch are one component. `match_catalogues` measures
-how often that matters (tests/test_survey_detect.py; docs/pipeline/survey.md).
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ Two detectors share `DetectionConfig` and this ranking:
   choice) through `jax.pure_callback`, so it runs inside `jit` and `vmap`
   (sequentially, on the host). Outputs are fixed-size: the segmentation
   has the map's shape and at most `max_sources` labels (the brightest).
-* `jaxcluster.survey.components.segment_components`: threshold and 8-connected
-  components by label propagation in plain JAX (runs on a GPU); no deblending.
+* `jaxcluster.survey.components.segment_components`: threshold, 8-connected
+  components by label propagation and deblending at peaks, in plain JAX
+  (runs on a GPU).
 
 **Defaults** (the maps are noiseless, as in seed 001: no Poisson noise, no
 background, no AGN):

@@ -48,7 +48,7 @@ from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology, E
 from ..params import ThetaSim
 from ..xray.countrate import MPC_CM, count_rate
 from ..xray.emissivity import EmissivityTable
-from .lightcone import LightconeGeometry
+from .lightcone import LightconeGeometry, los_weights
 
 __all__ = [
     "SIGMA_T_CM2",
@@ -206,8 +206,6 @@ def box_maps(
     Returns:
         `BoxMaps`.
     """
-    from .lightcone import los_weights
-
     dtype = pos.dtype
     shape, box = geometry.mesh_shape, geometry.box_size
     cell = geometry.cell_size
