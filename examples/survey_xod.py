@@ -33,6 +33,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--no-grad", action="store_true", help="skip the derivative (its compilation takes ~1 min)")
     args = ap.parse_args(argv)
+    eldl = jc.default_eldl()  # the shipped (float32) weights, read before x64 is switched on
     jax.config.update("jax_enable_x64", True)  # float64 for the finite-difference check
 
     om = args.omega_m
@@ -41,7 +42,7 @@ def main(argv=None):
                              cr_edges=np.geomspace(args.cr_min, 1e3 * args.cr_min, 7),
                              omega_m_min=om - 0.01, omega_m_max=om + 0.01)
     key = jax.random.key(args.seed)
-    res = jax.jit(lambda th: jc.simulate_survey(th, key, config))(jc.ThetaSim(Omega_m=om))
+    res = jax.jit(lambda th: jc.simulate_survey(th, key, config, eldl=eldl))(jc.ThetaSim(Omega_m=om))
     g = config.geometry
     cat = res.catalogue
     n_det = int(cat.valid.sum())
@@ -57,7 +58,7 @@ def main(argv=None):
 
     @jax.jit
     def total(om):
-        r = jc.simulate_survey(jc.ThetaSim(Omega_m=om), key, config, segmentation=seg)
+        r = jc.simulate_survey(jc.ThetaSim(Omega_m=om), key, config, segmentation=seg, eldl=eldl)
         return jnp.sum(r.xod_soft)
 
     value, grad = jax.value_and_grad(total)(jnp.asarray(om))
