@@ -154,7 +154,7 @@ def _figures(out, maps, cat, xod, config, z_boxes):
 
     b = config.binning
     n_z = b.shape[2]
-    fig, axes = plt.subplots(1, n_z, figsize=(3.4 * n_z, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, n_z, figsize=(3.2 * n_z + 1.2, 3.4), squeeze=False, sharey=True, layout="constrained")
     xod = np.asarray(xod)
     for k, ax in enumerate(axes[0]):
         im = ax.pcolormesh(b.cr_edges, b.hr_edges, xod[:, :, k].T, cmap="viridis", vmin=0, vmax=max(1.0, xod.max()))
@@ -164,6 +164,7 @@ def _figures(out, maps, cat, xod, config, z_boxes):
         ax.set_title(f"{b.z_edges[k]:.2f} ≤ z < {b.z_edges[k + 1]:.2f}", fontsize=9)
     axes[0, 0].set_ylabel("HR = CR[1–2] / CR[0.5–1]")
     fig.colorbar(im, ax=axes[0].tolist(), label="clusters")
+    fig.suptitle(f"hard XOD, {config.area_deg2:g} deg², CR > {config.cr_min:g} c/s")
     fig.savefig(out / "xod.png", dpi=110)
     plt.close(fig)
 
