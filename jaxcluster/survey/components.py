@@ -13,13 +13,14 @@ that plain propagation needs.
 **Deblending** (`deblend_cont`, default 0.005 as sep's): each component is
 cut into the basins of its local maxima by steepest ascent (every pixel
 points to its brightest 3×3 neighbour; pointer doubling finds the peak it
-climbs to — a watershed of the noiseless map). A basin holding at least
-`deblend_cont` of its component's count rate and `min_area` pixels is a
-source of its own (SExtractor's contrast criterion); smaller ones join the
-component's brightest basin. sep decides splits by a multi-threshold tree
-and shares out the pixels differently, so blended sources can differ in
-how their count rate is divided (docs/pipeline/survey.md gives the match
-rates).
+climbs to — a watershed of the noiseless map). As in SExtractor's
+multi-threshold tree, a basin is judged by its pixels above the saddle at
+which it meets its neighbour: it is a source of its own when they hold at
+least `deblend_cont` of the component's count rate and number at least
+`min_area`; otherwise it merges across that saddle. sep shares out the
+pixels below the saddles by its own rule, so blended sources can differ
+in how their count rate is divided (docs/pipeline/survey.md gives the
+match rates).
 
 Sources smaller than `min_area` are dropped; the rest are ranked by
 their summed map value and the brightest `max_sources` numbered 1..max
@@ -98,49 +99,86 @@ def _peaks(pointer, n_jumps):
     return jnp.where(pointer >= 0, safe, -1)
 
 
+def _saddles(basin: Int[Array, "n m"], values: Float[Array, "n m"], size: int):
+    """Per basin: its highest saddle (the level at which it meets another basin) and the basin across it.
+
+    A saddle between 8-neighbours p, q of different basins is min(v_p, v_q).
+    Returns (saddle (size + 1,), −inf for a basin that meets none; neighbour (size + 1,), `size` for none).
+    """
+    n, m = basin.shape
+    P = jnp.pad(basin, 1, constant_values=size)
+    V = jnp.pad(values, 1, constant_values=-jnp.inf)
+    s_all, a_all, b_all = [], [], []
+    for dx, dy in ((0, 1), (1, 0), (1, 1), (1, -1)):  # each 8-neighbour pair once
+        pa, va = P[1:-1, 1:-1], V[1:-1, 1:-1]
+        pb, vb = P[1 + dx:n + 1 + dx, 1 + dy:m + 1 + dy], V[1 + dx:n + 1 + dx, 1 + dy:m + 1 + dy]
+        s = jnp.where((pa != pb) & (pa < size) & (pb < size), jnp.minimum(va, vb), -jnp.inf).reshape(-1)
+        s_all += [s, s]
+        a_all += [pa.reshape(-1), pb.reshape(-1)]
+        b_all += [pb.reshape(-1), pa.reshape(-1)]
+    s, a, b = jnp.concatenate(s_all), jnp.concatenate(a_all), jnp.concatenate(b_all)
+    saddle = jax.ops.segment_max(s, a, num_segments=size + 1)
+    top = jnp.isfinite(s) & (s == saddle[a])
+    across = jnp.full((size + 1,), size, jnp.int32).at[a].min(jnp.where(top, b, size).astype(jnp.int32))
+    return saddle, across
+
+
 def segment_components(
     image: Float[Array, "n m"], pixel_threshold: float, min_area: int, max_sources: int, deblend_cont: float | None = 0.005
 ) -> Int[Array, "n m"]:
     """Segmentation of one map: pixels > threshold, 8-connected, deblended at peaks, ranked by flux.
 
     With `deblend_cont` set, each component is cut into the basins of its
-    local maxima (steepest ascent, a watershed on the noiseless map); a
-    basin is kept as a source of its own when it holds at least
-    `deblend_cont` of its component's count rate and `min_area` pixels
-    (SExtractor's contrast criterion), otherwise it joins the component's
-    brightest basin. `None` keeps whole components.
+    local maxima (steepest ascent: a watershed of the noiseless map). As in
+    SExtractor's multi-threshold deblending, a basin counts as a branch by
+    what lies *above the saddle* where it meets its neighbour: it is a
+    source of its own when those pixels hold at least `deblend_cont` of the
+    component's count rate and number at least `min_area`; otherwise it
+    joins the basin across its highest saddle (if that one peaks higher,
+    else the component's brightest basin), and so on until a kept one.
+    `None` keeps whole components.
 
     Args:
         image: (n, m) count rate per pixel [counts s⁻¹].
         pixel_threshold: absolute threshold per pixel [counts s⁻¹].
         min_area: minimum source size [pixels].
         max_sources: labels kept (the brightest).
-        deblend_cont: minimum flux fraction of a deblended source, or None.
+        deblend_cont: minimum flux fraction of a deblended branch, or None.
 
     Returns:
         (n, m) int32 labels 0..max_sources (0: background), 1 the brightest.
     """
     n, m = image.shape
     size = n * m
+    n_jumps = max(1, int(np.ceil(np.log2(size))) + 1)
     mask = image > pixel_threshold
     comp = label_components(mask).reshape(-1)
     ids = jnp.where(comp >= 0, comp, size)  # `size` collects the background
     flat = image.reshape(-1)
     ones = jnp.ones((size,), jnp.int32)
     if deblend_cont is not None:
-        peak = _peaks(_steepest_ascent(image, mask), max(1, int(np.ceil(np.log2(size))) + 1))
+        idx = jnp.arange(size, dtype=jnp.int32)
+        peak = _peaks(_steepest_ascent(image, mask), n_jumps)
         pid = jnp.where(peak >= 0, peak, size)
-        basin_flux = jax.ops.segment_sum(flat, pid, num_segments=size + 1)[:size]
+        saddle, across = _saddles(pid.reshape(n, m), jnp.where(mask, image, -jnp.inf), size)
+        above = flat > saddle[pid]
+        branch_flux = jax.ops.segment_sum(jnp.where(above, flat, 0.0), pid, num_segments=size + 1)[:size]
+        branch_area = jax.ops.segment_sum(above.astype(jnp.int32), pid, num_segments=size + 1)[:size]
         basin_area = jax.ops.segment_sum(ones, pid, num_segments=size + 1)[:size]
         comp_flux = jax.ops.segment_sum(flat, ids, num_segments=size + 1)[:size]
-        comp_of_basin = jnp.where(basin_area > 0, comp, size)  # a peak pixel's own component
-        # the brightest basin of each component
-        best = jax.ops.segment_max(jnp.where(basin_area > 0, basin_flux, -jnp.inf), comp_of_basin, num_segments=size + 1)
-        is_main = (basin_area > 0) & (basin_flux >= best[comp_of_basin])
-        main = jnp.full((size + 1,), size, jnp.int32).at[comp_of_basin].min(
-            jnp.where(is_main, jnp.arange(size, dtype=jnp.int32), size))
-        keep = (basin_area >= min_area) & (basin_flux >= deblend_cont * comp_flux[jnp.minimum(comp_of_basin, size - 1)])
-        owner = jnp.where(keep | is_main, jnp.arange(size, dtype=jnp.int32), main[comp_of_basin])
+        is_peak = basin_area > 0
+        comp_of_basin = jnp.where(is_peak, comp, size)
+        peak_value = jnp.where(is_peak, flat, -jnp.inf)
+        best = jax.ops.segment_max(peak_value, comp_of_basin, num_segments=size + 1)
+        is_main = is_peak & (peak_value >= best[comp_of_basin])
+        main = jnp.full((size + 1,), size, jnp.int32).at[comp_of_basin].min(jnp.where(is_main, idx, size))
+        keep = is_main | ((branch_area >= min_area)
+                          & (branch_flux >= deblend_cont * comp_flux[jnp.minimum(comp_of_basin, size - 1)]))
+        nb = across[:size]
+        higher = (nb < size) & (peak_value[jnp.minimum(nb, size - 1)] > peak_value)  # strictly up: no cycles
+        owner = jnp.where(keep | ~is_peak, idx, jnp.where(higher, nb, main[comp_of_basin]))
+        for _ in range(n_jumps):
+            owner = owner[owner]
         ids = jnp.where(peak >= 0, owner[jnp.maximum(peak, 0)], size)
     area = jax.ops.segment_sum(ones, ids, num_segments=size + 1)[:size]
     flux = jax.ops.segment_sum(flat, ids, num_segments=size + 1)[:size]
