@@ -229,7 +229,7 @@ def box_layout(cosmo: Cosmology, geometry: LightconeGeometry) -> BoxLayout:
     """
     om = cosmo.Omega_m
     om = eqx.error_if(
-        om, (om < geometry.omega_m_min * (1 - 1e-12)) | (om > geometry.omega_m_max * (1 + 1e-12)),
+        om, (om < geometry.omega_m_min * (1 - 1e-6)) | (om > geometry.omega_m_max * (1 + 1e-6)),  # float32 θ: 1e-6
         f"Omega_m is outside its allowed range [{geometry.omega_m_min}, {geometry.omega_m_max}] "
         "for this LightconeGeometry (its mesh is sized for omega_m_min)",
     )
