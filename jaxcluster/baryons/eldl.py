@@ -43,7 +43,8 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from ..params import FIDUCIAL, PARAM_NAMES, ThetaSim
 from .ldl import LDL
 
-__all__ = ["CAMELS_REDSHIFTS", "n_ldl_params", "ldl_params", "shift_ldl_params", "Hypernetwork", "ExtendedLDL"]
+__all__ = ["CAMELS_REDSHIFTS", "PARAM_SCALES", "n_ldl_params", "ldl_params", "ldl_param_scales", "shift_ldl_params",
+           "Hypernetwork", "ExtendedLDL"]
 
 CAMELS_REDSHIFTS: tuple[float, ...] = (0.1, 0.15, 0.21, 0.27, 0.33, 0.40, 0.47, 0.54)
 """The training redshifts of the T hypernetworks (seed 001 Table 1)."""
@@ -71,29 +72,62 @@ def shift_ldl_params(ldl: LDL, delta: Float[Array, " n_param"]) -> LDL:
     return eqx.combine(unravel(flat + delta.astype(flat.dtype)), static)
 
 
+# How far one unit of hypernetwork output moves each kind of LDL parameter. The LDL's
+# sensitivities differ by orders of magnitude (a displacement α of 10⁻³ already reshapes
+# cluster cores, a power-law μ needs ~0.1): without this, one Adam step on the MLP that is
+# small for μ throws α out of range, and on the synthetic sets every hypernetwork stage
+# diverged in its first epoch.
+PARAM_SCALES: dict[str, float] = {
+    "gamma": 0.05, "alpha": 1e-4, "coeffs": 0.1, "log_k_l": 0.1, "log_k_h": 0.1, "n": 0.1,
+    "b0": 0.1, "b1_raw": 0.1, "mu": 0.05,
+}
+
+
+def ldl_param_scales(ldl: LDL) -> tuple[float, ...]:
+    """Per-parameter output scales of a hypernetwork for `ldl` (`PARAM_SCALES`, `ldl_params` order)."""
+    params, _ = eqx.partition(ldl, eqx.is_inexact_array)
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    out = []
+    for path, leaf in leaves:
+        name = getattr(path[-1], "name", None)
+        if name not in PARAM_SCALES:
+            raise ValueError(f"no hypernetwork scale for LDL parameter {jax.tree_util.keystr(path)}")
+        out += [PARAM_SCALES[name]] * int(np.size(leaf))
+    return tuple(out)
+
+
 _U_FID = np.asarray(ThetaSim(**FIDUCIAL).to_unit(), dtype=np.float64)  # θ_fid in unit-cube coordinates
 
 
 class Hypernetwork(eqx.Module):
-    r"""θ_sim (unit cube) → δΘ = δΘ_0 + MLP(u) − MLP(u_fid), the shift of an LDL's flat parameters.
+    r"""θ_sim (unit cube) → δΘ = δΘ_0 + s ⊙ [MLP(u) − MLP(u_fid)], the shift of an LDL's flat parameters.
 
     The input u = `theta.to_unit()` ∈ [0, 1]⁶ is centred as 2u − 1; the MLP
     has `depth` hidden layers of `width` units with `activation` (default
-    tanh). Subtracting the MLP at the fiducial point anchors δΘ(θ_fid) = δΘ_0.
+    tanh). Subtracting the MLP at the fiducial point anchors δΘ(θ_fid) = δΘ_0;
+    s (`scale`, static) sets how far a unit output moves each parameter
+    (`ldl_param_scales`; default 1).
     The MLP's last layer (weights and bias) and δΘ_0 start at zero, so δΘ = 0
     at initialisation.
 
     Attributes:
         mlp: the `eqx.nn.MLP` (6 → n_out).
         offset: δΘ_0, the shift at the fiducial point (n_out,).
+        scale: per-output scales s (static tuple of n_out floats).
     """
 
     mlp: eqx.nn.MLP
     offset: Float[Array, " n_out"]
+    scale: tuple[float, ...] = eqx.field(static=True)
 
-    def __init__(self, n_out: int, *, key: PRNGKeyArray, width: int = 64, depth: int = 2, activation=jnp.tanh):
+    def __init__(self, n_out: int, *, key: PRNGKeyArray, width: int = 64, depth: int = 2, activation=jnp.tanh,
+                 scale: tuple[float, ...] | None = None):
         if n_out < 1:
             raise ValueError(f"n_out = {n_out} must be >= 1")
+        scale = (1.0,) * n_out if scale is None else tuple(float(v) for v in scale)
+        if len(scale) != n_out or any(not v > 0 for v in scale):
+            raise ValueError(f"scale must hold {n_out} positive floats, got {scale}")
+        self.scale = scale
         mlp = eqx.nn.MLP(len(PARAM_NAMES), n_out, width, depth, activation=activation, key=key)
         last = mlp.layers[-1]
         self.mlp = eqx.tree_at(
@@ -108,7 +142,8 @@ class Hypernetwork(eqx.Module):
     def __call__(self, u: Float[Array, " 6"]) -> Float[Array, " n_out"]:
         """δΘ for one θ_sim given in unit-cube coordinates (`ThetaSim.to_unit()`); batch with `vmap`."""
         u_fid = jnp.asarray(_U_FID, dtype=u.dtype)
-        return self.offset + self.mlp(2.0 * u - 1.0) - self.mlp(2.0 * u_fid - 1.0)
+        s = jnp.asarray(self.scale, dtype=u.dtype)
+        return self.offset + s * (self.mlp(2.0 * u - 1.0) - self.mlp(2.0 * u_fid - 1.0))
 
 
 def _checked_unit(theta: ThetaSim) -> Float[Array, " 6"]:
@@ -193,8 +228,9 @@ class ExtendedLDL(eqx.Module):
         n_e_base = LDL.init(None, filter, n_displacements)
         T_base = LDL.init(None, filter, n_displacements)
         k_n, *k_T = jax.random.split(key, 1 + len(redshifts))
-        n_e_net = Hypernetwork(n_ldl_params(n_e_base), key=k_n, width=width, depth=depth)
-        T_nets = tuple(Hypernetwork(n_ldl_params(T_base), key=k, width=width, depth=depth) for k in k_T)
+        n_e_net = Hypernetwork(n_ldl_params(n_e_base), key=k_n, width=width, depth=depth, scale=ldl_param_scales(n_e_base))
+        T_nets = tuple(Hypernetwork(n_ldl_params(T_base), key=k, width=width, depth=depth, scale=ldl_param_scales(T_base))
+                       for k in k_T)
         return cls(n_e_base, T_base, n_e_net, T_nets, redshifts)
 
     def delta_n_e(self, theta: ThetaSim) -> Float[Array, " n_param"]:

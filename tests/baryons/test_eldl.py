@@ -213,3 +213,27 @@ def test_conditioned_model_is_the_base_model_at_the_fiducial_point(setup):
     np.testing.assert_allclose(np.asarray(_call(perturbed, pos, fid, 0.3)[0]), np.asarray(_ldl(perturbed.n_e_base, pos)))
     away = ThetaSim(Omega_m=0.35, A_AGN1=2.0)
     assert float(jnp.max(jnp.abs(perturbed.delta_n_e(away)))) > 1e-4
+
+
+def test_hypernetwork_output_scales_follow_the_parameter_kinds(setup):
+    from jaxcluster.baryons.eldl import PARAM_SCALES, ldl_param_scales
+
+    model, _, _ = setup
+    scales = np.asarray(ldl_param_scales(model.T_base))
+    assert scales.size == n_ldl_params(model.T_base)
+    # tag each leaf with its index, flatten like δΘ, and check the scale lands on the right parameter
+    layer = model.T_base.displacements[0]
+    tagged = eqx.tree_at(lambda l: (l.displacements[0].gamma, l.displacements[0].alpha, l.activation.mu), model.T_base,
+                         (jnp.asarray(-1.0), jnp.asarray(-2.0), jnp.asarray(-3.0)))
+    flat = np.asarray(ldl_params(tagged))
+    for value, name in ((-1.0, "gamma"), (-2.0, "alpha"), (-3.0, "mu")):
+        assert scales[np.flatnonzero(flat == value)[0]] == PARAM_SCALES[name]
+    assert float(layer.alpha) != -2.0
+    # δΘ = s ⊙ [MLP(u) − MLP(u_fid)]: each output of the MLP moves its parameter by its scale
+    _, perturbed, _ = setup
+    net = perturbed.T_nets[0]
+    u, u_fid = ThetaSim(A_SN1=2.0).to_unit(), ThetaSim().to_unit()
+    raw = net.mlp(2 * u - 1) - net.mlp(2 * u_fid - 1)
+    np.testing.assert_allclose(np.asarray(net(u)), scales * np.asarray(raw), rtol=1e-6, atol=1e-15)
+    with pytest.raises(ValueError, match="positive floats"):
+        Hypernetwork(3, key=jax.random.key(0), scale=(1.0, 0.0, 1.0))
