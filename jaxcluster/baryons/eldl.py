@@ -141,6 +141,7 @@ class Hypernetwork(eqx.Module):
 
     def __call__(self, u: Float[Array, " 6"]) -> Float[Array, " n_out"]:
         """δΘ for one θ_sim given in unit-cube coordinates (`ThetaSim.to_unit()`); batch with `vmap`."""
+        u = jnp.asarray(u).astype(self.offset.dtype)  # the weights' precision (float32 when loaded)
         u_fid = jnp.asarray(_U_FID, dtype=u.dtype)
         s = jnp.asarray(self.scale, dtype=u.dtype)
         return self.offset + s * (self.mlp(2.0 * u - 1.0) - self.mlp(2.0 * u_fid - 1.0))

@@ -21,6 +21,8 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from .eldl import ExtendedLDL
 
@@ -60,8 +62,15 @@ def _structure_kwargs(structure: dict[str, Any]) -> dict[str, Any]:
     return kw
 
 
+def _read_leaf(f, like):
+    """Read an array leaf in `like`'s dtype, whatever dtype it was stored in."""
+    if eqx.is_array(like):
+        return jnp.asarray(np.load(f), dtype=like.dtype)
+    return eqx.default_deserialise_filter_spec(f, like)
+
+
 def load_eldl(path: str | os.PathLike) -> tuple[ExtendedLDL, dict[str, Any]]:
-    """Read a model written by `save_eldl`; returns (model, info) with info the JSON contents.
+    """Read a model written by `save_eldl` (as float32); returns (model, info) with info the JSON contents.
 
     Raises:
         ValueError: a missing file, or a JSON of another format or version.
@@ -73,8 +82,11 @@ def load_eldl(path: str | os.PathLike) -> tuple[ExtendedLDL, dict[str, Any]]:
     info = json.loads(meta_path.read_text())
     if info.get("format") != ELDL_FORMAT or info.get("format_version") != _VERSION:
         raise ValueError(f"{meta_path} is not a {ELDL_FORMAT} v{_VERSION} file")
-    like = ExtendedLDL.init(jax.random.key(0), **_structure_kwargs(info["structure"]))
-    return eqx.tree_deserialise_leaves(path, like), info
+    # Weights are float32 (the pipeline's field precision), whether they were trained
+    # with x64 on or not and whether x64 is on now.
+    with jax.enable_x64(False):
+        like = ExtendedLDL.init(jax.random.key(0), **_structure_kwargs(info["structure"]))
+    return eqx.tree_deserialise_leaves(path, like, filter_spec=_read_leaf), info
 
 
 def default_eldl() -> ExtendedLDL:
