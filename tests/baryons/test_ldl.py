@@ -293,3 +293,15 @@ def test_float32_runs_and_keeps_dtype(getkey):
     out = _run(_rich_ldl(getkey()), pos)
     assert out.dtype == jnp.float32
     assert bool(jnp.all(jnp.isfinite(out)))
+
+
+@pytest.mark.parametrize("filter", [BSplineFilter(jnp.linspace(-0.2, 0.3, 12)), ParametricFilter()])
+def test_radial_table_operator_equals_direct_evaluation(filter):
+    from jaxcluster.baryons.ldl import _radial_operator
+    from jaxcluster.nbody.mesh import rfft_wavevectors
+
+    for shape, cells in (((16, 16, 16), [0.39] * 3), ((8, 16, 16), [0.39] * 3)):  # table path, direct path
+        kvec = rfft_wavevectors(shape, dtype=jnp.float64)
+        direct = np.asarray(filter(jnp.sqrt(sum((k / c) ** 2 for k, c in zip(kvec, cells)))))
+        fast = np.asarray(_radial_operator(filter, shape, cells, jnp.float64))
+        np.testing.assert_allclose(fast, direct, rtol=1e-12, atol=1e-300)
