@@ -35,12 +35,15 @@ class PowerLawDeviations(NamedTuple):
     """Two samples y_true(x), y_pred(x), each fitted by log10 y = a + b log10 x.
 
     Attributes:
-        slope_true, slope_pred: b of each fit.
-        norm_true, norm_pred: a of each fit (log10 y at x = pivot).
-        scatter_true, scatter_pred: rms deviation from each fit [dex].
+        slope_true: b of the truth's fit.
+        slope_pred: b of the prediction's fit.
+        norm_true: a of the truth's fit (log10 y at x = pivot).
+        norm_pred: a of the prediction's fit.
+        scatter_true: rms deviation of the truth from its fit [dex].
+        scatter_pred: rms deviation of the prediction from its fit [dex].
         dev_corr: Pearson correlation of the two samples' deviations.
-        err_dex_mean, err_dex_std: mean and standard deviation of
-            log10(y_pred / y_true) [dex].
+        err_dex_mean: mean of log10(y_pred / y_true) [dex].
+        err_dex_std: standard deviation of log10(y_pred / y_true) [dex].
         n: number of points used.
         pivot: the x the normalisations refer to.
     """
@@ -67,7 +70,8 @@ def power_law_deviations(
 
     Args:
         x: (n,) the abscissa (ρ_DM/ρ_c, a mass), > 0.
-        y_true, y_pred: (n,) truth and prediction, > 0.
+        y_true: (n,) truth, > 0.
+        y_pred: (n,) prediction, > 0.
         pivot: x of the normalisations (default: the median of x).
 
     Returns:
@@ -109,7 +113,8 @@ def voxel_deviations(
 
     Args:
         rho_over_rho_c: dark-matter density over the critical density, any shape.
-        n_e_true, n_e_pred: electron densities (any common unit), same shape.
+        n_e_true: true electron density (any unit), same shape.
+        n_e_pred: painted electron density (the same unit), same shape.
         rho_min: the collapsed-voxel threshold (default 200, the seed's cluster threshold).
     """
     r = np.asarray(rho_over_rho_c, dtype=np.float64).ravel()
@@ -160,7 +165,8 @@ def cluster_deviations(
 
     Args:
         mass: (n,) cluster masses [h⁻¹ M☉] (e.g. M_200c).
-        cr_true, cr_pred: (n,) count rates [counts s⁻¹].
+        cr_true: (n,) true count rates [counts s⁻¹].
+        cr_pred: (n,) painted count rates [counts s⁻¹].
         valid: (n,) which entries are clusters (default: all).
     """
     m = np.asarray(mass, dtype=np.float64)
