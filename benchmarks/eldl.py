@@ -60,8 +60,9 @@ from jaxcluster.baryons.synthetic import SyntheticGasModel, synthetic_gas
 from jaxcluster.baryons.train import mean_electron_density
 from jaxcluster.baryons.validation import cluster_count_rates, cluster_deviations, voxel_deviations
 from jaxcluster.baryons.weights import load_eldl
-from jaxcluster.cosmology import E
-from jaxcluster.halos import HaloCatalogue
+from jaxcluster.baryons.training_sets import stored_halos
+from jaxcluster.cosmology import RHO_CRIT0_MSUN_H2_MPC3
+from jaxcluster.halos.so import critical_density_comoving
 from jaxcluster.io import load_run
 from jaxcluster.nbody.power import correlation_coefficient, power_spectrum
 from jaxcluster.survey.maps import voxel_count_rates
@@ -70,7 +71,6 @@ from jaxcluster.xray.emissivity import default_emissivity_table
 ROOT = Path(__file__).resolve().parent
 M_MIN = 1e13  # smallest cluster M_200c [h⁻¹ M☉]
 RHO_MIN = 200.0  # collapsed voxels: ρ_DM / ρ_c ≥ 200
-HALO_FIELDS = ("pos", "vel", "M200c", "R200c", "M500c", "R500c", "M200m", "R200m", "n200c", "offset", "infall", "valid")
 PRIOR_ENDS = {"Omega_m": (0.1, 0.5), "sigma_8": (0.6, 1.0), "A_SN1": (0.25, 4.0), "A_SN2": (0.5, 2.0),
               "A_AGN1": (0.25, 4.0), "A_AGN2": (0.5, 2.0)}
 
@@ -125,7 +125,7 @@ class Box:
         self.cosmo = jc.Cosmology.from_theta(self.theta)
         self.box = tuple(float(b) for b in run.config.box_size)
         self.shape = self.n_e.shape
-        self.halos = HaloCatalogue(**{k: jnp.asarray(run.fields["halo_" + k]) for k in HALO_FIELDS}, n_peaks=jnp.asarray(0))
+        self.halos = stored_halos(run.fields)
         M = np.asarray(self.halos.M200c)
         self.clusters = np.asarray(self.halos.valid) & (M >= M_MIN)
 
@@ -134,9 +134,8 @@ class Box:
         return float(np.prod(self.box) / np.prod(self.shape))
 
     def rho_over_rho_c(self) -> np.ndarray:
-        a = 1.0 / (1.0 + self.z)
-        omega_m_z = float(self.cosmo.Omega_m) / a**3 / float(E(self.cosmo, jnp.asarray(a))) ** 2
-        return self.rho / self.rho.mean() * omega_m_z
+        rho_c = float(critical_density_comoving(self.cosmo, 1.0 / (1.0 + self.z)))  # comoving, like ρ_m
+        return self.rho / self.rho.mean() * float(self.cosmo.Omega_m) * RHO_CRIT0_MSUN_H2_MPC3 / rho_c
 
     def count_rate(self, n_e_cm3, T_keV) -> np.ndarray:
         """[0.5–2] keV EPIC-pn count rate per voxel [counts s⁻¹] (no emission below the table's 0.1 keV, as in the survey)."""

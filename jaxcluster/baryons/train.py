@@ -399,6 +399,8 @@ def train_eldl(
     model = _stage("base_T", model, lambda m: _fit_lbfgs(
         "base_T", eqx.tree_at(lambda e: e.T_base, m, warm_start(m.T_base, cv, "T", config.validation_fraction)),
         lambda e: e.T_base, "T", cv, config, ckpt, progress), ckpt, metrics)
+    # The T heads' offsets start from the warm-start power law of T at z0 on these boxes.
+    fid0 = ldl_params(warm_start(model.T_base, cv, "T", config.validation_fraction))
     del cv
     lh = load_training_boxes(lh_dir, z0, max_lh_boxes)
     # Hypernetworks: only their MLPs train (on the LH set); δΘ(θ_fid) stays at the offset.
@@ -411,14 +413,10 @@ def train_eldl(
     zs = list(model.T_redshifts)
     k0 = int(np.argmin([abs(z - z0) for z in zs]))
     order = [k0] + [k for k in range(len(zs)) if k != k0]
-    fid0 = None
     for k in order:
         name = f"net_T_z{zs[k]:.3f}"
         boxes = lh if k == k0 else load_training_boxes(lh_dir, zs[k], max_lh_boxes)
         if k != k0:  # start from the z0 head, shifted by the fiducial evolution
-            if fid0 is None:
-                fid0 = ldl_params(warm_start(model.T_base, load_training_boxes(cv_dir, z0, max_cv_boxes), "T",
-                                             config.validation_fraction))
             fid_k = ldl_params(warm_start(model.T_base, load_training_boxes(cv_dir, zs[k], max_cv_boxes), "T",
                                           config.validation_fraction))
             head = eqx.tree_at(lambda h: h.offset, model.T_nets[k0], (fid_k - fid0).astype(model.T_nets[k0].offset.dtype))

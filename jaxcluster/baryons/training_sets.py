@@ -50,6 +50,7 @@ from .synthetic import SyntheticGasModel, synthetic_gas
 
 __all__ = [
     "TABLE1_REDSHIFTS",
+    "stored_halos",
     "TrainingSetSpec",
     "cv_spec",
     "lh_spec",
@@ -254,6 +255,14 @@ def _write_sample(out: Path, spec: TrainingSetSpec, i: int, theta: ThetaSim, fie
             metadata=meta | {"sample": spec.sample_name(i), "ic_seed": spec.ic_seed(i)},
         )
         os.replace(tmp, path)  # atomic: a final name only ever holds a whole file
+
+
+def stored_halos(fields: dict) -> HaloCatalogue:
+    """The halo catalogue of a training-set file, from its `load_run(...).fields` (the inverse of the writer)."""
+    missing = [f"halo_{n}" for n in _HALO_FIELDS if f"halo_{n}" not in fields]
+    if missing:
+        raise ValueError(f"no stored halo catalogue: fields {missing} are missing")
+    return HaloCatalogue(**{n: jnp.asarray(fields[f"halo_{n}"]) for n in _HALO_FIELDS}, n_peaks=jnp.asarray(0))
 
 
 def generate_training_set(

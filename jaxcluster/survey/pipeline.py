@@ -33,7 +33,7 @@ from ..baryons.eldl import ExtendedLDL
 from ..cosmology import Cosmology, GrowthTable, growth_table
 from ..nbody import linear_field, lpt, nbody, white_noise
 from ..nbody.sharding import device_mesh
-from ..params import ThetaSim
+from ..params import PRIOR_BOUNDS, ThetaSim
 from ..xray.emissivity import EmissivityTable, default_emissivity_table
 from .detect import Catalogue, DetectionConfig, measure_sources, segment
 from .lightcone import BoxLayout, LightconeGeometry, box_layout
@@ -105,8 +105,8 @@ class SurveyConfig(eqx.Module):
         n_boxes: SupportsInt = 12,
         cell_size: SupportsFloat = 0.39,
         pixel_arcmin: SupportsFloat = 1.0,
-        omega_m_min: SupportsFloat = 0.1,
-        omega_m_max: SupportsFloat = 0.5,
+        omega_m_min: SupportsFloat = PRIOR_BOUNDS["Omega_m"][0],
+        omega_m_max: SupportsFloat = PRIOR_BOUNDS["Omega_m"][1],
         n_lightcones: SupportsInt = 1,
         z_init: SupportsFloat = 6.0,
         n_steps: SupportsInt = 10,
