@@ -20,6 +20,7 @@ from jaxcluster.baryons.training_sets import (
     latin_hypercube,
     lh_spec,
     simulate_sample,
+    stored_halos,
     training_set_parameters,
 )
 from jaxcluster.io import load_run, read_camels_params
@@ -115,5 +116,10 @@ def test_generation_resumes_after_a_kill(tmp_path):
     assert np.allclose(np.asarray(run.fields["n_e_cm3"]), np.asarray(direct.n_e[1]), rtol=1e-5)
     assert np.allclose(np.asarray(run.theta.to_array()), np.asarray(table.theta.to_array())[i])
     assert run.z == pytest.approx(0.33)
+    halos = stored_halos(run.fields)  # the halo catalogue reads back as written
+    np.testing.assert_allclose(np.asarray(halos.M200c), np.asarray(direct.halos.M200c[1]), rtol=1e-5)
+    assert np.array_equal(np.asarray(halos.valid), np.asarray(direct.halos.valid[1]))
+    with pytest.raises(ValueError, match="no stored halo catalogue"):
+        stored_halos({k: v for k, v in run.fields.items() if k != "halo_R200c"})
     with pytest.raises(ValueError, match="another spec"):
         generate_training_set(out, lh_spec(n, **(TINY | {"n_steps": 4})), progress=False)
