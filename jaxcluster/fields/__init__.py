@@ -1,0 +1,14 @@
+"""Cluster field products (seeds 002, 003, 004): cutouts, pressure profiles, DeepSets, mass-map networks.
+
+* `cutouts`: Compton-y, X-ray surface brightness, projected gas / dark-matter density around halos;
+  global normalisation (seed 002 §3.1), splits by cluster, HDF5 writer / reader, synthetic dataset maker.
+* `profiles`: GNFW pressure (Battaglia et al. 2012, Arnaud et al. 2010), NFW density, radial profiles.
+* `deepsets`: rotation-equivariant DeepSets pressure model (seed 003) and its GNFW benchmark.
+* `unet`, `diffusion`, `massmaps`: mass-map reconstruction (seeds 002, 004).
+"""
+
+# part A: cutouts, profiles, deepsets
+
+# part B: unet, diffusion, massmaps
+
+__all__: list[str] = []
