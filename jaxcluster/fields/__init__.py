@@ -8,7 +8,28 @@
 """
 
 # part A: cutouts, profiles, deepsets
+from .cutouts import (
+    CHANNEL_UNITS,
+    CHANNELS,
+    SPLITS,
+    CutoutConfig,
+    CutoutNormalisation,
+    CutoutSet,
+    bremsstrahlung_emissivity,
+    denormalise,
+    fit_normalisation,
+    halo_cutouts,
+    load_cutouts,
+    make_cutout_dataset,
+    normalise,
+    save_cutouts,
+    split_by_cluster,
+)
 
 # part B: unet, diffusion, massmaps
 
-__all__: list[str] = []
+__all__ = [
+    "CHANNELS", "CHANNEL_UNITS", "SPLITS", "CutoutConfig", "halo_cutouts", "bremsstrahlung_emissivity",
+    "CutoutNormalisation", "fit_normalisation", "normalise", "denormalise", "split_by_cluster",
+    "CutoutSet", "save_cutouts", "load_cutouts", "make_cutout_dataset",
+]
