@@ -25,6 +25,20 @@ from .cutouts import (
     save_cutouts,
     split_by_cluster,
 )
+from .profiles import (
+    ARNAUD10,
+    ELECTRON_PRESSURE_FRACTION,
+    arnaud10_pressure,
+    battaglia12_gnfw_parameters,
+    battaglia12_pressure,
+    compton_y_profile,
+    gnfw,
+    nfw_density,
+    overdensity_radius,
+    pressure_200c,
+    radial_profile,
+    spherical_Y,
+)
 
 # part B: unet, diffusion, massmaps
 
@@ -32,4 +46,7 @@ __all__ = [
     "CHANNELS", "CHANNEL_UNITS", "SPLITS", "CutoutConfig", "halo_cutouts", "bremsstrahlung_emissivity",
     "CutoutNormalisation", "fit_normalisation", "normalise", "denormalise", "split_by_cluster",
     "CutoutSet", "save_cutouts", "load_cutouts", "make_cutout_dataset",
+    "gnfw", "overdensity_radius", "pressure_200c", "battaglia12_pressure", "battaglia12_gnfw_parameters",
+    "arnaud10_pressure", "ARNAUD10", "ELECTRON_PRESSURE_FRACTION", "spherical_Y", "compton_y_profile",
+    "nfw_density", "radial_profile",
 ]
