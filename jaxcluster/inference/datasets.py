@@ -1,0 +1,639 @@
+r"""(θ, XOD) training sets for simulation-based inference, from any simulator, resumable after a kill.
+
+**Simulators.** A simulator is any callable `simulator(theta, key) -> xod`
+taking one parameter vector θ (d,) and a PRNG key and returning one
+(n_cr, n_hr, n_z) XOD; `AnalyticSimulator` (the analytic expected XOD with
+Poisson noise, `jaxcluster.analytic`) and `SurveySimulator` (the survey
+pipeline, `jaxcluster.survey.simulate_xod`) are provided. Equinox modules are
+passed to the compiled function as arguments (their arrays are not baked in
+as constants).
+
+**Parameters from the prior.** `BoxPrior` holds independent uniform or
+log-uniform priors (seed 001 Table 1 for θ_sim: `BoxPrior.theta_sim()`; the
+analytic model's box: `BoxPrior.analytic(model)`). θ is drawn in the unit
+cube $u ∈ [0, 1)^d$ and mapped to the box. Two designs:
+
+* ``"random"``: $u_i \sim U[0,1)^d$ from the key `fold_in(k_θ, i)`;
+* ``"latin_hypercube"``: $u_{ij} = (π_j(i) + v_{ij}) / n$ with $π_j$ a random
+  permutation of 0…n−1 per dimension and $v_i \sim U[0,1)^d$ from `fold_in(k_v, i)`,
+  so every one of the n strata of every parameter holds exactly one point.
+
+**Determinism.** Every random number of sample i comes from keys derived
+from (seed, i) alone (the simulator key is `fold_in(fold_in(key(seed), 1), i)`),
+and chunk boundaries are fixed by `chunk_size`, so a run that was killed and
+resumed writes the same bits as an uninterrupted one.
+
+**Devices.** A chunk of `chunk_size` samples is split over a 1-D device mesh
+(`jax.shard_map`, no communication); each device `vmap`s its share
+(``batch_mode="vmap"``) or runs it one sample after another (``"map"``, for
+simulators too large to batch, such as the survey pipeline). The last, short
+chunk is padded (with repeats, dropped afterwards) so that one compiled
+program serves every chunk.
+
+**Files: why a folder of chunk files during the run.** HDF5 is not journaled:
+a process killed while it writes into a file can leave the file unreadable,
+losing everything. So while the run is in progress every chunk is written to
+its own small HDF5 file in ``OUT.parts/`` (written to a temporary name, then
+renamed: a rename is atomic, so a chunk file is either complete or absent),
+next to ``OUT.parts/meta.json`` holding the run's settings. A kill loses at
+most the chunk in flight; a restart with the same settings checks
+``meta.json``, skips the chunks present and computes the others. When all
+are present they are merged into the single file ``OUT`` (again through a
+temporary name and a rename) and the parts folder is removed.
+
+**Layout of the merged file:** datasets ``theta`` (n, d) float64 and ``xod``
+(n, n_cr, n_hr, n_z) float32; attributes ``param_names``, ``prior_low``,
+``prior_high``, ``prior_log``, ``n``, ``seed``, ``design``, ``chunk_size``,
+``dtype`` (the simulator's float dtype), ``metadata`` (a JSON string from the
+caller, e.g. the simulator's settings) and ``jaxcluster_version``.
+`load_dataset` reads it back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+from jaxtyping import Array, ArrayLike, Float, Key, PRNGKeyArray
+
+__all__ = [
+    "DESIGNS",
+    "BoxPrior",
+    "AnalyticSimulator",
+    "SurveySimulator",
+    "unit_design",
+    "sample_parameters",
+    "simulation_keys",
+    "generate_dataset",
+    "Dataset",
+    "load_dataset",
+]
+
+DESIGNS = ("random", "latin_hypercube")
+_FORMAT_VERSION = 1
+
+
+class BoxPrior(eqx.Module):
+    """Independent uniform (or log-uniform) priors on a box: the prior of a training set.
+
+    A log-uniform parameter is uniform in ln θ between ln low and ln high
+    (seed 001 Table 1's feedback amplitudes).
+
+    Attributes:
+        names: parameter names, in θ's order.
+        low: lower bounds, one per parameter (of θ itself, not of its log).
+        high: upper bounds, > low.
+        log: True where the prior is log-uniform (then low > 0).
+    """
+
+    names: tuple[str, ...] = eqx.field(static=True)
+    low: tuple[float, ...] = eqx.field(static=True)
+    high: tuple[float, ...] = eqx.field(static=True)
+    log: tuple[bool, ...] = eqx.field(static=True)
+
+    def __init__(self, names: Sequence[str], low: Sequence[float], high: Sequence[float],
+                 log: Sequence[bool] | None = None):
+        names = tuple(str(n) for n in names)
+        log = (False,) * len(names) if log is None else tuple(bool(v) for v in log)
+        low, high = tuple(float(v) for v in low), tuple(float(v) for v in high)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"names must be non-empty and unique, got {names}")
+        if not len(low) == len(high) == len(log) == len(names):
+            raise ValueError(f"low, high and log must have one entry per name ({len(names)}), got "
+                             f"{len(low)}, {len(high)}, {len(log)}")
+        for n, lo, hi, lg in zip(names, low, high, log):
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+                raise ValueError(f"prior of {n}: low = {lo}, high = {hi} must be finite with low < high")
+            if lg and not lo > 0:
+                raise ValueError(f"prior of {n}: a log-uniform prior needs low > 0, got {lo}")
+        self.names, self.low, self.high, self.log = names, low, high, log
+
+    @classmethod
+    def theta_sim(cls, **bounds: tuple[float, float]) -> BoxPrior:
+        """Seed 001 Table 1 on θ_sim (`params.PRIOR_BOUNDS`; A's log-uniform); `bounds` narrows some.
+
+        Args:
+            **bounds: name=(low, high) replacing a parameter's range (e.g. a narrow Ω_m
+                for a small survey whose boxes must hold every Ω_m).
+        """
+        from ..params import _LOG_UNIFORM, PARAM_NAMES, PRIOR_BOUNDS
+
+        unknown = set(bounds) - set(PARAM_NAMES)
+        if unknown:
+            raise ValueError(f"unknown θ_sim parameters {sorted(unknown)}; allowed: {PARAM_NAMES}")
+        b = {n: bounds.get(n, PRIOR_BOUNDS[n]) for n in PARAM_NAMES}
+        for n in bounds:
+            lo, hi = PRIOR_BOUNDS[n]
+            if not lo <= b[n][0] < b[n][1] <= hi:
+                raise ValueError(f"bounds of {n} = {b[n]} must lie inside its prior range [{lo}, {hi}]")
+        return cls(PARAM_NAMES, [b[n][0] for n in PARAM_NAMES], [b[n][1] for n in PARAM_NAMES], _LOG_UNIFORM)
+
+    @classmethod
+    def analytic(cls, names: Sequence[str] | None = None, n_sigma: float = 2.0) -> BoxPrior:
+        """A box for the analytic model's parameters.
+
+        Ω_m and σ_8 (and any other `PRIOR_BOUNDS` name) take seed 001 Table 1;
+        a scaling-relation parameter p takes p_fid ± n_sigma × its Gaussian prior
+        width (`analytic.NUISANCE_PRIOR_SIGMA`; p_fid from `ScalingRelations()`).
+        This uniform box is the prior of the training set: an exact (NUTS)
+        posterior to compare an NPE posterior with must use the same box
+        (`log_prob`), not the Gaussian nuisance prior of `analytic.log_prior`.
+
+        Args:
+            names: free parameters (default `analytic.ANALYTIC_PARAM_NAMES`).
+            n_sigma: half-width of the nuisance boxes in prior σ, > 0.
+        """
+        from ..analytic import ANALYTIC_PARAM_NAMES, NUISANCE_PRIOR_SIGMA, ScalingRelations
+        from ..params import PRIOR_BOUNDS
+
+        if not n_sigma > 0:
+            raise ValueError(f"n_sigma = {n_sigma} is outside its allowed range (0, inf)")
+        names = ANALYTIC_PARAM_NAMES if names is None else tuple(names)
+        base = ScalingRelations()
+        low, high = [], []
+        for n in names:
+            if n in PRIOR_BOUNDS:
+                lo, hi = PRIOR_BOUNDS[n]
+            elif n in NUISANCE_PRIOR_SIGMA:
+                c, s = float(getattr(base, n)), NUISANCE_PRIOR_SIGMA[n]
+                lo, hi = c - n_sigma * s, c + n_sigma * s
+            else:
+                raise ValueError(f"no prior box for parameter {n!r}; choose from "
+                                 f"{tuple(PRIOR_BOUNDS) + tuple(NUISANCE_PRIOR_SIGMA)}")
+            if n.startswith("sigma_ln"):
+                lo = max(lo, 1e-3)  # scatters stay positive
+            low.append(lo)
+            high.append(hi)
+        return cls(names, low, high)
+
+    @property
+    def dim(self) -> int:
+        """Number of parameters d."""
+        return len(self.names)
+
+    def _ends(self, xp):
+        lo = xp.asarray([math.log(v) if g else v for v, g in zip(self.low, self.log)])
+        hi = xp.asarray([math.log(v) if g else v for v, g in zip(self.high, self.log)])
+        return lo, hi, np.asarray(self.log)
+
+    def from_unit(self, u: Float[ArrayLike, "*batch d"]) -> Float[ArrayLike, "*batch d"]:
+        """Map unit-cube points u ∈ [0, 1]^d to θ (numpy in → numpy out, float64).
+
+        Args:
+            u: (..., d) points of the unit cube.
+
+        Returns:
+            (..., d) parameter values.
+        """
+        xp = np if isinstance(u, np.ndarray) else jnp
+        u = xp.asarray(u)
+        if u.shape[-1:] != (self.dim,):
+            raise ValueError(f"u must have a last axis of size {self.dim} ({self.names}), got shape {u.shape}")
+        lo, hi, lg = (_lead(a, u.ndim) for a in self._ends(xp))
+        lo, hi = lo.astype(u.dtype), hi.astype(u.dtype)
+        v = lo + u * (hi - lo)
+        return xp.where(lg, xp.exp(v), v)
+
+    def to_unit(self, theta: Float[ArrayLike, "*batch d"]) -> Float[ArrayLike, "*batch d"]:
+        """Inverse of `from_unit`: θ to the unit cube (numpy in → numpy out).
+
+        Args:
+            theta: (..., d) parameter values inside the box.
+
+        Returns:
+            (..., d) unit-cube coordinates.
+        """
+        xp = np if isinstance(theta, np.ndarray) else jnp
+        theta = xp.asarray(theta)
+        if theta.shape[-1:] != (self.dim,):
+            raise ValueError(f"theta must have a last axis of size {self.dim} ({self.names}), got shape {theta.shape}")
+        lo, hi, lg = (_lead(a, theta.ndim) for a in self._ends(xp))
+        lo, hi = lo.astype(theta.dtype), hi.astype(theta.dtype)
+        v = xp.where(lg, xp.log(xp.where(lg, theta, xp.ones_like(theta))), theta)
+        return (v - lo) / (hi - lo)
+
+    def log_prob(self, theta: Float[ArrayLike, "*batch d"]) -> Float[Array, "*batch"]:
+        """Log prior density of θ in θ's own coordinates (−inf outside the box).
+
+        Uniform: −ln(high − low); log-uniform: −ln θ − ln ln(high/low).
+
+        Args:
+            theta: (..., d) parameter values.
+
+        Returns:
+            (...,) log density.
+        """
+        theta = jnp.asarray(theta)
+        if theta.shape[-1:] != (self.dim,):
+            raise ValueError(f"theta must have a last axis of size {self.dim} ({self.names}), got shape {theta.shape}")
+        lo = _lead(jnp.asarray(self.low, theta.dtype), theta.ndim)
+        hi = _lead(jnp.asarray(self.high, theta.dtype), theta.ndim)
+        lg = _lead(np.asarray(self.log), theta.ndim)
+        const = np.where(self.log, -np.log(np.log(np.asarray(self.high) / np.asarray(self.low))),
+                         -np.log(np.asarray(self.high) - np.asarray(self.low)))
+        safe = jnp.where(lg & (theta > 0), theta, jnp.ones_like(theta))
+        dens = _lead(jnp.asarray(const, theta.dtype), theta.ndim) - jnp.where(lg, jnp.log(safe), jnp.zeros_like(theta))
+        inside = jnp.all((theta >= lo) & (theta <= hi), axis=-1)
+        return jnp.where(inside, jnp.sum(dens, axis=-1), -jnp.inf)
+
+
+def _lead(a, ndim: int):
+    """(d,) → (1, …, 1, d) with ndim axes, for strict rank promotion."""
+    return a.reshape((1,) * (ndim - 1) + a.shape)
+
+
+class AnalyticSimulator(eqx.Module):
+    """The analytic XOD with Poisson noise: `poisson_mock(key, model(θ))`.
+
+    Attributes:
+        model: `analytic.AnalyticModel`; θ is ordered as `model.names`.
+    """
+
+    model: Any  # analytic.AnalyticModel (imported lazily: the analytic stack is heavy)
+
+    def __call__(self, theta: Float[Array, " d"], key: PRNGKeyArray) -> Float[Array, "n_cr n_hr n_z"]:
+        """One Poisson mock XOD at θ (counts as floats in the model's dtype)."""
+        from ..analytic import poisson_mock
+
+        return poisson_mock(key, self.model(theta))
+
+
+class SurveySimulator(eqx.Module):
+    """The survey pipeline's XOD (`survey.simulate_xod`) for θ = θ_sim (6,).
+
+    Attributes:
+        config: `survey.SurveyConfig`.
+        eldl: baryon painter (default `baryons.default_eldl()`).
+        table: count-rate table (default EPIC-pn).
+        soft: the soft (differentiable) XOD instead of the histogram.
+    """
+
+    config: Any
+    eldl: Any
+    table: Any
+    soft: bool = eqx.field(static=True)
+
+    def __init__(self, config: Any, eldl: Any = None, table: Any = None, soft: bool = False):
+        if eldl is None:
+            from ..baryons import default_eldl
+
+            eldl = default_eldl()
+        if table is None:
+            from ..xray.emissivity import default_emissivity_table
+
+            table = default_emissivity_table()
+        self.config, self.eldl, self.table, self.soft = config, eldl, table, bool(soft)
+
+    def __call__(self, theta: Float[Array, " 6"], key: PRNGKeyArray) -> Float[Array, "n_cr n_hr n_z"]:
+        """One survey XOD at θ_sim (ordered as `params.PARAM_NAMES`)."""
+        from ..params import ThetaSim
+        from ..survey import simulate_xod
+
+        return simulate_xod(ThetaSim.from_array(theta), key, self.config, soft=self.soft, eldl=self.eldl,
+                            table=self.table)
+
+
+def _check_design(design: str) -> None:
+    if design not in DESIGNS:
+        raise ValueError(f"design = {design!r} is not allowed; choose from {DESIGNS}")
+
+
+def unit_design(key: PRNGKeyArray, n: int, dim: int, design: str = "random") -> np.ndarray:
+    """n points of the unit cube [0, 1)^dim, random or Latin hypercube (module docstring).
+
+    Point i depends only on (key, i) for ``"random"`` and on (key, i, n) for
+    ``"latin_hypercube"`` (the strata permutations depend on n).
+
+    Args:
+        key: PRNG key.
+        n: number of points, ≥ 1.
+        dim: dimension, ≥ 1.
+        design: ``"random"`` or ``"latin_hypercube"``.
+
+    Returns:
+        (n, dim) float64 numpy array.
+    """
+    _check_design(design)
+    if not (isinstance(n, (int, np.integer)) and n >= 1):
+        raise ValueError(f"n = {n!r} is outside its allowed range: an integer >= 1")
+    if not (isinstance(dim, (int, np.integer)) and dim >= 1):
+        raise ValueError(f"dim = {dim!r} is outside its allowed range: an integer >= 1")
+    k_u, k_perm = jax.random.split(key)
+    v = np.stack([_uniforms(k_u, j, n) for j in range(dim)], axis=-1)
+    if design == "random":
+        return v
+    # strata permutations: the ranks of n further uniforms per dimension
+    perms = np.stack([np.argsort(_uniforms(k_perm, j, n), kind="stable") for j in range(dim)], axis=-1)
+    return (perms + v) / n
+
+
+_BLOCK = 4096
+
+
+def _uniforms(key: PRNGKeyArray, j: int, n: int) -> np.ndarray:
+    """U[0, 1) numbers i = 0…n−1 of stream j, each from `fold_in(fold_in(key, j), i)` (float64)."""
+    kj = jax.random.fold_in(key, j)
+    blocks = [_uniform_block(kj, jnp.uint32(s)) for s in range(0, n, _BLOCK)]
+    return np.concatenate([np.asarray(b, dtype=np.float64) for b in blocks])[:n]
+
+
+@jax.jit
+def _uniform_block(key, start):
+    """A fixed-size block (one compilation for any n) of per-index uniforms."""
+    idx = start + jnp.arange(_BLOCK, dtype=jnp.uint32)
+    return jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(idx)
+
+
+def _theta_key(seed: int) -> PRNGKeyArray:
+    return jax.random.fold_in(jax.random.key(seed), 0)
+
+
+def _sim_key(seed: int) -> PRNGKeyArray:
+    return jax.random.fold_in(jax.random.key(seed), 1)
+
+
+def sample_parameters(prior: BoxPrior, n: int, seed: int, design: str = "random") -> np.ndarray:
+    """The θ of a training set: `prior.from_unit(unit_design(...))` with the dataset's key.
+
+    Args:
+        prior: `BoxPrior`.
+        n: number of samples.
+        seed: dataset seed (the same as `generate_dataset`'s).
+        design: ``"random"`` or ``"latin_hypercube"``.
+
+    Returns:
+        (n, d) float64 numpy array.
+    """
+    return prior.from_unit(unit_design(_theta_key(seed), n, prior.dim, design))
+
+
+def simulation_keys(seed: int, start: int, stop: int) -> Key[Array, " n"]:
+    """Simulator keys of samples start…stop−1: `fold_in(fold_in(key(seed), 1), i)`."""
+    return _fold_range(_sim_key(seed), jnp.arange(start, stop, dtype=jnp.uint32))
+
+
+@jax.jit
+def _fold_range(key, idx):
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
+
+
+def _chunk_runner(mesh: Mesh, batch_mode: str):
+    (name,) = mesh.axis_names
+    spec = PartitionSpec(name)
+
+    @eqx.filter_jit
+    def run(dynamic, static, theta, key_data):
+        def local(dyn, th, kd):
+            sim = eqx.combine(dyn, static)
+            keys = jax.random.wrap_key_data(kd)
+            if batch_mode == "vmap":
+                return jax.vmap(sim)(th, keys)
+            return jax.lax.map(lambda a: sim(*a), (th, keys))
+
+        return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), spec, spec), out_specs=spec,
+                             check_vma=False)(dynamic, theta, key_data)
+
+    return run
+
+
+def _parts_dir(path: Path) -> Path:
+    return path.with_name(path.name + ".parts")
+
+
+def _atomic_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def _fsync_replace(tmp: Path, path: Path) -> None:
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_chunk(path: Path, start: int, theta: np.ndarray, xod: np.ndarray) -> None:
+    import h5py
+
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["start"] = start
+        f.create_dataset("theta", data=theta)
+        f.create_dataset("xod", data=xod)
+    _fsync_replace(tmp, path)
+
+
+def _merge(parts: Path, out: Path, settings: dict, n_chunks: int) -> None:
+    import h5py
+
+    tmp = out.with_name(out.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        shape = tuple(settings["xod_shape"])
+        n, d = settings["n"], len(settings["param_names"])
+        th = f.create_dataset("theta", (n, d), dtype="f8")
+        xo = f.create_dataset("xod", (n, *shape), dtype="f4", chunks=(min(n, settings["chunk_size"]), *shape))
+        for c in range(n_chunks):
+            with h5py.File(parts / f"chunk_{c:06d}.h5", "r") as g:
+                s = int(g.attrs["start"])
+                t = g["theta"][...]
+                th[s:s + len(t)] = t
+                xo[s:s + len(t)] = g["xod"][...]
+        for k, v in settings.items():
+            f.attrs[k] = json.dumps(v) if k == "metadata" else v
+        f.attrs["format_version"] = _FORMAT_VERSION
+    _fsync_replace(tmp, out)
+
+
+def generate_dataset(
+    simulator: Callable[[Float[Array, " d"], PRNGKeyArray], Float[Array, "n_cr n_hr n_z"]],
+    prior: BoxPrior,
+    n: int,
+    out: str | os.PathLike,
+    *,
+    seed: int = 0,
+    design: str = "random",
+    chunk_size: int = 256,
+    batch_mode: str = "vmap",
+    mesh: Mesh | None = None,
+    metadata: dict | None = None,
+    progress: bool = True,
+) -> Path:
+    """Simulate n (θ, XOD) pairs into the HDF5 file `out`, resuming an interrupted run.
+
+    See the module docstring for the design, keys and file layout. Calling
+    it again with the same settings after a kill continues where the run
+    stopped; calling it on a finished file returns at once.
+
+    Args:
+        simulator: `(theta (d,), key) -> xod (n_cr, n_hr, n_z)`, jit- and vmap-able
+            (an Equinox module or a plain function).
+        prior: the `BoxPrior` θ is drawn from (d = `prior.dim`).
+        n: number of samples, ≥ 1.
+        out: output HDF5 path; ``out.parts/`` holds the chunks while the run is in progress.
+        seed: dataset seed (θ and simulator keys derive from it and the sample index).
+        design: ``"random"`` or ``"latin_hypercube"``.
+        chunk_size: samples per chunk (a kill loses at most one), a multiple of the device count.
+        batch_mode: ``"vmap"`` (batch each device's share) or ``"map"`` (one sample at a time).
+        mesh: 1-D device mesh (default: all devices).
+        metadata: JSON-serialisable description of the simulator, stored in the file
+            and compared on resume.
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The path of the merged file.
+
+    Raises:
+        ValueError: a bad argument, or an existing (partial) dataset at `out` made with
+            other settings.
+    """
+    from tqdm.auto import tqdm
+
+    from .. import __version__
+    from ..nbody.sharding import device_mesh
+
+    _check_design(design)
+    if batch_mode not in ("vmap", "map"):
+        raise ValueError(f"batch_mode = {batch_mode!r} is not allowed; choose from ('vmap', 'map')")
+    if not (isinstance(n, (int, np.integer)) and 1 <= n < 2**31):
+        raise ValueError(f"n = {n!r} is outside its allowed range: an integer in [1, 2**31)")
+    if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**31):
+        raise ValueError(f"seed = {seed!r} is outside its allowed range: an integer in [0, 2**31)")
+    mesh = device_mesh("batch") if mesh is None else mesh
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"mesh must be 1-D, got axes {mesh.axis_names}")
+    n_dev = int(mesh.devices.size)
+    if not (isinstance(chunk_size, (int, np.integer)) and chunk_size >= 1 and chunk_size % n_dev == 0):
+        raise ValueError(f"chunk_size = {chunk_size!r} is outside its allowed range: a positive multiple of "
+                         f"the device count {n_dev}")
+    metadata = {} if metadata is None else dict(metadata)
+    json.dumps(metadata)  # fails early (TypeError) if not serialisable
+
+    out = Path(out)
+    theta_all = sample_parameters(prior, int(n), int(seed), design)
+    dtype = jnp.result_type(float)
+    runner = _chunk_runner(mesh, batch_mode)
+    dynamic, static = eqx.partition(simulator, eqx.is_array)
+    # one evaluation shape-checks the simulator and fixes the XOD shape (no simulation)
+    shape = jax.eval_shape(simulator, jnp.asarray(theta_all[0], dtype), jax.random.key(0)).shape
+    if len(shape) != 3:
+        raise ValueError(f"the simulator must return an (n_cr, n_hr, n_z) XOD, got shape {shape}")
+    settings = dict(
+        param_names=list(prior.names), prior_low=list(prior.low), prior_high=list(prior.high),
+        prior_log=[bool(v) for v in prior.log], n=int(n), seed=int(seed), design=design,
+        chunk_size=int(chunk_size), dtype=str(np.dtype(dtype)), xod_shape=list(shape), metadata=metadata,
+        jaxcluster_version=__version__,
+    )
+    if out.exists():
+        _check_same(out, settings)
+        return out
+    parts = _parts_dir(out)
+    parts.mkdir(parents=True, exist_ok=True)
+    meta_path = parts / "meta.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v and k != "jaxcluster_version"}
+        if diff:
+            raise ValueError(f"{parts} holds a partial dataset made with other settings {diff}; "
+                             f"remove it or pick another --out")
+    else:
+        _atomic_json(meta_path, settings)
+    for tmp in parts.glob("*.tmp"):  # a chunk being written when the run was killed
+        tmp.unlink()
+
+    n_chunks = -(-int(n) // int(chunk_size))
+    todo = [c for c in range(n_chunks) if not (parts / f"chunk_{c:06d}.h5").exists()]
+    done = sum(min(chunk_size, n - c * chunk_size) for c in range(n_chunks)) - sum(
+        min(chunk_size, n - c * chunk_size) for c in todo)
+    with tqdm(total=int(n), initial=done, unit="XOD", disable=not progress, desc=out.name) as bar:
+        for c in todo:
+            start, stop = c * chunk_size, min((c + 1) * chunk_size, n)
+            pad = np.concatenate([np.arange(start, stop), np.full(start + chunk_size - stop, stop - 1)])
+            theta = jnp.asarray(theta_all[pad], dtype)
+            key_data = jax.random.key_data(simulation_keys(int(seed), start, start + chunk_size))
+            if stop - start < chunk_size:  # padded rows repeat the last sample
+                key_data = key_data[jnp.asarray(pad - start)]
+            xod = np.asarray(runner(dynamic, static, theta, key_data), dtype=np.float32)[: stop - start]
+            _write_chunk(parts / f"chunk_{c:06d}.h5", start, theta_all[start:stop], xod)
+            bar.update(stop - start)
+    _merge(parts, out, settings, n_chunks)
+    shutil.rmtree(parts)
+    return out
+
+
+def _check_same(out: Path, settings: dict) -> None:
+    import h5py
+
+    with h5py.File(out, "r") as f:
+        old = {k: _attr(f.attrs[k], k) for k in f.attrs if k in settings}
+    diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v and k != "jaxcluster_version"}
+    if diff:
+        raise ValueError(f"{out} exists and was made with other settings {diff}; remove it or pick another --out")
+
+
+def _attr(v, key: str):
+    if key == "metadata":
+        return json.loads(v)
+    if isinstance(v, np.ndarray):
+        return [x.item() if hasattr(x, "item") else x for x in v.tolist()] if v.dtype != object else list(v)
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode()
+    return v
+
+
+class Dataset(NamedTuple):
+    """A training set read back by `load_dataset`.
+
+    Attributes:
+        theta: (n, d) float64 parameters, ordered as ``metadata["param_names"]``.
+        xod: (n, n_cr, n_hr, n_z) float32 XODs (counts).
+        metadata: the file's attributes (prior, seed, design, simulator metadata, ...).
+    """
+
+    theta: np.ndarray
+    xod: np.ndarray
+    metadata: dict
+
+    @property
+    def prior(self) -> BoxPrior:
+        """The `BoxPrior` the θ were drawn from."""
+        m = self.metadata
+        return BoxPrior(m["param_names"], m["prior_low"], m["prior_high"], m["prior_log"])
+
+
+def load_dataset(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> Dataset:
+    """Read a dataset written by `generate_dataset` (samples start…stop−1; default all).
+
+    Args:
+        path: the merged HDF5 file.
+        start: first sample.
+        stop: one past the last sample (default n).
+
+    Returns:
+        `Dataset(theta, xod, metadata)`.
+
+    Raises:
+        ValueError: the file is absent (an unfinished run says so) or not a dataset.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        hint = " (the run is unfinished: run the same generate command again to resume)" if _parts_dir(path).exists() else ""
+        raise ValueError(f"dataset {path} does not exist{hint}")
+    with h5py.File(path, "r") as f:
+        if "theta" not in f or "xod" not in f:
+            raise ValueError(f"{path} is not a jaxcluster dataset (no 'theta' and 'xod')")
+        meta = {k: _attr(f.attrs[k], k) for k in f.attrs}
+        return Dataset(f["theta"][start:stop], f["xod"][start:stop], meta)
