@@ -8,6 +8,23 @@ normalising-flow posteriors), `diagnostics` (calibration checks).
 
 __all__: list[str] = []
 
-# --- part A: datasets, compressor (imports added as the modules land) ---
+# --- part A: datasets, compressor ---
+from .datasets import (
+    DESIGNS,
+    AnalyticSimulator,
+    BoxPrior,
+    Dataset,
+    SurveySimulator,
+    generate_dataset,
+    load_dataset,
+    sample_parameters,
+    simulation_keys,
+    unit_design,
+)
+
+__all__ += [
+    "DESIGNS", "AnalyticSimulator", "BoxPrior", "Dataset", "SurveySimulator", "generate_dataset", "load_dataset",
+    "sample_parameters", "simulation_keys", "unit_design",
+]
 
 # --- part B: npe, diagnostics (add `from .npe import ...`, `from .diagnostics import ...` and extend __all__ here) ---
