@@ -150,7 +150,7 @@ def bremsstrahlung_emissivity(n_e_cm3: Float[ArrayLike, "*v"], T_keV: Float[Arra
 def _gather_cube(field: Float[Array, "n n n"], start: Int[Array, " 3"], m: int) -> Float[Array, "m m m"]:
     """field[(start + arange(m)) mod n] along each axis (periodic box)."""
     n = field.shape
-    idx = [jnp.mod(start[a] + jnp.arange(m), n[a]) for a in range(3)]
+    idx = [jnp.mod(start[a] + jnp.arange(m, dtype=start.dtype), n[a]) for a in range(3)]
     return field[idx[0][:, None, None], idx[1][None, :, None], idx[2][None, None, :]]
 
 
@@ -159,7 +159,7 @@ def _one_halo(centre, rho_dm, n_e, T_keV, cell, config, z, h, n_e_mean, rho_mean
     half = 0.5 * max(config.side, config.depth)
     start = jnp.floor((centre - half) / cell + 0.5).astype(jnp.int32) - 1  # cell holding the lower corner, −1 margin
     # Edges of the gathered cells relative to the centre (unwrapped indices: geometry never wraps).
-    edges = ((start[:, None] + jnp.arange(m + 1)[None, :]).astype(dtype) - 0.5) * cell - centre[:, None]  # (3, m+1)
+    edges = ((start[:, None] + jnp.arange(m + 1, dtype=start.dtype)[None, :]).astype(dtype) - 0.5) * cell - centre[:, None]  # (3, m+1)
     pix_edges = (jnp.arange(config.n_pix + 1, dtype=dtype) - 0.5 * config.n_pix) * config.pixel_size
     slab = jnp.asarray([-0.5 * config.depth, 0.5 * config.depth], dtype=dtype)
     cubes = [_gather_cube(f, start, m) for f in (rho_dm, n_e, T_keV)]
@@ -172,9 +172,9 @@ def _one_halo(centre, rho_dm, n_e, T_keV, cell, config, z, h, n_e_mean, rho_mean
         A_v = overlap_lengths(pix_edges, edges[v]) / config.pixel_size
         rho, ne, T = (jnp.moveaxis(c, ax, -1) for c in cubes)  # (m_u, m_v, m_los)
         y = compton_y_columns(ne, T, w, z, cell, h)
-        sb = jnp.sum(bremsstrahlung_emissivity(ne * opz**3, T) * w, axis=-1) * (cell * MPC_CM / h / opz)
-        gas = jnp.sum(ne * w, axis=-1) / (jnp.sum(w) * n_e_mean)
-        dm = jnp.sum(rho * w, axis=-1) / (jnp.sum(w) * rho_mean)
+        sb = jnp.sum(bremsstrahlung_emissivity(ne * opz**3, T) * w[None, None, :], axis=-1) * (cell * MPC_CM / h / opz)
+        gas = jnp.sum(ne * w[None, None, :], axis=-1) / (jnp.sum(w) * n_e_mean)
+        dm = jnp.sum(rho * w[None, None, :], axis=-1) / (jnp.sum(w) * rho_mean)
         cols = jnp.stack([y, sb, gas, dm])  # (4, m, m)
         out.append(jnp.einsum("pi,qj,cij->cpq", A_u, A_v, cols))
     return jnp.stack(out)
@@ -182,11 +182,11 @@ def _one_halo(centre, rho_dm, n_e, T_keV, cell, config, z, h, n_e_mean, rho_mean
 
 def halo_cutouts(
     centres: Float[ArrayLike, "n_halo 3"],
-    rho_dm: Float[Array, "n n n"],
-    n_e_cm3: Float[Array, "n n n"],
-    T_keV: Float[Array, "n n n"],
+    rho_dm: Float[ArrayLike, "n n n"],
+    n_e_cm3: Float[ArrayLike, "n n n"],
+    T_keV: Float[ArrayLike, "n n n"],
     box_size: float,
-    z: float,
+    z: float | Float[ArrayLike, ""],
     cosmo: Cosmology,
     config: CutoutConfig = CutoutConfig(),
     axes: tuple[int, ...] = (0, 1, 2),
@@ -216,6 +216,7 @@ def halo_cutouts(
         ValueError: meshes of different or non-cubic shape, axes outside 0–2, or
             a cutout wider than the box.
     """
+    rho_dm, n_e_cm3, T_keV = (np.asarray(f) if not isinstance(f, jax.Array) else f for f in (rho_dm, n_e_cm3, T_keV))
     shape = rho_dm.shape
     if rho_dm.ndim != 3 or len(set(shape)) != 1 or n_e_cm3.shape != shape or T_keV.shape != shape:
         raise ValueError(f"rho_dm, n_e_cm3, T_keV must share one cubic (n, n, n) shape; got "
@@ -233,7 +234,7 @@ def halo_cutouts(
     n_e_mean = mean_electron_density(cosmo)
     rho_mean = float(cosmo.Omega_m) * RHO_CRIT0_MSUN_H2_MPC3
     fn = jax.jit(jax.vmap(lambda c, r, ne, T: _one_halo(
-        c, r, ne, T, cell, config, jnp.float32(z), jnp.float32(cosmo.h), n_e_mean, rho_mean, tuple(axes), m),
+        c, r, ne, T, cell, config, jnp.float32(float(z)), jnp.float32(cosmo.h), n_e_mean, rho_mean, tuple(axes), m),
         in_axes=(0, None, None, None)))
     return fn(jnp.mod(centres, box_size), *f32)
 
@@ -287,14 +288,21 @@ def fit_normalisation(
         raise ValueError(f"log has {len(logs)} flags for {c} channels")
     if not dynamic_range > 1:
         raise ValueError(f"dynamic_range = {dynamic_range} must be > 1")
+    return _fit(maps, logs, float(dynamic_range))
+
+
+@eqx.filter_jit
+def _fit(maps, logs, dynamic_range):
+    c = maps.shape[-3]
     per_channel = jnp.moveaxis(maps, -3, 0).reshape(c, -1)
     top = jnp.max(per_channel, axis=1)
     floor = jnp.where(top > 0, top / dynamic_range, 1e-30)
-    probe = CutoutNormalisation(lo=jnp.zeros(c), hi=jnp.ones(c), floor=floor, log=logs)
+    probe = CutoutNormalisation(lo=jnp.zeros(c, maps.dtype), hi=jnp.ones(c, maps.dtype), floor=floor, log=logs)
     t = jnp.moveaxis(_forward(maps, probe), -3, 0).reshape(c, -1)
     return CutoutNormalisation(lo=jnp.min(t, axis=1), hi=jnp.max(t, axis=1), floor=floor, log=logs)
 
 
+@eqx.filter_jit
 def normalise(maps: Float[ArrayLike, "*b c n_pix n_pix"], norm: CutoutNormalisation) -> Float[Array, "*b c n_pix n_pix"]:
     """Cutouts → [0, 1] with the global bounds (values outside the fitting set's range leave [0, 1])."""
     maps = jnp.asarray(maps, dtype=jnp.float32)
@@ -303,6 +311,7 @@ def normalise(maps: Float[ArrayLike, "*b c n_pix n_pix"], norm: CutoutNormalisat
     return (_forward(maps, norm) - lo) / jnp.where(hi > lo, hi - lo, 1.0)
 
 
+@eqx.filter_jit
 def denormalise(t: Float[ArrayLike, "*b c n_pix n_pix"], norm: CutoutNormalisation) -> Float[Array, "*b c n_pix n_pix"]:
     """Inverse of `normalise` (values below a log channel's floor come back as the floor)."""
     t = jnp.asarray(t, dtype=jnp.float32)
