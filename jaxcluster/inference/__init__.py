@@ -27,4 +27,37 @@ __all__ += [
     "sample_parameters", "simulation_keys", "unit_design",
 ]
 
-# --- part B: npe, diagnostics (add `from .npe import ...`, `from .diagnostics import ...` and extend __all__ here) ---
+# --- part B: npe, diagnostics ---
+from .diagnostics import (
+    corner_plot,
+    credible_intervals,
+    expected_coverage,
+    figure_of_merit,
+    hpd_credibility,
+    marginal_coverage,
+    plot_coverage,
+    plot_rank_histograms,
+    rank_histogram,
+    sbc_ranks,
+    table3_summary,
+    tarp,
+)
+from .npe import (
+    MixtureDensityNetwork,
+    NeuralPosterior,
+    ParameterSpace,
+    SplineFlow,
+    TrainConfig,
+    build_posterior,
+    load_posterior,
+    save_posterior,
+    train_posterior,
+)
+
+__all__ += [
+    "corner_plot", "credible_intervals", "expected_coverage", "figure_of_merit", "hpd_credibility",
+    "marginal_coverage", "plot_coverage", "plot_rank_histograms", "rank_histogram", "sbc_ranks", "table3_summary",
+    "tarp",
+    "MixtureDensityNetwork", "NeuralPosterior", "ParameterSpace", "SplineFlow", "TrainConfig", "build_posterior",
+    "load_posterior", "save_posterior", "train_posterior",
+]
