@@ -96,6 +96,10 @@ def _forwarded(command: str):
         from .survey.cli import main as simulate_main
 
         return simulate_main
+    if command == "dataset":
+        from .inference.cli import main as dataset_main
+
+        return dataset_main
     if command == "eldl":
         from .baryons.train import main as eldl_train_main
 
@@ -118,6 +122,7 @@ _FORWARDED = {
     "hmc": "NUTS posterior of the analytic XOD model: `jaxcluster hmc --out DIR [options]`",
     "data": "SYNTHETIC CAMELS-like training sets: `jaxcluster data generate {cv,lh} --out DIR [options]`",
     "eldl": "train the eLDL painter: `jaxcluster eldl train --cv DIR --lh DIR --out DIR [options]`",
+    "dataset": "(θ, XOD) training sets, resumable: `jaxcluster dataset generate --simulator {analytic,survey} --n N --out FILE`",
 }
 
 
