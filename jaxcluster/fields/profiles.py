@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,7 +71,7 @@ _G_PRESSURE_KEV_CM3 = _G_CGS * SOLAR_MASS_G**2 / MPC_CM**4 / KEV_ERG
 _Y_CONST_MPC2 = SIGMA_T_CM2 / ME_C2_KEV * MPC_CM  # σ_T/(m_e c²) [cm²/keV] × Mpc/cm: ∫P dV [keV cm⁻³ Mpc³] → Mpc²
 
 
-def gnfw(x: Float[ArrayLike, "*x"], P0, c, alpha, beta, gamma) -> Float[Array, "*x"]:
+def gnfw(x: Float[ArrayLike, "*x"], P0, c, alpha, beta, gamma) -> Float[Array, "..."]:
     r"""Generalised NFW shape $P_0 / [(c x)^γ (1 + (c x)^α)^{(β-γ)/α}]$ (parameters broadcast with x)."""
     u = jnp.asarray(c) * jnp.asarray(x)
     return P0 / (u**gamma * (1.0 + u**alpha) ** ((beta - gamma) / alpha))
@@ -82,7 +83,7 @@ def _rho_crit_Msun_Mpc3(z, cosmo: Cosmology, dtype):
     return (RHO_CRIT0_MSUN_H2_MPC3 * cosmo.h**2 * E(cosmo, a) ** 2).astype(dtype)
 
 
-def overdensity_radius(M: Float[ArrayLike, "*M"], delta: float, z: Float[ArrayLike, ""], cosmo: Cosmology) -> Float[Array, "*M"]:
+def overdensity_radius(M: Float[ArrayLike, "..."], delta: float, z: Float[ArrayLike, ""], cosmo: Cosmology) -> Float[Array, "..."]:
     r"""Comoving $R_Δ$ [h⁻¹ Mpc] of mass $M_Δ$ [h⁻¹ M☉]: $M_Δ = \frac43 π R_Δ^3 Δ ρ_c(z)$ (R physical)."""
     M = jnp.asarray(M)
     dtype = M.dtype if jnp.issubdtype(M.dtype, jnp.floating) else jnp.result_type(float)
@@ -91,7 +92,7 @@ def overdensity_radius(M: Float[ArrayLike, "*M"], delta: float, z: Float[ArrayLi
     return R_phys * (1.0 + jnp.asarray(z, dtype=dtype)) * h
 
 
-def pressure_200c(M200c: Float[ArrayLike, "*M"], z: Float[ArrayLike, ""], cosmo: Cosmology) -> Float[Array, "*M"]:
+def pressure_200c(M200c: Float[ArrayLike, "..."], z: Float[ArrayLike, ""], cosmo: Cosmology) -> Float[Array, "..."]:
     r"""$P_{200} = G M_{200c}\,200 ρ_c(z)\,f_b / (2 R_{200c})$ [keV cm⁻³, physical] for $M_{200c}$ in h⁻¹ M☉."""
     M = jnp.asarray(M200c)
     dtype = M.dtype
@@ -102,7 +103,7 @@ def pressure_200c(M200c: Float[ArrayLike, "*M"], z: Float[ArrayLike, ""], cosmo:
     return _G_PRESSURE_KEV_CM3 * (M / h) * rho_c * 100.0 * f_b / R_phys
 
 
-def battaglia12_gnfw_parameters(M200c: Float[ArrayLike, "*M"], z: Float[ArrayLike, ""], cosmo: Cosmology) -> dict[str, Array]:
+def battaglia12_gnfw_parameters(M200c: Float[ArrayLike, "..."], z: Float[ArrayLike, ""], cosmo: Cosmology) -> dict[str, Array]:
     """Battaglia et al. (2012) AGN-model P₀, x_c, β at M_200c [h⁻¹ M☉] and z (Table 1 mass and z scaling)."""
     M = jnp.asarray(M200c)
     M14 = M / cosmo.h.astype(M.dtype) / 1e14
@@ -112,9 +113,9 @@ def battaglia12_gnfw_parameters(M200c: Float[ArrayLike, "*M"], z: Float[ArrayLik
 
 
 def battaglia12_pressure(
-    x: Float[ArrayLike, "*x"], M200c: Float[ArrayLike, "*#x"], z: Float[ArrayLike, ""], cosmo: Cosmology,
+    x: Float[ArrayLike, "*x"], M200c: Float[ArrayLike, "..."], z: Float[ArrayLike, ""], cosmo: Cosmology,
     electron: bool = True,
-) -> Float[Array, "*x"]:
+) -> Float[Array, "..."]:
     r"""Battaglia et al. (2012) pressure at $x = r/R_{200c}$ [keV cm⁻³, physical].
 
     Args:
@@ -126,15 +127,17 @@ def battaglia12_pressure(
     """
     x = jnp.asarray(x)
     M = jnp.asarray(M200c, dtype=x.dtype)
+    shape = jnp.broadcast_shapes(x.shape, M.shape)
+    x, M = jnp.broadcast_to(x, shape), jnp.broadcast_to(M, shape)
     shape = _battaglia12_shape(x, M / cosmo.h.astype(x.dtype), jnp.asarray(z, dtype=x.dtype))
     P = pressure_200c(M, z, cosmo) * shape
     return P * ELECTRON_PRESSURE_FRACTION if electron else P
 
 
 def arnaud10_pressure(
-    x: Float[ArrayLike, "*x"], M500c: Float[ArrayLike, "*#x"], z: Float[ArrayLike, ""], cosmo: Cosmology,
+    x: Float[ArrayLike, "*x"], M500c: Float[ArrayLike, "..."], z: Float[ArrayLike, ""], cosmo: Cosmology,
     mass_running: bool = True,
-) -> Float[Array, "*x"]:
+) -> Float[Array, "..."]:
     r"""Arnaud et al. (2010) universal electron pressure at $x = r/R_{500c}$ [keV cm⁻³, physical].
 
     Args:
@@ -209,7 +212,7 @@ def compton_y_profile(
     return (SIGMA_T_CM2 / ME_C2_KEV * MPC_CM) * jax.vmap(one)(R_perp)
 
 
-def nfw_density(r: Float[ArrayLike, "*r"], M200c: Float[ArrayLike, "*#r"], R200c: Float[ArrayLike, "*#r"], c200c: Float[ArrayLike, "*#r"]) -> Float[Array, "*r"]:
+def nfw_density(r: Float[ArrayLike, "*r"], M200c: Float[ArrayLike, "..."], R200c: Float[ArrayLike, "..."], c200c: Float[ArrayLike, "..."]) -> Float[Array, "*r"]:
     r"""NFW density $ρ(r) = \frac{M_{200c}}{4π r_s^3 μ(c)} \frac{1}{(r/r_s)(1 + r/r_s)^2}$, $r_s = R_{200c}/c$.
 
     Units follow the inputs: M in h⁻¹ M☉ and r, R in comoving h⁻¹ Mpc give
@@ -222,6 +225,7 @@ def nfw_density(r: Float[ArrayLike, "*r"], M200c: Float[ArrayLike, "*#r"], R200c
     return jnp.asarray(M200c, dtype=r.dtype) / (4.0 * math.pi * rs**3 * nfw_mu(c200c)) / (y * (1.0 + y) ** 2)
 
 
+@eqx.filter_jit
 def radial_profile(
     field: Float[Array, "*mesh"],
     centre: Float[ArrayLike, " d"],
