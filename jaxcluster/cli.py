@@ -96,6 +96,10 @@ def _forwarded(command: str):
         from .survey.cli import main as simulate_main
 
         return simulate_main
+    if command == "sensitivity":
+        from .sensitivity.cli import main as sensitivity_main
+
+        return sensitivity_main
     if command == "dataset":
         from .inference.cli import main as dataset_main
 
@@ -121,6 +125,7 @@ _FORWARDED = {
     "fisher": "Fisher forecast of the analytic XOD model: `jaxcluster fisher --out DIR [options]`",
     "hmc": "NUTS posterior of the analytic XOD model: `jaxcluster hmc --out DIR [options]`",
     "data": "SYNTHETIC CAMELS-like training sets: `jaxcluster data generate {cv,lh} --out DIR [options]`",
+    "sensitivity": "∂/∂θ_sim of the survey observables, simulation Fisher, CR–M vs θ: `jaxcluster sensitivity --out DIR [options]`",
     "eldl": "train the eLDL painter: `jaxcluster eldl train --cv DIR --lh DIR --out DIR [options]`",
     "dataset": "(θ, XOD) training sets, resumable: `jaxcluster dataset generate --simulator {analytic,survey} --n N --out FILE`",
 }
