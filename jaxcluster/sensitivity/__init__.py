@@ -13,7 +13,9 @@ from .fisher import poisson_fisher, simulation_fisher
 from .gradients import (
     METHODS,
     OBSERVABLES,
+    CatalogueTangents,
     SurveySensitivity,
+    catalogue_tangents,
     default_steps,
     finite_difference_jacobians,
     mc_jacobians,
@@ -28,7 +30,7 @@ from .scaling_fit import ScalingFit, bootstrap_fit, fit_scaling_relation
 __all__ = [
     "MCEstimate", "mc_estimate", "paired_sigma",
     "OBSERVABLES", "METHODS", "project", "SurveySensitivity", "default_steps", "mc_jacobians",
-    "reference_segmentations", "soft_xod_fixed", "xod_sensitivity", "finite_difference_jacobians",
+    "CatalogueTangents", "catalogue_tangents", "reference_segmentations", "soft_xod_fixed", "xod_sensitivity", "finite_difference_jacobians",
     "poisson_fisher", "simulation_fisher",
     "SEED001_CELL", "ScalingBoxConfig", "BoxClusters", "box_clusters",
     "ScalingFit", "fit_scaling_relation", "bootstrap_fit",

@@ -52,11 +52,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, Int, Key, PRNGKeyArray
 
 from ..baryons.eldl import ExtendedLDL
 from ..params import PARAM_NAMES, PRIOR_BOUNDS, ThetaSim
+from ..survey.detect import Catalogue
 from ..survey.pipeline import SurveyConfig, simulate_survey
+from ..survey.xod import soft_xod
 from ..xray.emissivity import EmissivityTable, default_emissivity_table
 from .montecarlo import MCEstimate, mc_estimate
 
@@ -69,6 +71,9 @@ __all__ = [
     "mc_jacobians",
     "reference_segmentations",
     "soft_xod_fixed",
+    "CatalogueTangents",
+    "catalogue_tangents",
+    "segmentation_valid",
     "xod_sensitivity",
     "finite_difference_jacobians",
 ]
@@ -216,6 +221,89 @@ def soft_xod_fixed(
     return res.xod_soft
 
 
+class CatalogueTangents(eqx.Module):
+    """One survey's catalogue at θ (segmentation fixed) and its derivatives along the 6 θ_sim axes.
+
+    Attributes:
+        count_rate: (n_lc, n_box, S, n_band) count rates [counts s⁻¹].
+        z: (n_lc, n_box, S) redshifts.
+        valid: (n_lc, n_box, S) slots holding sources.
+        d_count_rate: (6, n_lc, n_box, S, n_band) ∂count_rate/∂θ_a.
+        d_z: (6, n_lc, n_box, S) ∂z/∂θ_a (the box redshifts move with Ω_m).
+    """
+
+    count_rate: Float[Array, "n_lc n_box s n_band"]
+    z: Float[Array, "n_lc n_box s"]
+    valid: Bool[Array, "n_lc n_box s"]
+    d_count_rate: Float[Array, "6 n_lc n_box s n_band"]
+    d_z: Float[Array, "6 n_lc n_box s"]
+
+    def soft_xod(self, config: SurveyConfig, softness: float | None = None, softness_z: float | None = None
+                 ) -> tuple[Float[Array, "n_cr n_hr n_z"], Float[Array, "6 n_cr n_hr n_z"]]:
+        """(soft XOD, its 6 directional derivatives) for any softness (default the configuration's)."""
+        s = config.softness if softness is None else float(softness)
+        sz = config.softness_z if softness_z is None else float(softness_z)
+
+        def xod(cr_bands, z):
+            cat = Catalogue(count_rate=cr_bands, xi=jnp.zeros((*z.shape, 2), z.dtype), area=jnp.ones(z.shape, z.dtype),
+                            z=z, valid=self.valid)
+            return soft_xod(cat.count_rate_total.reshape(-1), cat.hardness_ratio.reshape(-1), z.reshape(-1),
+                            self.valid.reshape(-1), config.binning, config.cr_min, s, sz)
+
+        val = xod(self.count_rate, self.z)
+        jac = jax.vmap(lambda dc, dz: jax.jvp(xod, (self.count_rate, self.z), (dc, dz))[1])(self.d_count_rate, self.d_z)
+        return val, jac
+
+
+def catalogue_tangents(
+    theta: Float[Array, " 6"],
+    key: PRNGKeyArray,
+    segmentation: Int[Array, "n_lc n_box n_pix n_pix"],
+    config: SurveyConfig,
+    *,
+    eldl: ExtendedLDL,
+    table: EmissivityTable,
+) -> CatalogueTangents:
+    r"""Forward-mode derivatives of one survey's catalogue along the 6 θ_sim axes, by transposing its pullback.
+
+    `jax.jvp` cannot enter the pipeline's `custom_vjp` functions, but their
+    backward rules are plain linear JAX, so the pullback v ↦ Jᵀv can be
+    transposed (`jax.linear_transpose`) into u ↦ J u: six of those give the
+    whole catalogue Jacobian, whatever the number of sources and bins, for
+    about six pullbacks' cost (the forward pass is shared).
+
+    Args:
+        theta: (6,) θ_sim, PARAM_NAMES order.
+        key: the survey's key.
+        segmentation: (n_lc, n_box, n_pix, n_pix) labels held fixed.
+        config: `SurveyConfig`.
+        eldl: baryon painter.
+        table: count-rate table.
+
+    Returns:
+        `CatalogueTangents`.
+    """
+
+    def cat(t):
+        c = simulate_survey(ThetaSim.from_array(t), key, config, eldl=eldl, table=table, segmentation=segmentation).catalogue
+        return c.count_rate, c.z
+
+    primal, pull = jax.vjp(cat, theta)
+    push = jax.linear_transpose(lambda ct: pull(ct)[0], primal)
+    eye = jnp.eye(theta.shape[0], dtype=theta.dtype)
+    d_cr, d_z = jax.vmap(lambda u: push(u)[0])(eye)
+    valid = segmentation_valid(segmentation, config)
+    return CatalogueTangents(count_rate=primal[0], z=primal[1], valid=valid, d_count_rate=d_cr, d_z=d_z)
+
+
+def segmentation_valid(segmentation: Int[Array, "n_lc n_box n_pix n_pix"], config: SurveyConfig) -> Bool[Array, "n_lc n_box s"]:
+    """Which catalogue slots a segmentation fills (label s + 1 present)."""
+    s = config.detection.max_sources
+    labels = jnp.arange(1, s + 1, dtype=segmentation.dtype)
+    flat = segmentation.reshape(*segmentation.shape[:2], -1)
+    return jax.vmap(jax.vmap(lambda m: jnp.isin(labels, m)))(flat)
+
+
 def xod_sensitivity(
     theta: ThetaSim,
     keys: Key[Array, " n_key"],
@@ -224,7 +312,8 @@ def xod_sensitivity(
     eldl: ExtendedLDL | None = None,
     table: EmissivityTable | None = None,
     segmentations: Int[Array, "n_key n_lc n_box n_pix n_pix"] | None = None,
-) -> SurveySensitivity:
+    method: str = "jvp",
+) -> tuple[SurveySensitivity, list[CatalogueTangents] | None]:
     """Soft XODs and their full Jacobians ∂XOD/∂θ_sim for K keys (module docstring).
 
     Args:
@@ -235,13 +324,24 @@ def xod_sensitivity(
         table: count-rate table; default EPIC-pn.
         segmentations: (K, n_lc, n_box, n_pix, n_pix) segmentations to hold fixed;
             default each key's own detection at θ (`reference_segmentations`).
+        method: "jvp" (six forward-mode directions through the catalogue,
+            `catalogue_tangents`; also returns the catalogues, so other
+            softnesses cost nothing) or "jacrev" (one pullback per XOD bin).
 
     Returns:
-        `SurveySensitivity`.
+        (`SurveySensitivity`, the K `CatalogueTangents` or None for "jacrev").
     """
+    if method not in ("jvp", "jacrev"):
+        raise ValueError(f"method = {method!r} is not one of the allowed ('jvp', 'jacrev')")
     eldl, table = _resolve(eldl, table)
     segs = reference_segmentations(theta, keys, config, eldl=eldl, table=table) if segmentations is None else segmentations
     th = theta.to_array()
+    if method == "jvp":
+        run = jax.jit(lambda k, s: catalogue_tangents(th, k, s, config, eldl=eldl, table=table))
+        cats = [run(k, s) for k, s in zip(keys, segs)]
+        out = [c.soft_xod(config) for c in cats]
+        return SurveySensitivity(theta=th, xod=jnp.stack([o[0] for o in out]),
+                                 jacobian=jnp.stack([o[1] for o in out])), cats
 
     @jax.jit
     def one(key, seg):
@@ -250,7 +350,7 @@ def xod_sensitivity(
         return val[0], jac[0]
 
     out = [one(k, s) for k, s in zip(keys, segs)]  # one compilation, one key at a time
-    return SurveySensitivity(theta=th, xod=jnp.stack([o[0] for o in out]), jacobian=jnp.stack([o[1] for o in out]))
+    return SurveySensitivity(theta=th, xod=jnp.stack([o[0] for o in out]), jacobian=jnp.stack([o[1] for o in out])), None
 
 
 def finite_difference_jacobians(
