@@ -1,0 +1,496 @@
+r"""Rotation-equivariant DeepSets for the electron pressure of halos (seed 003, Thiele et al. 2022).
+
+The model predicts $P_e(\vec r)/P_{200}$ at target points $\vec r$ around a
+halo from the set of its dark-matter particles (positions $\vec q_i$ relative
+to the halo centre in units of $R_{200c}$, velocities $\vec v_i$ relative to
+the bulk motion in units of $V_{200c} = \sqrt{G M_{200c}/R_{200c}}$):
+
+$$\hat P_e(\vec r) = \mathrm{ReLU}[g\,\mathrm{ReLU}(1 + a_1) + k \sinh a_2] \qquad \text{(seed 003 eq. 4)}$$
+
+* **GNFW** (`GNFWProfile`): $g$ = the Battaglia et al. (2012) profile in units
+  of $P_{200}$ (electron pressure), its nine parameters ($P_0, x_c, β$ at
+  $10^{14} M_☉$, z = 0 and their mass and (1+z) slopes) learnable and
+  initialised at the published values. Fitted alone to the training halos it is
+  the **benchmark** (as seed 003 fits it "to our data").
+* **Cluster frame** (`cluster_frame`): SO(3) scalars $\mathbf s_α$ (log M,
+  $X_{\rm off}$, $V_{\rm off}$, |J|, three mass-inertia eigenvalues, z) and unit
+  vectors $\mathbf e_α$ (Ĵ, $\hat X_{\rm off}$, the inertia eigenvectors ordered
+  by eigenvalue, each oriented so $\vec e\cdot\vec J > 0$), from the particles.
+* **Origin** (`OriginModule`, mis-centring): a vector DeepSet
+  $\vec o_k = \langle φ_k(\mathbf f_i)\,\vec q_i\rangle_i$ on per-particle scalars
+  $\mathbf f_i = (|q|, |v|, \hat q\cdot\mathbf e, \hat v\cdot\mathbf e, \mathbf s)$; the
+  shift is $Δ\vec o = \frac12 \tanh(|\vec u|)\,\hat u$ with
+  $\vec u = X_{\rm off}\vec o_1 + \vec o_2$ (R_200 units), and g is evaluated at
+  $|\vec r - Δ\vec o|$. (Seed 003 eq. 5 applies tanh per component, which breaks
+  exact equivariance; the radial tanh bounds |Δo| by R_200/2 the same way and
+  keeps it exact.)
+* **Local** (`LocalModule`): a scalar DeepSet on the K nearest particles within
+  $R_{\rm loc}$ of the target (features $|q|, |v|, \hat q\cdot\mathbf e,
+  \hat v\cdot\mathbf e, \vec q\cdot\vec v$, masked mean) concatenated with
+  $\ln(1 + N_{\rm loc})$.
+* **Stochastic** (`StochasticModule`): a conditional-VAE encoder of the
+  residuals of the target with respect to the published GNFW profile averaged
+  in radial shells out to 2 R_200 (seed 003 uses 32 linear shells; the field's
+  resolution here allows fewer), giving (μ, ln σ) of **one** latent $a$;
+  training samples $a = μ + σ ε$ and adds $β_{KL}\,\mathrm{KL}$, evaluation uses
+  μ (reconstruction) or $a \sim \mathcal N(0, 1)$.
+* **Aggregator**: an MLP on the Local output, $|\vec r|$, $|\hat r\cdot\mathbf e|$,
+  $\mathbf s$ and $a$ giving $(a_1, a_2)$.
+
+Every input to an MLP is an SO(3) scalar, and vectors enter only as
+$φ(\text{scalars})\,\vec q$, so rotating all particles and targets leaves
+$\hat P_e$ unchanged (exactly, up to round-off), and particle order never
+matters (means over particles). Loss (seed 003 eq. 7):
+$\mathcal L = \langle ((P_e - \hat P_e)/P_{200})^2\rangle_{|\vec r| < 2R_{200}}$;
+figure of merit (eq. 8) $\mathcal L_{\rm opt} = \mathrm{median}(\mathcal L_{\rm net}/\mathcal L_{\rm GNFW})$.
+
+Training data (`halo_samples`) come from the synthetic training boxes: the
+target is $P_e = n_e\,kT$ (physical) of the synthetic gas model, whose halo
+gas *is* a Battaglia-like profile plus dark-matter-tied departures, so
+results on it are **synthetic** and not comparable with seed 003's numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
+
+from ..io.snapshots import KEV_ERG, MPC_CM, SOLAR_MASS_G
+from .profiles import ELECTRON_PRESSURE_FRACTION
+
+__all__ = [
+    "HaloSample",
+    "cluster_frame",
+    "GNFWProfile",
+    "OriginModule",
+    "LocalModule",
+    "StochasticModule",
+    "PressureDeepSets",
+    "reconstruction_loss",
+    "training_loss",
+    "loss_ratio_median",
+    "halo_samples",
+    "fit_pressure_model",
+    "N_SCALARS",
+    "N_VECTORS",
+]
+
+N_SCALARS = 8  # (log M − 13.5)/0.5, X_off, V_off, |J|, 3 inertia eigenvalues, z
+N_VECTORS = 5  # Ĵ, X̂_off, 3 inertia eigenvectors
+_EPS = 1e-12
+_G_KM2_S2_MPC_PER_MSUN = 6.67430e-8 * SOLAR_MASS_G / MPC_CM / 1e10  # G M☉/Mpc in km² s⁻²
+
+
+class HaloSample(eqx.Module):
+    """One halo's inputs and targets (fixed shapes; stack along a leading axis and vmap for batches).
+
+    Lengths in units of R_200c, velocities in units of V_200c, pressure in units of P_200.
+
+    Attributes:
+        q: (n_p, 3) particle positions relative to the halo-finder centre.
+        v: (n_p, 3) particle velocities relative to the bulk velocity.
+        r: (n_t, 3) target positions relative to the halo-finder centre.
+        local_q: (n_t, K, 3) the K nearest particles to each target, relative to it.
+        local_v: (n_t, K, 3) their velocities relative to their mean.
+        local_mask: (n_t, K) which neighbours lie within R_loc.
+        n_local: (n_t,) number of particles within R_loc of the target (all, not only K).
+        log10_M: () log₁₀(M_200c / h⁻¹ M☉).
+        z: () redshift.
+        shell_residual: (n_shell,) ⟨P_e − P_GNFW⟩/P_200 in radial shells to 2 R_200 (the VAE's input).
+        P: (n_t,) target P_e / P_200.
+        mask: (n_t,) valid targets (|r| < 2 R_200).
+    """
+
+    q: Float[Array, "n_p 3"]
+    v: Float[Array, "n_p 3"]
+    r: Float[Array, "n_t 3"]
+    local_q: Float[Array, "n_t k 3"]
+    local_v: Float[Array, "n_t k 3"]
+    local_mask: Bool[Array, "n_t k"]
+    n_local: Float[Array, " n_t"]
+    log10_M: Float[Array, ""]
+    z: Float[Array, ""]
+    shell_residual: Float[Array, " n_shell"]
+    P: Float[Array, " n_t"]
+    mask: Bool[Array, " n_t"]
+
+
+def _safe_norm(x, axis=-1, keepdims=False):
+    return jnp.sqrt(jnp.sum(x * x, axis=axis, keepdims=keepdims) + _EPS)
+
+
+def cluster_frame(halo: HaloSample) -> tuple[Float[Array, " n_s"], Float[Array, "n_e 3"]]:
+    """Cluster scalars s_α (N_SCALARS,) and unit vectors e_α (N_VECTORS, 3) from the halo's particles.
+
+    Scalars: (log₁₀M − 13.5)/0.5; X_off = |⟨q⟩| (centre of mass offset of the
+    particles within R_200); V_off = |⟨v⟩|; |J| = |⟨q × v⟩|; the mass-inertia
+    eigenvalues of ⟨q qᵀ⟩ (ascending); z. Vectors: Ĵ, X̂_off and the inertia
+    eigenvectors, each flipped so its contraction with J is ≥ 0 (seed 003).
+    """
+    q, v = halo.q, halo.v
+    inside = (jnp.sum(q * q, axis=-1) < 1.0).astype(q.dtype)[:, None]
+    n_in = jnp.maximum(jnp.sum(inside), 1.0)
+    x_off = jnp.sum(q * inside, axis=0) / n_in
+    v_off = jnp.sum(v * inside, axis=0) / n_in
+    J = jnp.sum(jnp.cross(q, v - v_off[None, :]) * inside, axis=0) / n_in
+    inertia = jnp.einsum("pi,pj->ij", q * inside, q) / n_in
+    evals, evecs = jnp.linalg.eigh(inertia)  # ascending, columns
+    evecs = evecs.T * jnp.where(evecs.T @ J >= 0, 1.0, -1.0)[:, None]
+    scalars = jnp.stack([(halo.log10_M - 13.5) / 0.5, _safe_norm(x_off), _safe_norm(v_off), _safe_norm(J),
+                         *(10.0 * evals), halo.z])
+    vectors = jnp.concatenate([(J / _safe_norm(J))[None], (x_off / _safe_norm(x_off))[None], evecs])
+    return scalars, vectors
+
+
+def _particle_scalars(q, v, e):
+    """Per-particle SO(3) scalars: |q|, |v|, q̂·e, v̂·e (q, v: (..., 3); e: (n_e, 3))."""
+    nq, nv = _safe_norm(q, keepdims=True), _safe_norm(v, keepdims=True)
+    return jnp.concatenate([nq, nv, (q / nq) @ e.T, (v / nv) @ e.T], axis=-1)
+
+
+class GNFWProfile(eqx.Module):
+    r"""Battaglia et al. (2012) electron pressure / P_200 with learnable parameters (the benchmark when fitted alone).
+
+    $P_e/P_{200} = f_e P_0 (x/x_c)^{-0.3}(1 + x/x_c)^{-β}$, each of
+    $\ln P_0, \ln x_c, \ln β$ linear in $\ln(M/10^{14}M_☉)$ and $\ln(1+z)$
+    (rows of `params`: value at the pivot, mass slope, z slope).
+    """
+
+    params: Float[Array, "3 3"]
+    h: float = eqx.field(static=True)
+
+    def __init__(self, h: float = 0.6711):
+        # Table 1 of Battaglia et al. (2012), AGN feedback.
+        self.params = jnp.asarray([[math.log(18.1), 0.154, -0.758], [math.log(0.497), -0.00865, 0.731],
+                                   [math.log(4.35), 0.0393, 0.415]], dtype=jnp.float32)
+        self.h = float(h)
+
+    def __call__(self, x: Float[Array, "*x"], log10_M: Float[Array, ""], z: Float[Array, ""]) -> Float[Array, "*x"]:
+        """P_e / P_200 at x = r / R_200c, for log₁₀(M_200c / h⁻¹ M☉) and z."""
+        p = self.params.astype(x.dtype)
+        lnm = (log10_M.astype(x.dtype) - math.log10(self.h) - 14.0) * math.log(10.0)
+        lnz = jnp.log1p(z.astype(x.dtype))
+        lnP0, lnxc, lnb = (p[i, 0] + p[i, 1] * lnm + p[i, 2] * lnz for i in range(3))
+        u = jnp.maximum(x, 1e-3) / jnp.exp(lnxc)
+        return ELECTRON_PRESSURE_FRACTION * jnp.exp(lnP0) * u**-0.3 * (1.0 + u) ** -jnp.exp(lnb)
+
+
+class OriginModule(eqx.Module):
+    """Vector DeepSet for the mis-centring shift Δo (R_200 units), |Δo| < 1/2."""
+
+    phi: eqx.nn.MLP
+
+    def __init__(self, width: int = 64, depth: int = 2, *, key: PRNGKeyArray):
+        n_in = 2 + 2 * N_VECTORS + N_SCALARS
+        self.phi = eqx.nn.MLP(n_in, 2, width, depth, activation=jax.nn.leaky_relu, key=key)
+        # Start from no shift: zero last layer.
+        self.phi = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), self.phi,
+                               (jnp.zeros_like(self.phi.layers[-1].weight), jnp.zeros_like(self.phi.layers[-1].bias)))
+
+    def __call__(self, halo: HaloSample, s: Float[Array, " n_s"], e: Float[Array, "n_e 3"]) -> Float[Array, " 3"]:
+        f = _particle_scalars(halo.q, halo.v, e)
+        f = jnp.concatenate([f, jnp.broadcast_to(s, (f.shape[0], s.size))], axis=-1)
+        w = jax.vmap(self.phi)(f)  # (n_p, 2) scalar weights
+        o = jnp.einsum("pk,pi->ki", w, halo.q) / halo.q.shape[0]  # (2, 3) vectors
+        u = s[1] * o[0] + o[1]  # s[1] = X_off
+        nu = _safe_norm(u)
+        return 0.5 * jnp.tanh(nu) * u / nu
+
+
+class LocalModule(eqx.Module):
+    """Scalar DeepSet on the particles within R_loc of a target (output: `width` features + ln(1 + N))."""
+
+    phi: eqx.nn.MLP
+    rho: eqx.nn.MLP
+
+    def __init__(self, width: int = 64, depth: int = 2, *, key: PRNGKeyArray):
+        k1, k2 = jax.random.split(key)
+        self.phi = eqx.nn.MLP(3 + 2 * N_VECTORS, width, width, depth, activation=jax.nn.leaky_relu, key=k1)
+        self.rho = eqx.nn.MLP(width + 1, width, width, 1, activation=jax.nn.leaky_relu, key=k2)
+
+    def __call__(self, local_q, local_v, local_mask, n_local, e) -> Float[Array, " width"]:
+        """One target: local_q, local_v (K, 3), local_mask (K,), n_local (), e (n_e, 3)."""
+        f = _particle_scalars(local_q, local_v, e)
+        qv = jnp.sum(local_q * local_v, axis=-1, keepdims=True)
+        g = jax.vmap(self.phi)(jnp.concatenate([f, qv], axis=-1))  # (K, width)
+        m = local_mask.astype(g.dtype)[:, None]
+        pooled = jnp.sum(g * m, axis=0) / jnp.maximum(jnp.sum(m), 1.0)
+        return self.rho(jnp.concatenate([pooled, jnp.log1p(n_local)[None]]))
+
+
+class StochasticModule(eqx.Module):
+    """Conditional-VAE encoder: shell residuals and cluster scalars → (μ, ln σ) of one latent."""
+
+    mlp: eqx.nn.MLP
+
+    def __init__(self, n_shell: int, width: int = 32, depth: int = 2, *, key: PRNGKeyArray):
+        self.mlp = eqx.nn.MLP(n_shell + N_SCALARS, 2, width, depth, activation=jax.nn.leaky_relu, key=key)
+
+    def __call__(self, shell_residual, s) -> tuple[Float[Array, ""], Float[Array, ""]]:
+        out = self.mlp(jnp.concatenate([10.0 * shell_residual, s]))
+        return out[0], jnp.clip(out[1], -7.0, 2.0)
+
+
+class PressureDeepSets(eqx.Module):
+    """Seed 003's modular model; any of Origin, Local, Stochastic may be None (all None: the GNFW benchmark).
+
+    Args:
+        n_shell: radial shells of the Stochastic module's input (must match the data).
+        origin, local, stochastic: which modules to build.
+        width, depth: MLP sizes.
+        key: PRNG key for the weights.
+    """
+
+    gnfw: GNFWProfile
+    origin: OriginModule | None
+    local: LocalModule | None
+    stochastic: StochasticModule | None
+    aggregator: eqx.nn.MLP | None
+    log_k: Float[Array, ""]
+
+    def __init__(self, n_shell: int = 8, *, origin: bool = True, local: bool = True, stochastic: bool = True,
+                 width: int = 64, depth: int = 2, h: float = 0.6711, key: PRNGKeyArray):
+        ko, kl, ks, ka = jax.random.split(key, 4)
+        self.gnfw = GNFWProfile(h)
+        self.origin = OriginModule(width, depth, key=ko) if origin else None
+        self.local = LocalModule(width, depth, key=kl) if local else None
+        self.stochastic = StochasticModule(n_shell, key=ks) if stochastic else None
+        n_agg = (width if local else 0) + 1 + N_VECTORS + N_SCALARS + (1 if stochastic else 0)
+        if local or stochastic:
+            agg = eqx.nn.MLP(n_agg, 2, width, depth, activation=jax.nn.leaky_relu, key=ka)
+            # Start at the GNFW prediction: a₁ = a₂ = 0.
+            self.aggregator = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), agg,
+                                          (jnp.zeros_like(agg.layers[-1].weight), jnp.zeros_like(agg.layers[-1].bias)))
+        else:
+            self.aggregator = None
+        self.log_k = jnp.asarray(0.0, dtype=jnp.float32)
+
+    def __call__(self, halo: HaloSample, *, key: PRNGKeyArray | None = None, latent: str = "posterior"
+                 ) -> tuple[Float[Array, " n_t"], Float[Array, ""]]:
+        """Predict P_e / P_200 at the halo's targets.
+
+        Args:
+            halo: one `HaloSample`.
+            key: draws the latent (training: a = μ + σε; `latent="prior"`: a ~ N(0, 1)).
+            latent: "posterior" (μ + σε with a key, μ without: the reconstruction) or "prior".
+
+        Returns:
+            (P̂ (n_t,), KL of the latent's posterior to N(0, 1); 0 without the Stochastic module).
+        """
+        if latent not in ("posterior", "prior"):
+            raise ValueError(f"latent must be 'posterior' or 'prior', got {latent!r}")
+        dtype = halo.r.dtype
+        s, e = cluster_frame(halo)
+        shift = self.origin(halo, s, e) if self.origin is not None else jnp.zeros(3, dtype)
+        x = _safe_norm(halo.r - shift[None, :])
+        g = self.gnfw(x, halo.log10_M, halo.z)
+        kl = jnp.zeros((), dtype)
+        if self.aggregator is None:
+            return g, kl
+        rr = _safe_norm(halo.r, keepdims=True)
+        feats = [rr, jnp.abs((halo.r / rr) @ e.T), jnp.broadcast_to(s, (x.size, s.size))]
+        if self.local is not None:
+            loc = jax.vmap(self.local, in_axes=(0, 0, 0, 0, None))(halo.local_q, halo.local_v, halo.local_mask,
+                                                                   halo.n_local, e)
+            feats.insert(0, loc)
+        if self.stochastic is not None:
+            mu, log_sigma = self.stochastic(halo.shell_residual, s)
+            if latent == "prior":
+                a = jax.random.normal(key, (), dtype) if key is not None else jnp.zeros((), dtype)
+            else:
+                a = mu + jnp.exp(log_sigma) * jax.random.normal(key, (), dtype) if key is not None else mu
+            kl = 0.5 * (mu**2 + jnp.exp(2 * log_sigma) - 1.0) - log_sigma
+            feats.append(jnp.broadcast_to(a, (x.size, 1)))
+        out = jax.vmap(self.aggregator)(jnp.concatenate(feats, axis=-1).astype(dtype))
+        a1, a2 = out[:, 0], out[:, 1]
+        k = jnp.exp(self.log_k.astype(dtype))
+        return jax.nn.relu(g * jax.nn.relu(1.0 + a1) + k * jnp.sinh(jnp.clip(a2, -10.0, 10.0))), kl
+
+
+def reconstruction_loss(P_hat: Float[Array, " n_t"], halo: HaloSample) -> Float[Array, ""]:
+    """Seed 003 eq. (7): mean of ((P_e − P̂_e)/P_200)² over the valid targets (|r| < 2 R_200)."""
+    m = halo.mask.astype(P_hat.dtype)
+    return jnp.sum(m * (halo.P - P_hat) ** 2) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def training_loss(model: PressureDeepSets, halos: HaloSample, key: PRNGKeyArray, beta_kl: float = 0.0
+                  ) -> Float[Array, ""]:
+    """Batch mean of eq. (7) plus β_KL × KL (the conditional-VAE term); `halos` has a leading batch axis."""
+    keys = jax.random.split(key, halos.P.shape[0])
+
+    def one(h, k):
+        P_hat, kl = model(h, key=k)
+        rec = reconstruction_loss(P_hat, h)
+        return rec + jnp.asarray(beta_kl).astype(rec.dtype) * kl.astype(rec.dtype)
+
+    return jnp.mean(jax.vmap(one)(halos, keys))
+
+
+def loss_ratio_median(model: PressureDeepSets, benchmark: PressureDeepSets, halos: HaloSample,
+                      latent: str = "posterior", key: PRNGKeyArray | None = None) -> tuple[Float[Array, ""], Float[Array, " n"]]:
+    """Seed 003 eq. (8): L_opt = median over halos of L_recon[model] / L_recon[benchmark].
+
+    Returns:
+        (L_opt, the per-halo ratios).
+    """
+    keys = jax.random.split(key, halos.P.shape[0]) if key is not None else None
+
+    def one(h, k):
+        P_m, _ = model(h, key=k, latent=latent)
+        P_b, _ = benchmark(h)
+        return reconstruction_loss(P_m, h) / jnp.maximum(reconstruction_loss(P_b, h), 1e-30)
+
+    ratios = jax.vmap(one)(halos, keys) if keys is not None else jax.vmap(lambda h: one(h, None))(halos)
+    return jnp.median(ratios), ratios
+
+
+def halo_samples(
+    pos: np.ndarray,
+    vel_km_s: np.ndarray,
+    pe_keV_cm3: np.ndarray,
+    halo_pos: np.ndarray,
+    halo_vel: np.ndarray,
+    M200c: np.ndarray,
+    R200c: np.ndarray,
+    z: float,
+    box_size: float,
+    cosmo,
+    *,
+    n_particles: int = 512,
+    n_targets: int = 512,
+    n_neighbours: int = 32,
+    r_local: float = 0.4,
+    n_shell: int = 8,
+    seed: int = 0,
+) -> HaloSample:
+    """Build `HaloSample`s (stacked, numpy float32) for the halos of one box.
+
+    Args:
+        pos: (n_ptcl, 3) comoving particle positions [h⁻¹ Mpc].
+        vel_km_s: (n_ptcl, 3) peculiar velocities [km s⁻¹].
+        pe_keV_cm3: (n, n, n) electron pressure n_e kT on the mesh [keV cm⁻³, physical]; cell i centred at iΔ.
+        halo_pos, halo_vel: (n_h, 3) halo centres [h⁻¹ Mpc] and bulk velocities [km s⁻¹].
+        M200c: (n_h,) [h⁻¹ M☉].  R200c: (n_h,) comoving [h⁻¹ Mpc].
+        z: redshift.  box_size: [h⁻¹ Mpc].
+        cosmo: the box's `Cosmology` (h, Ω_b/Ω_m for P_200, ρ_c(z)).
+        n_particles: particles within 2.5 R_200 kept per halo (sampled without replacement if more, with if fewer).
+        n_targets: voxel targets within 2 R_200 (all if fewer; padding masked out; sampled if more).
+        n_neighbours: K nearest particles per target for the Local module.
+        r_local: Local module radius [h⁻¹ Mpc, comoving].
+        n_shell: radial shells of the VAE input.
+        seed: sampling seed.
+
+    Returns:
+        `HaloSample` with a leading n_h axis.
+    """
+    from scipy.spatial import cKDTree
+
+    from .profiles import battaglia12_pressure, pressure_200c
+
+    rng = np.random.default_rng(seed)
+    tree = cKDTree(np.mod(pos, box_size), boxsize=box_size)
+    n = pe_keV_cm3.shape[0]
+    cell = box_size / n
+    h = float(cosmo.h)
+    out = []
+    for c, vb, M, R in zip(halo_pos, halo_vel, M200c, R200c):
+        a = 1.0 / (1.0 + z)
+        V200 = math.sqrt(_G_KM2_S2_MPC_PER_MSUN * (M / h) / (a * R / h))  # km/s, physical R
+        idx = np.asarray(tree.query_ball_point(c, 2.5 * R), dtype=np.int64)
+        take = rng.choice(idx, n_particles, replace=idx.size < n_particles)
+        q = pos[take] - c
+        q -= box_size * np.round(q / box_size)
+        v = (vel_km_s[take] - vb) / V200
+        # Targets: voxel centres within 2 R_200.
+        span = int(math.ceil(2 * R / cell)) + 1
+        i0 = np.round(c / cell).astype(int)
+        grid = np.stack(np.meshgrid(*[np.arange(i - span, i + span + 1) for i in i0], indexing="ij"), -1).reshape(-1, 3)
+        rel = grid * cell - c
+        inside = np.sum(rel**2, -1) < (2 * R) ** 2
+        grid, rel = grid[inside], rel[inside]
+        if rel.shape[0] > n_targets:
+            keep = rng.choice(rel.shape[0], n_targets, replace=False)
+            grid, rel = grid[keep], rel[keep]
+        nt = rel.shape[0]
+        Pe = pe_keV_cm3[tuple(np.mod(grid, n).T)]
+        P200 = float(pressure_200c(np.float64(M), z, cosmo))
+        tpos = np.mod(c + rel, box_size)
+        d, nb = tree.query(tpos, k=n_neighbours, distance_upper_bound=r_local)
+        ok = np.isfinite(d)
+        nb = np.where(ok, nb, 0)
+        lq = pos[nb] - tpos[:, None, :]
+        lq -= box_size * np.round(lq / box_size)
+        lv = vel_km_s[nb]
+        lv_mean = np.sum(lv * ok[..., None], 1, keepdims=True) / np.maximum(ok.sum(1), 1)[:, None, None]
+        lv = np.where(ok[..., None], (lv - lv_mean) / V200, 0.0)
+        lq = np.where(ok[..., None], lq / R, 0.0)
+        n_loc = np.asarray(tree.query_ball_point(tpos, r_local, return_length=True), dtype=np.float32)
+        # VAE input: residual to the published profile in shells to 2 R_200 (around the finder centre).
+        x = np.sqrt(np.sum(rel**2, -1)) / R
+        resid = Pe / P200 - np.asarray(battaglia12_pressure(x, np.float64(M), z, cosmo))
+        shell = np.minimum((x / 2 * n_shell).astype(int), n_shell - 1)
+        cnt = np.bincount(shell, minlength=n_shell)
+        shell_res = np.bincount(shell, resid, minlength=n_shell) / np.maximum(cnt, 1)
+
+        def pad(arr, fill=0.0):
+            width = [(0, n_targets - nt)] + [(0, 0)] * (arr.ndim - 1)
+            return np.pad(arr, width, constant_values=fill)
+
+        out.append(dict(q=q / R, v=v, r=pad(rel / R), local_q=pad(lq), local_v=pad(lv), local_mask=pad(ok, False),
+                        n_local=pad(n_loc), log10_M=np.log10(M), z=z, shell_residual=shell_res,
+                        P=pad(Pe / P200), mask=pad(np.ones(nt, bool), False)))
+    if not out:
+        raise ValueError("no halos given")
+    stacked = {k: np.stack([o[k] for o in out]) for k in out[0]}
+    return HaloSample(**{k: jnp.asarray(v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in stacked.items()})
+
+
+def fit_pressure_model(
+    model: PressureDeepSets,
+    train: HaloSample,
+    *,
+    key: PRNGKeyArray,
+    steps: int = 500,
+    batch_size: int = 8,
+    learning_rate: float = 3e-3,
+    beta_kl: float = 1e-3,
+    clip: float = 1.0,
+) -> tuple[PressureDeepSets, np.ndarray]:
+    """Train with Adam (one-cycle schedule, gradient clipping, seed 003 §3) on random halo batches.
+
+    The KL weight is annealed linearly from 0 to `beta_kl` over the run (seed 003).
+
+    Returns:
+        (trained model, (steps,) training losses).
+    """
+    import optax
+
+    n = train.P.shape[0]
+    if n < 1 or steps < 1:
+        raise ValueError(f"need >= 1 training halo and step, got {n} halos, steps = {steps}")
+    sched = optax.cosine_onecycle_schedule(steps, learning_rate)
+    opt = optax.chain(optax.clip_by_global_norm(clip), optax.adam(sched))
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, state, i, k):
+        kb, kl = jax.random.split(k)
+        idx = jax.random.choice(kb, n, (min(batch_size, n),), replace=n < batch_size)
+        batch = jax.tree.map(lambda x: x[idx], train)
+        beta = (beta_kl / steps) * i.astype(jnp.result_type(float))
+        loss, grads = jax.value_and_grad(
+            lambda p: training_loss(eqx.combine(p, static), batch, kl, beta))(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, loss
+
+    losses = []
+    for i, k in enumerate(jax.random.split(key, steps)):
+        params, state, loss = step(params, state, jnp.asarray(i), k)
+        losses.append(float(loss))
+    return eqx.combine(params, static), np.asarray(losses)
