@@ -166,8 +166,8 @@ def _run(args) -> int:
             t0 = time.perf_counter()
             fixed = finite_difference_jacobians(theta, keys, config, 1e-3 * h, policy="fixed", soft=True,
                                                 eldl=eldl, table=table, segmentations=segs)
-            hard = finite_difference_jacobians(theta, keys, config, h, policy="redetect", soft=False, eldl=eldl, table=table)
-            soft_re = finite_difference_jacobians(theta, keys, config, h, policy="redetect", soft=True, eldl=eldl, table=table)
+            hard, soft_re = finite_difference_jacobians(theta, keys, config, h, policy="redetect", both=True,
+                                                        eldl=eldl, table=table)
             timings["finite_differences_s"] = time.perf_counter() - t0
             return {"fixed": fixed, "hard": hard, "soft_redetect": soft_re}
 

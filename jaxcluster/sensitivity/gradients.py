@@ -361,6 +361,7 @@ def finite_difference_jacobians(
     *,
     policy: str = "redetect",
     soft: bool = False,
+    both: bool = False,
     params: Sequence[int] = tuple(range(6)),
     eldl: ExtendedLDL | None = None,
     table: EmissivityTable | None = None,
@@ -377,13 +378,14 @@ def finite_difference_jacobians(
         policy: "fixed" (segmentation of θ held, as autodiff) or "redetect"
             (the hard pipeline, detection at θ ± h).
         soft: difference the soft XOD (True) or the hard histogram (False).
+        both: return (hard, soft) differences from the same runs (`soft` ignored).
         params: indices of the parameters to difference (PARAM_NAMES order).
         eldl: baryon painter (default shipped weights).
         table: count-rate table (default EPIC-pn).
         segmentations: for policy "fixed": the segmentations at θ (default: detected).
 
     Returns:
-        (K, len(params), n_cr, n_hr, n_z) finite-difference derivatives.
+        (K, len(params), n_cr, n_hr, n_z) finite-difference derivatives (a pair if `both`).
     """
     if policy not in ("fixed", "redetect"):
         raise ValueError(f"policy = {policy!r} is not one of the allowed ('fixed', 'redetect')")
@@ -398,7 +400,7 @@ def finite_difference_jacobians(
     @jax.jit
     def xod(t, key, seg):
         r = simulate_survey(ThetaSim.from_array(t), key, config, eldl=eldl, table=table, segmentation=seg)
-        return r.xod_soft if soft else r.xod
+        return jnp.stack([r.xod, r.xod_soft])
 
     out = []
     for i, key in enumerate(keys):
@@ -410,5 +412,6 @@ def finite_difference_jacobians(
             plus = xod(jnp.asarray(th + e), key, seg)
             minus = xod(jnp.asarray(th - e), key, seg)
             rows.append((plus - minus) / (2.0 * h[a]))
-        out.append(jnp.stack(rows))
-    return jnp.stack(out)
+        out.append(jnp.stack(rows, axis=1))  # (2, n_param, ...)
+    res = jnp.stack(out, axis=1)  # (2, K, n_param, ...)
+    return (res[0], res[1]) if both else res[1 if soft else 0]
