@@ -92,6 +92,7 @@ def _run(args) -> int:
 
     eldl = default_eldl()  # float32 weights, read before x64
     jax.config.update("jax_enable_x64", True)  # opt-in at the entry point: FD differences in float64
+    import equinox as eqx
     import jax.numpy as jnp
     import matplotlib
 
@@ -212,7 +213,7 @@ def _run(args) -> int:
                                    fom=float(figure_of_merit(Fs)), noise_fraction=float(np.trace(np.asarray(Ns)) / np.trace(np.asarray(Fs)))))
     res_f["softness_and_keys"] = table_rows
     model = AnalyticModel()
-    Fa, _ = fisher_matrix(model)
+    Fa, _ = eqx.filter_jit(fisher_matrix)(model)
     prior = jnp.array([NUISANCE_PRIOR_SIGMA.get(n, jnp.inf) for n in model.names])
     ea = np.asarray(marginal_errors(Fa, prior))
     res_f["analytic"] = dict(names=list(model.names), marginal_errors=dict(zip(model.names, ea.tolist())),
