@@ -43,7 +43,6 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
 
 import distrax
 import equinox as eqx
@@ -371,7 +370,7 @@ class TrainConfig(eqx.Module):
         n_members: ensemble size.
     """
 
-    estimator: Literal["mdn", "flow"] = "mdn"
+    estimator: str = "mdn"  # "mdn" | "flow" (checked in __check_init__)
     n_components: int = 10
     width: int = 50
     n_hidden: int = 2
@@ -578,8 +577,8 @@ def load_posterior(path: str | os.PathLike) -> tuple[NeuralPosterior, TrainConfi
     with open(json_path) as f:
         meta = json.load(f)
     config = TrainConfig(**meta["config"])
-    lo = [-np.inf if v is None else v for v in meta["lo"]]
-    hi = [np.inf if v is None else v for v in meta["hi"]]
+    lo = np.array([-np.inf if v is None else v for v in meta["lo"]])
+    hi = np.array([np.inf if v is None else v for v in meta["hi"]])
     n_s = meta["n_summary"]
     like = build_posterior(config, ParameterSpace(lo, hi), np.zeros(n_s), np.ones(n_s), meta["names"],
                            key=jax.random.key(0))
