@@ -25,6 +25,20 @@ from .cutouts import (
     save_cutouts,
     split_by_cluster,
 )
+from .deepsets import (
+    GNFWProfile,
+    HaloSample,
+    LocalModule,
+    OriginModule,
+    PressureDeepSets,
+    StochasticModule,
+    cluster_frame,
+    fit_pressure_model,
+    halo_samples,
+    loss_ratio_median,
+    reconstruction_loss,
+    training_loss,
+)
 from .profiles import (
     ARNAUD10,
     ELECTRON_PRESSURE_FRACTION,
@@ -41,6 +55,36 @@ from .profiles import (
 )
 
 # part B: unet, diffusion, massmaps
+from .diffusion import (
+    NCSNpp,
+    VESDE,
+    ConditionedScore,
+    GaussianScore,
+    ScoreModel,
+    diffrax_sde,
+    dsm_loss,
+    euler_maruyama,
+    posterior_mean,
+    posterior_samples,
+    predictor_corrector,
+    probability_flow,
+)
+from .massmaps import (
+    azimuthal_profile,
+    bias_k,
+    cross_correlation_k,
+    cross_power_spectrum_2d,
+    maximum_mean_discrepancy,
+    pixel_relative_difference,
+    power_ratio,
+    power_spectrum_2d,
+    radial_mass_bias,
+    radial_profile_fractional_error,
+    standardised_pixel_errors,
+    total_mass_fractional_error,
+)
+from .training import FitConfig, FitResult, fit
+from .unet import MultiViewUNet, random_view_mask, unet_loss
 
 __all__ = [
     "CHANNELS", "CHANNEL_UNITS", "SPLITS", "CutoutConfig", "halo_cutouts", "bremsstrahlung_emissivity",
@@ -49,4 +93,13 @@ __all__ = [
     "gnfw", "overdensity_radius", "pressure_200c", "battaglia12_pressure", "battaglia12_gnfw_parameters",
     "arnaud10_pressure", "ARNAUD10", "ELECTRON_PRESSURE_FRACTION", "spherical_Y", "compton_y_profile",
     "nfw_density", "radial_profile",
+    "HaloSample", "cluster_frame", "GNFWProfile", "OriginModule", "LocalModule", "StochasticModule",
+    "PressureDeepSets", "reconstruction_loss", "training_loss", "loss_ratio_median", "halo_samples",
+    "fit_pressure_model",
+    "MultiViewUNet", "random_view_mask", "unet_loss", "FitConfig", "FitResult", "fit",
+    "VESDE", "NCSNpp", "ScoreModel", "ConditionedScore", "GaussianScore", "dsm_loss", "euler_maruyama",
+    "predictor_corrector", "probability_flow", "diffrax_sde", "posterior_samples", "posterior_mean",
+    "pixel_relative_difference", "azimuthal_profile", "radial_profile_fractional_error", "radial_mass_bias",
+    "total_mass_fractional_error", "standardised_pixel_errors", "power_spectrum_2d", "cross_power_spectrum_2d",
+    "bias_k", "cross_correlation_k", "power_ratio", "maximum_mean_discrepancy",
 ]
