@@ -29,6 +29,7 @@ __all__ = [
     "read_cic",
     "rfft_wavevectors",
     "gradient_kernel",
+    "fd4_derivative",
     "force_from_density",
 ]
 
@@ -244,6 +245,16 @@ def gradient_kernel(k: Float[Array, "..."], kind: str) -> Float[Array, "..."]:
     raise ValueError(f"gradient kind must be 'exact' or 'fd4', got {kind!r}")
 
 
+def fd4_derivative(field: Float[Array, "nx ny nz"], axis: int) -> Float[Array, "nx ny nz"]:
+    """Periodic 4-point central difference ∂f/∂x_axis [per cell]: the real-space form of "fd4"."""
+    # Rolled along the leading axis: XLA:CPU rolls the contiguous last axis ~20× slower
+    # (0.26 s vs 0.012 s at 128³, transposes included).
+    f = jnp.moveaxis(field, axis, 0)
+    ahead = lambda n: jnp.roll(f, -n, 0)  # noqa: E731  f(x + n)
+    behind = lambda n: jnp.roll(f, n, 0)  # noqa: E731  f(x − n)
+    return jnp.moveaxis((8.0 * (ahead(1) - behind(1)) - (ahead(2) - behind(2))) / 12.0, 0, axis)
+
+
 def force_from_density(
     delta_k: Complex[Array, "nx ny nzr"], mesh_shape: tuple[int, int, int], gradient: str = "fd4"
 ) -> Float[Array, "nx ny _nz 3"]:
@@ -262,8 +273,15 @@ def force_from_density(
     kvec = rfft_wavevectors(mesh_shape, dtype=jnp.real(delta_k).dtype)
     k2 = kvec[0] ** 2 + kvec[1] ** 2 + kvec[2] ** 2
     inv_k2 = jnp.where(k2 > 0, 1.0 / jnp.where(k2 > 0, k2, 1.0), 0.0)
-    # φ_k = −δ_k / k², F_k = −i k φ_k = i k δ_k / k².
     ctype = delta_k.dtype
+    if gradient == "fd4":
+        # The fd4 symbol i(8 sin k − sin 2k)/6 is the 4-point central difference
+        # [8(φ₊₁ − φ₋₁) − (φ₊₂ − φ₋₂)]/12 in real space: one inverse FFT of φ and
+        # the stencil give the same force as three inverse FFTs (equal to round-off;
+        # the PM force at 128³ drops from 4 FFTs to 2).
+        phi = jnp.fft.irfftn(-(inv_k2.astype(ctype) * delta_k), s=mesh_shape)
+        return jnp.stack([-fd4_derivative(phi, axis) for axis in range(3)], axis=-1)
+    # φ_k = −δ_k / k², F_k = −i k φ_k = i k δ_k / k².
     comps = [
         jnp.fft.irfftn(1j * (gradient_kernel(ki, gradient) * inv_k2).astype(ctype) * delta_k, s=mesh_shape)
         for ki in kvec

@@ -106,6 +106,22 @@ def test_force_of_plane_wave(gradient):
     np.testing.assert_allclose(F[..., 1:], 0.0, atol=1e-12)
 
 
+@pytest.mark.parametrize("shape", [(16, 16, 16), (12, 8, 20)])
+def test_fd4_force_real_space_equals_fourier_symbol(shape):
+    # force_from_density applies fd4 as a real-space stencil on φ; the Fourier
+    # symbol i(8 sin k − sin 2k)/6 applied to δ_k/k² must give the same field.
+    from jaxcluster.nbody.mesh import gradient_kernel, rfft_wavevectors
+
+    delta = np.random.default_rng(3).normal(size=shape)
+    delta_k = jnp.fft.rfftn(jnp.asarray(delta))
+    kvec = rfft_wavevectors(shape, dtype=delta_k.real.dtype)
+    k2 = sum(ki**2 for ki in kvec)
+    inv_k2 = jnp.where(k2 > 0, 1.0 / jnp.where(k2 > 0, k2, 1.0), 0.0)
+    ref = np.stack([np.fft.irfftn(1j * np.asarray(gradient_kernel(ki, "fd4") * inv_k2) * np.asarray(delta_k), s=shape, axes=(0, 1, 2)) for ki in kvec], axis=-1)
+    F = force_from_density(delta_k, shape, "fd4")
+    np.testing.assert_allclose(F, ref, atol=1e-12 * np.abs(ref).max() + 1e-13)
+
+
 def test_bad_positions_raise():
     # The jaxtyping hook (tests only) rejects the shape first; users get our ValueError.
     with pytest.raises((ValueError, TypeError), match="pos|n_ptcl 3"):
