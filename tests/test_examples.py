@@ -17,6 +17,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
         ("eldl_paint.py", ["--n-side", "32"]),
         # the derivative part compiles for ~1 min; tests/test_survey_maps.py checks soft-XOD gradients
         ("survey_xod.py", ["--area", "1", "--pixel", "6", "--steps", "2", "--no-grad"]),
+        ("npe_simulation.py", ["--n", "32", "--epochs", "3"]),
         ("npe_analytic.py", ["--n-sim", "1000", "--n-test", "40", "--n-draws", "200", "--max-epochs", "20",
                              "--out", "out/test_npe_analytic"]),
         # finite differences at fixed segmentation (autodiff compiles for minutes: tests/sensitivity covers it)
