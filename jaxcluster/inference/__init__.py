@@ -22,9 +22,24 @@ from .datasets import (
     unit_design,
 )
 
+from .compressor import (
+    HEADS,
+    Compressor,
+    Normaliser,
+    ResNetBlock,
+    ResNetCompressor,
+    TrainResult,
+    compressor_loss,
+    load_compressor,
+    save_compressor,
+    train_compressor,
+)
+
 __all__ += [
     "DESIGNS", "AnalyticSimulator", "BoxPrior", "Dataset", "SurveySimulator", "generate_dataset", "load_dataset",
     "sample_parameters", "simulation_keys", "unit_design",
+    "HEADS", "Compressor", "Normaliser", "ResNetBlock", "ResNetCompressor", "TrainResult", "compressor_loss",
+    "load_compressor", "save_compressor", "train_compressor",
 ]
 
 # --- part B: npe, diagnostics ---
