@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxcluster.inference import datasets
 from jaxcluster.inference.datasets import (
     BoxPrior,
     generate_dataset,
@@ -81,7 +82,7 @@ def test_round_trip(reference):
                          metadata={"simulator": "toy"}, progress=False)
 
 
-def test_kill_and_resume_is_bit_identical(reference, tmp_path):
+def test_kill_and_resume_is_bit_identical(reference, tmp_path, monkeypatch):
     out = tmp_path / "killed.h5"
     script = TOY + textwrap.dedent(f"""
         SLEEP = 0.03
@@ -105,9 +106,15 @@ def test_kill_and_resume_is_bit_identical(reference, tmp_path):
     with h5py.File(parts / "chunk_000000.h5") as f:  # a chunk file written before the kill is whole
         np.testing.assert_array_equal(f["xod"][...], load_dataset(reference).xod[:CHUNK])
 
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
+    # restart (here, in this process: same device count and precision as the killed run),
+    # recording which chunks it computes
+    written = []
+    real_write = datasets._write_chunk
+    monkeypatch.setattr(datasets, "_write_chunk", lambda path, *a: (written.append(path.name), real_write(path, *a)))
+    generate_dataset(_toy(), PRIOR, N, out, seed=SEED, design="latin_hypercube", chunk_size=CHUNK,
+                     metadata={"simulator": "toy"}, progress=False)
     assert not parts.exists()
+    assert set(written).isdisjoint(before) and len(written) + len(before) == n_chunks  # nothing redone or lost
     got, ref = load_dataset(out), load_dataset(reference)
     np.testing.assert_array_equal(got.theta, ref.theta)
     np.testing.assert_array_equal(got.xod, ref.xod)
@@ -153,3 +160,16 @@ def test_box_prior():
     assert sim.low[0] == 0.25 and sim.log == (False, False, True, True, True, True)
     with pytest.raises(ValueError, match="Omega_m"):
         BoxPrior.theta_sim(Omega_m=(0.05, 0.35))
+
+
+def test_cli(reference, tmp_path, capsys):
+    from jaxcluster.cli import main
+
+    assert main(["dataset", "info", str(reference)]) == 0
+    assert '"design": "latin_hypercube"' in capsys.readouterr().out
+    n_dev = len(jax.devices())
+    if n_dev > 1:  # the chunk must split evenly over the devices
+        code = main(["dataset", "generate", "--simulator", "analytic", "--n", "8", "--out", str(tmp_path / "a.h5"),
+                     "--chunk-size", str(n_dev + 1), "--params", "Omega_m,sigma_8", "--no-progress"])
+        assert code == 2 and "chunk_size" in capsys.readouterr().err
+    assert main(["dataset", "info", str(tmp_path / "missing.h5")]) == 2
