@@ -81,7 +81,7 @@ def main(argv=None) -> dict:
     config = SurveyConfig(
         area_deg2=d.area, n_boxes=d.boxes, cell_size=d.cell_size, pixel_arcmin=d.pixel, n_steps=d.steps,
         threshold=d.threshold, cr_min=d.cr_min, max_sources=d.max_sources,
-        cr_edges=np.geomspace(d.cr_min, 1e3 * d.cr_min, d.cr_bins + 1), hr_edges=np.geomspace(0.1, 2.0, d.hr_bins + 1),
+        cr_edges=np.geomspace(d.cr_min, 1e3 * d.cr_min, d.cr_bins + 1), hr_edges=np.geomspace(d.hr_min, d.hr_max, d.hr_bins + 1),
         z_edges=np.linspace(0.1, 0.5, d.z_bins + 1), softness=d.softness, softness_z=d.softness_z,
         omega_m_min=0.3 - 1.01 * h[0], omega_m_max=0.3 + 1.01 * h[0])
     table = default_emissivity_table()

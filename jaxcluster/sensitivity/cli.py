@@ -40,15 +40,17 @@ def _parser():
     p.add_argument("--cell-size", type=float, default=2.0, help="voxel [h⁻¹ Mpc]")
     p.add_argument("--pixel", type=float, default=3.0, help="map pixel [arcmin]")
     p.add_argument("--steps", type=int, default=3, help="PM steps per box")
-    p.add_argument("--threshold", type=float, default=1e-8, help="detection threshold [counts s⁻¹ arcmin⁻²]")
-    p.add_argument("--cr-min", type=float, default=1e-6, help="CR[0.5–2] cut [counts s⁻¹]")
+    p.add_argument("--threshold", type=float, default=2e-9, help="detection threshold [counts s⁻¹ arcmin⁻²]")
+    p.add_argument("--cr-min", type=float, default=2e-7, help="CR[0.5–2] cut [counts s⁻¹]")
     p.add_argument("--cr-bins", type=int, default=4, help="log CR bins over [cr_min, 1000 cr_min]")
-    p.add_argument("--hr-bins", type=int, default=3, help="log HR bins over [0.1, 2]")
+    p.add_argument("--hr-bins", type=int, default=3, help="log HR bins over [--hr-min, --hr-max]")
+    p.add_argument("--hr-min", type=float, default=0.03, help="lowest HR edge (coarse cells make soft spectra)")
+    p.add_argument("--hr-max", type=float, default=1.0, help="highest HR edge")
     p.add_argument("--z-bins", type=int, default=2, help="z bins")
     p.add_argument("--max-sources", type=int, default=16, help="sources kept per box map")
     p.add_argument("--softness", type=float, default=0.05, help="soft-XOD scale in log10 CR, HR [dex]")
     p.add_argument("--softness-z", type=float, default=0.01, help="soft-XOD scale in z")
-    p.add_argument("--keys", type=int, default=4, help="realisations (≥ 2)")
+    p.add_argument("--keys", type=int, default=6, help="realisations (≥ 2)")
     p.add_argument("--fd-fraction", type=float, default=0.05, help="FD step, fraction of each prior width")
     p.add_argument("--fisher-area", type=float, default=200.0, help="survey area the Fisher matrix is scaled to [deg²]")
     p.add_argument("--skip-fd", action="store_true", help="no finite differences")
@@ -118,7 +120,7 @@ def _run(args) -> int:
         area_deg2=args.area, n_boxes=args.boxes, cell_size=args.cell_size, pixel_arcmin=args.pixel,
         n_steps=args.steps, threshold=args.threshold, cr_min=args.cr_min, max_sources=args.max_sources,
         cr_edges=np.geomspace(args.cr_min, 1e3 * args.cr_min, args.cr_bins + 1),
-        hr_edges=np.geomspace(0.1, 2.0, args.hr_bins + 1), z_edges=np.linspace(0.1, 0.5, args.z_bins + 1),
+        hr_edges=np.geomspace(args.hr_min, args.hr_max, args.hr_bins + 1), z_edges=np.linspace(0.1, 0.5, args.z_bins + 1),
         softness=args.softness, softness_z=args.softness_z,
         omega_m_min=om - 1.01 * h[0], omega_m_max=om + 1.01 * h[0],
     )
