@@ -167,7 +167,7 @@ class GNFWProfile(eqx.Module):
     def __init__(self, h: float = 0.6711):
         # Table 1 of Battaglia et al. (2012), AGN feedback.
         self.params = jnp.asarray([[math.log(18.1), 0.154, -0.758], [math.log(0.497), -0.00865, 0.731],
-                                   [math.log(4.35), 0.0393, 0.415]], dtype=jnp.float32)
+                                   [math.log(4.35), 0.0393, 0.415]], dtype=jnp.result_type(float))
         self.h = float(h)
 
     def __call__(self, x: Float[Array, "*x"], log10_M: Float[Array, ""], z: Float[Array, ""]) -> Float[Array, "*x"]:
@@ -268,7 +268,7 @@ class PressureDeepSets(eqx.Module):
                                           (jnp.zeros_like(agg.layers[-1].weight), jnp.zeros_like(agg.layers[-1].bias)))
         else:
             self.aggregator = None
-        self.log_k = jnp.asarray(0.0, dtype=jnp.float32)
+        self.log_k = jnp.asarray(0.0, dtype=jnp.result_type(float))
 
     def __call__(self, halo: HaloSample, *, key: PRNGKeyArray | None = None, latent: str = "posterior"
                  ) -> tuple[Float[Array, " n_t"], Float[Array, ""]]:
@@ -318,8 +318,8 @@ def reconstruction_loss(P_hat: Float[Array, " n_t"], halo: HaloSample) -> Float[
     return jnp.sum(m * (halo.P - P_hat) ** 2) / jnp.maximum(jnp.sum(m), 1.0)
 
 
-def training_loss(model: PressureDeepSets, halos: HaloSample, key: PRNGKeyArray, beta_kl: float = 0.0
-                  ) -> Float[Array, ""]:
+def training_loss(model: PressureDeepSets, halos: HaloSample, key: PRNGKeyArray,
+                  beta_kl: float | Float[Array, ""] = 0.0) -> Float[Array, ""]:
     """Batch mean of eq. (7) plus β_KL × KL (the conditional-VAE term); `halos` has a leading batch axis."""
     keys = jax.random.split(key, halos.P.shape[0])
 
@@ -486,7 +486,8 @@ def fit_pressure_model(
         beta = (beta_kl / steps) * i.astype(jnp.result_type(float))
         loss, grads = jax.value_and_grad(
             lambda p: training_loss(eqx.combine(p, static), batch, kl, beta))(params)
-        updates, state = opt.update(grads, state, params)
+        with jax.numpy_dtype_promotion("standard"):  # optax's int32 step counters
+            updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
     losses = []
