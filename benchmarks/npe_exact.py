@@ -166,16 +166,84 @@ def stage_nuts(work: Path, model, theta: np.ndarray, x: np.ndarray, n_warmup: in
     return rec
 
 
+def stage_importance(work: Path, model, post, x: np.ndarray, n: int, seed: int) -> dict:
+    """Exact posterior moments by importance sampling (cached): a cross-check of NUTS that needs no gradients.
+
+    Proposal: a multivariate Student t (ν = 5) with the NPE draws' mean and 1.5²×
+    their covariance (heavier tails than the target, as importance sampling
+    needs); weights $w ∝ p(x | θ) π(θ) / g(θ)$ with the exact `log_posterior`
+    (Dax et al. 2023 correct NPE draws likewise). Returns weighted means, standard
+    deviations and the effective sample size (Σw)²/Σw² per XOD.
+    """
+    from scipy import stats
+
+    from jaxcluster.analytic import log_posterior
+
+    path = work / f"importance_{len(x)}x{n}.npz"
+    if path.exists():
+        return dict(np.load(path))
+    t0 = time.perf_counter()
+    lp_fn = jax.jit(jax.vmap(lambda t, c: log_posterior(model, t, c), in_axes=(0, None)))
+    rng = np.random.default_rng(seed)
+    means, stds, ess, samples, weights = [], [], [], [], []
+    for i in range(len(x)):
+        d = np.asarray(post.sample(jax.random.key(1000 + i), summary(x[i:i + 1])[0], 20000), np.float64)
+        mu, cov = d.mean(0), np.cov(d.T) * 1.5**2
+        prop = stats.multivariate_t(loc=mu, shape=cov, df=5, seed=rng)
+        th = prop.rvs(size=n)
+        lo, hi = bounds()
+        inside = np.all((th > lo) & (th < hi), axis=1)
+        th_in = np.where(inside[:, None], th, mu[None, :])
+        lt = np.concatenate([np.asarray(lp_fn(jnp.asarray(th_in[j:j + 512]), jnp.asarray(x[i])))
+                             for j in range(0, n, 512)])
+        lw = np.where(inside, lt - prop.logpdf(th), -np.inf)
+        w = np.exp(lw - lw.max())
+        w /= w.sum()
+        m = w @ th
+        means.append(m)
+        stds.append(np.sqrt(w @ (th - m) ** 2))
+        ess.append(1.0 / np.sum(w**2))
+        samples.append(th)
+        weights.append(w)
+    rec = dict(mean=np.array(means), std=np.array(stds), ess=np.array(ess), samples=np.array(samples),
+               weights=np.array(weights), seconds=np.asarray(time.perf_counter() - t0))
+    np.savez(path, **rec)
+    print(f"importance sampling: {float(rec['seconds']):.0f} s, ESS {np.round(rec['ess'])}", flush=True)
+    return rec
+
+
 def summary(x: np.ndarray) -> np.ndarray:
     """The NPE input: √counts of the flattened XOD (variance-stabilised Poisson counts)."""
     x = np.asarray(x, np.float64)
     return np.sqrt(x.reshape(x.shape[0], -1))
 
 
+def stage_train(args, sims: dict, work: Path, kind: str):
+    """Stage 3: train the NPE (cached as ``work/posterior_<kind>.eqx`` + ``.json`` and a history file)."""
+    from jaxcluster.inference import TrainConfig, load_posterior, save_posterior, train_posterior
+
+    tag = f"{kind}_m{args.members}_w{args.width}"
+    path = work / f"posterior_{tag}"
+    hist_path = work / f"history_{tag}.json"
+    if path.with_suffix(".eqx").exists() and hist_path.exists():
+        post, cfg = load_posterior(path)
+        return post, json.loads(hist_path.read_text()), cfg
+    lo, hi = bounds()
+    cfg = TrainConfig(estimator=kind, n_members=args.members, width=args.width)
+    t0 = time.perf_counter()
+    post, hist = train_posterior(sims["theta_train"], summary(sims["x_train"]), lo, hi, cfg,
+                                 key=jax.random.key(args.seed + 1), names=NAMES)
+    hist["train_seconds"] = time.perf_counter() - t0
+    print(f"{kind}: {hist['epochs']} epochs, {hist['train_seconds']:.0f} s, best val {hist['best_val_loss']}",
+          flush=True)
+    save_posterior(path, post, cfg)
+    hist_path.write_text(json.dumps(hist))
+    return post, hist, cfg
+
+
 def compare(args, sims: dict, nuts: dict, work: Path) -> dict:
     """Stages 3-4: train the NPE, compare with NUTS, calibrate on the test set, figures, JSON."""
     from jaxcluster.inference import (
-        TrainConfig,
         corner_plot,
         expected_coverage,
         marginal_coverage,
@@ -185,7 +253,6 @@ def compare(args, sims: dict, nuts: dict, work: Path) -> dict:
         sbc_ranks,
         table3_summary,
         tarp,
-        train_posterior,
     )
 
     lo, hi = bounds()
@@ -194,12 +261,8 @@ def compare(args, sims: dict, nuts: dict, work: Path) -> dict:
     fig_dir.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(args.seed + 1)
     for kind in args.estimators.split(","):
-        cfg = TrainConfig(estimator=kind, n_members=args.members)
-        t0 = time.perf_counter()
-        post, hist = train_posterior(sims["theta_train"], summary(sims["x_train"]), lo, hi, cfg,
-                                     key=jax.random.fold_in(key, 0), names=NAMES)
-        train_s = time.perf_counter() - t0
-        print(f"{kind}: {hist['epochs']} epochs, {train_s:.0f} s, best val {hist['best_val_loss']}", flush=True)
+        post, hist, cfg = stage_train(args, sims, work, kind)
+        train_s = hist["train_seconds"]
         draw = jax.jit(jax.vmap(lambda k, x: post.sample(k, x, args.n_draws)))
         lp_fn = jax.jit(jax.vmap(jax.vmap(post.log_prob, in_axes=(0, None))))
 
@@ -207,28 +270,53 @@ def compare(args, sims: dict, nuts: dict, work: Path) -> dict:
         s_ref = summary(sims["x_nuts"])
         ks = jax.random.split(jax.random.fold_in(key, 1), len(s_ref))
         npe_ref = np.asarray(draw(ks, jnp.asarray(s_ref, jnp.float32)), np.float64)
-        nuts_flat = nuts["samples"].reshape(len(s_ref), -1, len(NAMES))
-        m_n, s_n = nuts_flat.mean(1), nuts_flat.std(1)
         m_q, s_q = npe_ref.mean(1), npe_ref.std(1)
+        imp = stage_importance(work, analytic_problem(), post, sims["x_nuts"], args.n_importance, args.seed)
+        refs = {"importance": (imp["mean"], imp["std"])}
+        if nuts is not None:
+            nuts_flat = nuts["samples"].reshape(len(s_ref), -1, len(NAMES))
+            refs = {"nuts": (nuts_flat.mean(1), nuts_flat.std(1)), **refs}
+        comparisons = {}
+        for name, (m_r, s_r) in refs.items():
+            comparisons[name] = dict(mean_offset_in_sigma=((m_q - m_r) / s_r).tolist(),
+                                     width_ratio_npe_over_reference=(s_q / s_r).tolist(),
+                                     reference_mean=m_r.tolist(), reference_std=s_r.tolist())
+        ref_name = "nuts" if nuts is not None else "importance"
+        m_n, s_n = refs[ref_name]
         offset = (m_q - m_n) / s_n
         ratio = s_q / s_n
+        if nuts is not None:
+            comparisons["nuts_vs_importance"] = dict(
+                mean_offset_in_sigma=((refs["nuts"][0] - imp["mean"]) / imp["std"]).tolist(),
+                width_ratio=(refs["nuts"][1] / imp["std"]).tolist())
 
         # calibration over the test set
         s_test = jnp.asarray(summary(sims["x_test"]), jnp.float32)
         ks = jax.random.split(jax.random.fold_in(key, 2), s_test.shape[0])
-        draws = np.asarray(draw(ks, s_test), np.float64)
         th_test = sims["theta_test"]
+        calib_path = work / f"calibration_{kind}_m{args.members}_w{args.width}_{args.n_draws}.npz"
+        if calib_path.exists():
+            c = np.load(calib_path)
+            draws, lp_true, lp_draws = c["draws"], c["lp_true"], c["lp_draws"]
+        else:
+            draws = np.asarray(draw(ks, s_test), np.float64)
+            lp_true = np.asarray(jax.vmap(post.log_prob)(jnp.asarray(th_test, jnp.float32), s_test))
+            lp_draws = np.asarray(lp_fn(jnp.asarray(draws, jnp.float32), s_test))
+            np.savez(calib_path, draws=draws, lp_true=lp_true, lp_draws=lp_draws)
         ranks = sbc_ranks(th_test, draws)
         rh = rank_histogram(ranks, args.n_draws, n_bins=20)
-        lp_true = np.asarray(jax.vmap(post.log_prob)(jnp.asarray(th_test, jnp.float32), s_test))
-        lp_draws = np.asarray(lp_fn(jnp.asarray(draws, jnp.float32), s_test))
         cov = expected_coverage(lp_true, lp_draws)
         mcov = marginal_coverage(th_test, draws)
         box_lo = np.where(np.isfinite(lo), lo, th_test.min(0))
         box_hi = np.where(np.isfinite(hi), hi, th_test.max(0))
         tp = tarp(th_test, draws, lo=box_lo, hi=box_hi, n_bootstrap=100)
+        # the reference's draws: NUTS, or the importance samples resampled by weight
+        rng = np.random.default_rng(0)
+        ref_draws = (nuts_flat if nuts is not None else
+                     np.stack([imp["samples"][i][rng.choice(imp["weights"].shape[1], 20000, p=imp["weights"][i])]
+                               for i in range(len(s_ref))]))
         t3 = dict(npe=[table3_summary(npe_ref[i], NAMES) for i in range(len(s_ref))],
-                  nuts=[table3_summary(nuts_flat[i], NAMES) for i in range(len(s_ref))])
+                  reference=[table3_summary(ref_draws[i], NAMES) for i in range(len(s_ref))])
 
         plot_rank_histograms(ranks, args.n_draws, LABELS, path=fig_dir / f"npe_{kind}_ranks.png")
         plot_coverage({"HPD (expected coverage)": (cov["levels"], cov["coverage"]),
@@ -236,19 +324,20 @@ def compare(args, sims: dict, nuts: dict, work: Path) -> dict:
                        **{f"marginal {lab}": (mcov["levels"], mcov["coverage"][:, j]) for j, lab in enumerate(LABELS)}},
                       path=fig_dir / f"npe_{kind}_coverage.png")
         for i in range(min(2, len(s_ref))):
-            corner_plot({"NUTS": nuts_flat[i], f"NPE ({kind})": npe_ref[i]}, LABELS, truth=sims["theta_nuts"][i],
-                        path=fig_dir / f"npe_{kind}_vs_nuts_{i}.png")
+            ref = {"NUTS" if nuts is not None else "exact (importance)": ref_draws[i]}
+            corner_plot({**ref, f"NPE ({kind})": npe_ref[i]}, LABELS, truth=sims["theta_nuts"][i],
+                        path=fig_dir / f"npe_{kind}_vs_exact_{i}.png")
         import matplotlib.pyplot as plt
 
         plt.close("all")
         results[kind] = dict(
             config=cfg.to_dict(), epochs=hist["epochs"], train_seconds=train_s, epoch_seconds=hist["epoch_seconds"],
             best_val_loss=hist["best_val_loss"],
-            nuts_xods=dict(theta_true=sims["theta_nuts"].tolist(), mean_offset_in_nuts_sigma=offset.tolist(),
-                           width_ratio_npe_over_nuts=ratio.tolist(), nuts_mean=m_n.tolist(), nuts_std=s_n.tolist(),
-                           npe_mean=m_q.tolist(), npe_std=s_q.tolist(),
-                           max_abs_offset_cosmo=float(np.max(np.abs(offset[:, :2]))),
-                           max_abs_width_error_cosmo=float(np.max(np.abs(ratio[:, :2] - 1)))),
+            reference_xods=dict(theta_true=sims["theta_nuts"].tolist(), targets_against=ref_name,
+                                npe_mean=m_q.tolist(), npe_std=s_q.tolist(), comparisons=comparisons,
+                                importance_ess=imp["ess"].tolist(),
+                                max_abs_offset_cosmo=float(np.max(np.abs(offset[:, :2]))),
+                                max_abs_width_error_cosmo=float(np.max(np.abs(ratio[:, :2] - 1)))),
             calibration=dict(n_test=int(th_test.shape[0]), n_draws=args.n_draws, ks_pvalue=rh["ks_pvalue"].tolist(),
                              hpd_coverage_ks_pvalue=float(cov["ks_pvalue"]),
                              hpd_coverage_max_deviation=float(np.max(np.abs(cov["coverage"] - cov["levels"]))),
@@ -269,10 +358,11 @@ def compare(args, sims: dict, nuts: dict, work: Path) -> dict:
         survey="2000 deg2, CR > 0.02 c/s, 4 x 3 x 2 (CR, HR, z) bins; reduced quadrature",
         summary="sqrt of the 24 XOD counts", n_train=int(len(sims["theta_train"])), n_test=int(len(sims["theta_test"])),
         simulate_seconds=float(sims["simulate_seconds"]),
-        nuts=dict(n_xods=int(len(sims["theta_nuts"])), chains=2, warmup=args.nuts_warmup, samples=args.nuts_samples,
-                  seconds=float(nuts["seconds"]), min_ess=nuts["ess"].min(1).tolist(),
-                  max_rhat=nuts["rhat"].max(1).tolist(), divergences=nuts["divergences"].tolist(),
-                  mean_integration_steps=nuts["mean_integration_steps"].tolist()),
+        nuts=None if nuts is None else dict(
+            n_xods=int(len(sims["theta_nuts"])), chains=2, warmup=args.nuts_warmup, samples=args.nuts_samples,
+            seconds=float(nuts["seconds"]), min_ess=nuts["ess"].min(1).tolist(), max_rhat=nuts["rhat"].max(1).tolist(),
+            divergences=nuts["divergences"].tolist(), mean_integration_steps=nuts["mean_integration_steps"].tolist()),
+        importance=dict(n=args.n_importance, proposal="multivariate t, nu = 5, NPE mean, 1.5^2 x NPE covariance"),
         estimators=results, jax_version=jax.__version__, platform=platform.platform(), cpu_count=os.cpu_count(),
         note="shared 2-core CPU (other jobs ran concurrently: timings are upper bounds)",
     )
@@ -292,8 +382,10 @@ def main(argv=None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--estimators", default="mdn", help="comma-separated: mdn, flow")
     p.add_argument("--members", type=int, default=1, help="ensemble size")
+    p.add_argument("--width", type=int, default=50, help="hidden width of the networks (sbi: 50)")
     p.add_argument("--n-draws", type=int, default=1000, help="posterior draws per test XOD")
-    p.add_argument("--stages", default="simulate,nuts,npe")
+    p.add_argument("--n-importance", type=int, default=4096, help="importance samples per reference XOD")
+    p.add_argument("--stages", default="simulate,nuts,train,npe")
     p.add_argument("--work", default="out/npe_exact")
     p.add_argument("--figures", default="docs/validation/figures")
     p.add_argument("--out", default="benchmarks/results/npe_exact.json")
@@ -306,8 +398,12 @@ def main(argv=None) -> dict:
     print(f"simulated in {float(sims['simulate_seconds']):.0f} s", flush=True)
     if "nuts" in stages:
         stage_nuts(work, model, sims["theta_nuts"], sims["x_nuts"], args.nuts_warmup, args.nuts_samples)
+    if "train" in stages:
+        for kind in args.estimators.split(","):
+            stage_train(args, sims, work, kind)
     if "npe" in stages:
-        nuts = stage_nuts(work, model, sims["theta_nuts"], sims["x_nuts"], args.nuts_warmup, args.nuts_samples)
+        nuts_file = work / f"nuts_{len(sims['theta_nuts'])}x{args.nuts_samples}.npz"
+        nuts = dict(np.load(nuts_file)) if nuts_file.exists() else None
         return compare(args, sims, nuts, work)
     return {}
 

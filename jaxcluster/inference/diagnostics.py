@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 from jaxtyping import ArrayLike, Float, Int
-from scipy import stats
+from scipy import ndimage, stats
 
 __all__ = [
     "sbc_ranks",
@@ -304,6 +304,7 @@ def corner_plot(samples: Mapping[str, Float[ArrayLike, "L d"]], names: Sequence[
                             label=label)
                 else:
                     h, xe, ye = np.histogram2d(v[:, c], v[:, r], bins=bins, range=[lims[:, c], lims[:, r]])
+                    h = ndimage.gaussian_filter(h, 1.0)  # one-bin smoothing: contours of the density, not of noise
                     xc, yc = 0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1])
                     lv = _levels_2d(h)
                     if lv[0] < lv[1]:
@@ -324,8 +325,9 @@ def corner_plot(samples: Mapping[str, Float[ArrayLike, "L d"]], names: Sequence[
                 ax.set_ylabel(names[r])
             elif c > 0 and r != c:
                 ax.set_yticklabels([])
-    axes[0, 0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
     fig.tight_layout()
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
