@@ -1,0 +1,106 @@
+r"""Diffusion sampling speed: the `lax.scan` reverse-SDE sampler against diffrax's SDE solve (CPU).
+
+Same score model (the default-sized `NCSNpp`, untrained: the cost does not
+depend on the weights), same VE SDE, same number of Euler–Maruyama steps, same
+batch of samples drawn with `jax.vmap` over keys:
+
+* ``scan``: `jaxcluster.fields.euler_maruyama` (a `lax.scan` over steps);
+* ``diffrax``: `jaxcluster.fields.diffrax_sde` (diffrax `Euler` on a
+  `VirtualBrownianTree`, `ConstantStepSize`, the same steps; diffrax issue #517
+  reports this path as slow for diffusion sampling).
+
+Timing: jit warm-up first (compile time reported separately), then the median
+of ``--repeats`` calls. ``samples_per_second`` = batch / median time.
+
+Usage: ``python benchmarks/fields.py [--quick]``; writes
+``benchmarks/results/fields.json`` (``--quick``: fields_quick.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n-pix", type=int, default=32, help="map side [pixels]")
+    ap.add_argument("--n-steps", type=int, default=100, help="reverse-SDE steps (both samplers)")
+    ap.add_argument("--batch", type=int, default=8, help="samples per call (vmapped over keys)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="16 px, 20 steps, 2 samples, 1 repeat")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.n_pix, args.n_steps, args.batch, args.repeats = 16, 20, 2, 1
+
+    import diffrax
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+
+    from jaxcluster.fields import NCSNpp, VESDE, ConditionedScore, ScoreModel, diffrax_sde, euler_maruyama
+
+    sde = VESDE(1e-3, 1.0)
+    model = eqx.filter_jit(lambda k: ScoreModel(NCSNpp(1, 2, key=k), sde))(jax.random.key(0))
+    cond = jax.random.uniform(jax.random.key(1), (2, args.n_pix, args.n_pix), jnp.float32)
+    shape = (1, args.n_pix, args.n_pix)
+
+    def sampler_fn(sampler):
+        @eqx.filter_jit
+        def draw(model, cond, key):
+            score = ConditionedScore(model, cond)
+            keys = jax.random.split(key, args.batch)
+            return jax.vmap(lambda k: sampler(score, sde, shape, key=k, n_steps=args.n_steps))(keys)
+
+        return draw
+
+    out = {}
+    for name, sampler in (("scan", euler_maruyama), ("diffrax", diffrax_sde)):
+        draw = sampler_fn(sampler)
+        t0 = time.perf_counter()
+        draw(model, cond, jax.random.key(2)).block_until_ready()
+        compile_s = time.perf_counter() - t0
+        times = []
+        for r in range(args.repeats):
+            t0 = time.perf_counter()
+            x = draw(model, cond, jax.random.key(3 + r))
+            x.block_until_ready()
+            times.append(time.perf_counter() - t0)
+        med = statistics.median(times)
+        out[name] = {"first_call_s": compile_s, "median_s": med, "times_s": times,
+                     "samples_per_second": args.batch / med, "finite": bool(jnp.all(jnp.isfinite(x)))}
+        print(f"{name:8s} first call {compile_s:6.1f} s, median {med:6.2f} s, {args.batch / med:7.2f} samples/s")
+    ratio = out["scan"]["samples_per_second"] / out["diffrax"]["samples_per_second"]
+    print(f"scan / diffrax samples_per_second = {ratio:.2f}")
+    n_params = sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
+    result = {
+        "benchmark": "fields",
+        "what": "VE-SDE diffusion sampling: lax.scan Euler-Maruyama vs diffrax SDE (Euler, VirtualBrownianTree)",
+        "environment": {
+            "jax": jax.__version__, "diffrax": diffrax.__version__, "equinox": eqx.__version__,
+            "python": platform.python_version(), "backend": jax.default_backend(), "device": "cpu",
+            "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+            "dtype": "float32", "note": "CPU only; machine shared with other jobs while measured",
+        },
+        "problem": {"model": "NCSNpp default (base 16, channel_mult (1, 2), 1 res block/level)", "n_params": int(n_params),
+                    "n_pix": args.n_pix, "x_channels": 1, "cond_channels": 2, "n_steps": args.n_steps,
+                    "batch": args.batch, "repeats": args.repeats, "sde": {"sigma_min": 1e-3, "sigma_max": 1.0}},
+        "samplers": out,
+        "samples_per_second": {"scan": out["scan"]["samples_per_second"], "diffrax": out["diffrax"]["samples_per_second"]},
+        "ratio_scan_over_diffrax": ratio,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / ("fields_quick.json" if args.quick else "fields.json")
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
