@@ -103,7 +103,7 @@ class ScalingBoxConfig(eqx.Module):
 
     def __init__(
         self,
-        box_size=(64.0, 64.0, 32.0),
+        box_size: tuple[float, float, float] = (64.0, 64.0, 32.0),
         cell_size: SupportsFloat = 1.0,
         z: SupportsFloat = 0.21,
         z_init: SupportsFloat = 6.0,
