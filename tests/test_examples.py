@@ -22,6 +22,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
                              "--out", "out/test_npe_analytic"]),
         # finite differences at fixed segmentation (autodiff compiles for minutes: tests/sensitivity covers it)
         ("sensitivity.py", ["--quick", "--keys", "2"]),
+        ("pressure_deepsets.py", ["--n-side", "32", "--steps", "30"]),
     ],
 )
 def test_example_runs(script, args):
