@@ -1,5 +1,6 @@
 """ResNet compressor: shapes, normaliser, training on tiny data, checkpoint resume, a calibrated NLL head."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,12 +29,31 @@ def _toy_set(n, seed=0):
 
 
 @pytest.mark.parametrize("head, n_out", [("mse", 3), ("gaussian", 6), ("gaussian_full", 9)])
-def test_network_shapes(head, n_out, getkey):
+def test_network_shapes_and_loss(head, n_out, getkey):
     net = ResNetCompressor(SHAPE, 3, head, width=4, hidden=8, key=getkey())
     assert len(net.blocks) == 4 and all(len(b.convs) == 3 for b in net.blocks)
     assert len(net.mlp.layers) == 3
-    out = jax.vmap(net)(jnp.zeros((5, *SHAPE), jnp.float32))
+    x = jax.random.uniform(getkey(), (5, *SHAPE), jnp.float32)
+    y = jax.random.uniform(getkey(), (5, 3), jnp.float32)
+    out, loss = eqx.filter_jit(lambda n, x, y: (jax.vmap(n)(x), compressor_loss(n, x, y)))(net, x, y)
     assert out.shape == (5, n_out) and out.dtype == jnp.float32
+    if head == "mse":
+        ref = jnp.mean(jnp.sum((y - out) ** 2, axis=-1))
+    elif head == "gaussian":
+        var = jax.nn.softplus(out[:, 3:]) + 1e-6
+        ref = jnp.mean(0.5 * jnp.sum((y - out[:, :3]) ** 2 / var + jnp.log(var), axis=-1))
+    else:  # −ln N(y; μ, (L Lᵀ)⁻¹) up to the constant, from the covariance itself
+        rows, cols = np.tril_indices(3)
+        refs = []
+        for o, t in zip(np.asarray(out, np.float64), np.asarray(y, np.float64)):
+            L = np.zeros((3, 3))
+            L[rows, cols] = o[3:]
+            L[np.diag_indices(3)] = np.log1p(np.exp(np.diag(L))) + 1e-3
+            cov = np.linalg.inv(L @ L.T)
+            r = t - o[:3]
+            refs.append(0.5 * r @ np.linalg.solve(cov, r) + 0.5 * np.linalg.slogdet(cov)[1])
+        ref = np.mean(refs)
+    np.testing.assert_allclose(loss, ref, rtol=2e-4)
     with pytest.raises(ValueError, match="head"):
         ResNetCompressor(SHAPE, 3, "l1", key=getkey())
 
@@ -120,13 +140,3 @@ def test_gaussian_nll_head_is_calibrated():
     # it tracks the noise level (the exact posterior ratio is ~4 untruncated, less once the
     # prior edge at θ = 1 cuts the widest posteriors)
     assert np.mean(var[hi]) > 1.5 * np.mean(var[lo])
-
-
-def test_loss_is_mse_and_nll(getkey):
-    net = ResNetCompressor(SHAPE, 2, "gaussian", width=4, hidden=8, key=getkey())
-    x = jax.random.uniform(getkey(), (3, *SHAPE), jnp.float32)
-    y = jax.random.uniform(getkey(), (3, 2), jnp.float32)
-    out = jax.vmap(net)(x)
-    var = jax.nn.softplus(out[:, 2:]) + 1e-6
-    ref = jnp.mean(0.5 * jnp.sum((y - out[:, :2]) ** 2 / var + jnp.log(var), axis=-1))
-    np.testing.assert_allclose(compressor_loss(net, x, y), ref, rtol=1e-5)
