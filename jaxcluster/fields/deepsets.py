@@ -60,7 +60,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
-from ..io.snapshots import KEV_ERG, MPC_CM, SOLAR_MASS_G
+from ..cosmology import Cosmology
+from ..io.snapshots import MPC_CM, SOLAR_MASS_G
 from .profiles import ELECTRON_PRESSURE_FRACTION
 
 __all__ = [
@@ -241,8 +242,12 @@ class PressureDeepSets(eqx.Module):
 
     Args:
         n_shell: radial shells of the Stochastic module's input (must match the data).
-        origin, local, stochastic: which modules to build.
-        width, depth: MLP sizes.
+        origin: build the Origin module.
+        local: build the Local module.
+        stochastic: build the Stochastic module.
+        width: MLP width.
+        depth: MLP hidden layers.
+        h: H₀/100 (the GNFW mass pivot is in M☉).
         key: PRNG key for the weights.
     """
 
@@ -359,7 +364,7 @@ def halo_samples(
     R200c: np.ndarray,
     z: float,
     box_size: float,
-    cosmo,
+    cosmo: Cosmology,
     *,
     n_particles: int = 512,
     n_targets: int = 512,
@@ -374,9 +379,12 @@ def halo_samples(
         pos: (n_ptcl, 3) comoving particle positions [h⁻¹ Mpc].
         vel_km_s: (n_ptcl, 3) peculiar velocities [km s⁻¹].
         pe_keV_cm3: (n, n, n) electron pressure n_e kT on the mesh [keV cm⁻³, physical]; cell i centred at iΔ.
-        halo_pos, halo_vel: (n_h, 3) halo centres [h⁻¹ Mpc] and bulk velocities [km s⁻¹].
-        M200c: (n_h,) [h⁻¹ M☉].  R200c: (n_h,) comoving [h⁻¹ Mpc].
-        z: redshift.  box_size: [h⁻¹ Mpc].
+        halo_pos: (n_h, 3) halo centres [h⁻¹ Mpc].
+        halo_vel: (n_h, 3) halo bulk velocities [km s⁻¹].
+        M200c: (n_h,) [h⁻¹ M☉].
+        R200c: (n_h,) comoving [h⁻¹ Mpc].
+        z: redshift.
+        box_size: [h⁻¹ Mpc].
         cosmo: the box's `Cosmology` (h, Ω_b/Ω_m for P_200, ρ_c(z)).
         n_particles: particles within 2.5 R_200 kept per halo (sampled without replacement if more, with if fewer).
         n_targets: voxel targets within 2 R_200 (all if fewer; padding masked out; sampled if more).
