@@ -11,8 +11,11 @@ fitted to the training halos), Origin only (mis-centring + GNFW), and
 Origin + Local + Stochastic (evaluated with the latent's posterior mean — the
 reconstruction — and with a latent drawn from N(0, 1)). Reported:
 $\mathcal L_{\rm opt}$ = median over held-out halos of the loss ratio to the
-benchmark (seed 003 eq. 8; lower is better, benchmark ≡ 1), and the published
-(unfitted) Battaglia profile's ratio for reference.
+benchmark (seed 003 eq. 8; lower is better, benchmark ≡ 1), and each model's
+median ratio to the published (unfitted) Battaglia profile, which the synthetic
+gas model paints: fitting the GNFW parameters to the mean loss of eq. 7 serves the
+few high-loss halos, so on the median halo the published profile does better
+than the fitted benchmark (seed 003 §4 notes the same non-commutation).
 
 The halo samples are cached in `--cache` (an .npz; a rerun reuses it) and
 each trained model is saved there too, so a killed run resumes.
@@ -139,8 +142,10 @@ def main():
                                    ("origin_local_stochastic_prior_sample", full, "prior", kev)):
         med, ratios = ev(model, bench, test, latent=latent, key=k)
         tr_med, _ = ev(model, bench, train, latent=latent, key=k)
+        pub_med, _ = ev(model, published, test, latent=latent, key=k)
         res[name] = {"L_opt_test": float(med), "L_opt_train": float(tr_med),
-                     "ratio_quartiles_test": [float(q) for q in np.quantile(np.asarray(ratios), [0.25, 0.5, 0.75])]}
+                     "ratio_quartiles_test": [float(q) for q in np.quantile(np.asarray(ratios), [0.25, 0.5, 0.75])],
+                     "median_ratio_to_published_battaglia12_test": float(pub_med)}
         print(name, res[name], flush=True)
     out = {
         "synthetic": True,
