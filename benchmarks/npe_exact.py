@@ -1,7 +1,8 @@
-"""The exact check of the neural posteriors: NPE against blackjax NUTS on the analytic model.
+"""The exact check of the neural posteriors: NPE against exact posteriors on the analytic model.
 
-    python benchmarks/npe_exact.py [--n-train 30000] [--n-test 300] [--n-nuts 5]
-                                   [--work out/npe_exact] [--out benchmarks/results/npe_exact.json]
+    python benchmarks/npe_exact.py [--width 128 --members 4] [--estimators mdn,flow]
+                                   [--stages simulate,nuts,train,npe] [--work out/npe_exact]
+                                   [--out benchmarks/results/npe_exact.json]
 
 **Problem.** The analytic XOD model (`jaxcluster.analytic`) of a 2000 deg²
 survey with a coarse 4 × 3 × 2 (CR, HR, z) binning and the reduced quadrature
@@ -9,19 +10,21 @@ of the analytic NUTS benchmark; free parameters (Ω_m, σ_8, log10_M0): the two
 cosmological ones with their flat Table 1 priors, and the M–T normalisation,
 the best-constrained scaling-relation nuisance, with its Gaussian prior
 (`NUISANCE_PRIOR_SIGMA`). Observations are Poisson mocks of λ(θ), θ from the
-prior, so the exact posterior is the one NUTS samples with `log_posterior`.
+prior, so the exact posterior is `analytic.log_posterior`.
 
 **Stages** (each cached under ``--work``, so a killed run resumes):
 
-1. simulate ``n_train`` (θ, x) pairs for training, ``n_test`` for calibration,
-   and ``n_nuts`` reference XODs with θ away from the prior edges (seed 001
-   Fig. 9 excludes the borders likewise);
-2. NUTS (2 chains, dense metric started from the Fisher covariance at the
-   true θ) on each reference XOD, one file per XOD;
-3. train the MDN (sbi defaults) on x' = √x (variance-stabilised counts);
-4. compare: posterior mean offsets in NUTS σ and width ratios on the
-   reference XODs; SBC rank histograms (KS p), expected coverage and TARP on
-   the calibration set; figures into ``docs/validation/figures/``.
+1. ``simulate``: 30 000 (θ, x) pairs for training, 300 for calibration and 5
+   reference XODs with θ away from the prior edges (seed 001 Fig. 9 excludes
+   the borders likewise);
+2. ``nuts``: blackjax NUTS (2 chains, dense metric started from the Fisher
+   covariance at the true θ) on the reference XODs, all in one vmapped call;
+3. ``train``: the NPE on x' = √x (variance-stabilised counts);
+4. ``npe``: exact moments of the reference posteriors by importance sampling
+   (`stage_importance`, no gradients: cheap) and, when stage 2's file exists,
+   NUTS; NPE mean offsets in exact σ and width ratios; SBC rank histograms
+   (KS p), HPD expected coverage and TARP over the calibration set; seed 001
+   Table 3 figures; figures into ``docs/validation/figures/``.
 
 Targets (issue 8): |Δmean| < 0.2 σ and width ratio within 15 % for Ω_m and
 σ_8; rank-histogram KS p > 0.01 for every parameter over ≥ 200 test XODs.

@@ -32,6 +32,7 @@ from jaxcluster.inference import (
     expected_coverage,
     generate_dataset,
     load_dataset,
+    load_posterior,
     plot_coverage,
     plot_rank_histograms,
     rank_histogram,
@@ -77,6 +78,7 @@ def main(argv=None):
     post, hist = train_posterior(theta[: args.n_sim], summaries[: args.n_sim], np.array(prior.low),
                                  np.array(prior.high), cfg, key=jax.random.key(args.seed), names=NAMES)
     save_posterior(out / f"posterior_{args.estimator}", post, cfg)
+    post, cfg = load_posterior(out / f"posterior_{args.estimator}")   # what a later session would do
     print(f"trained {hist['epochs']} epochs ({hist['epoch_seconds'] * 1e3:.0f} ms each), "
           f"best validation -ln q = {hist['best_val_loss'][0]:.3f}")
 

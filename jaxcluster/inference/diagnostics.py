@@ -160,7 +160,8 @@ def tarp(theta_true: Float[ArrayLike, "n d"], samples: Float[ArrayLike, "n L d"]
         theta_true: (n_test, d) true parameters.
         samples: (n_test, L, d) posterior draws.
         seed: numpy seed of the reference points (and bootstrap).
-        lo, hi: (d,) rescaling box (finite).
+        lo: (d,) lower corner of the rescaling box (finite).
+        hi: (d,) upper corner, > lo.
         n_bootstrap: if > 0, resample the tests this many times for an ECP band (16–84 %).
 
     Returns:

@@ -469,7 +469,8 @@ def train_posterior(
     Args:
         theta: (n, d) parameters drawn from the prior.
         x: (n, ...) summaries (flattened per pair), e.g. a scaled XOD or a compressor output.
-        lo, hi: (d,) prior box of each parameter; ±inf for one with an unbounded prior.
+        lo: (d,) lower end of each parameter's prior box; −inf for one with an unbounded prior.
+        hi: (d,) upper end; +inf for an unbounded parameter.
         config: `TrainConfig` (architecture, optimiser, early stopping, ensemble size).
         key: PRNG key for the split, initialisation and shuffling (keyword-only).
         names: parameter names (stored with the posterior).
