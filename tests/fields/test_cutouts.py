@@ -18,6 +18,7 @@ from jaxcluster.fields import (
     fit_normalisation,
     halo_cutouts,
     load_cutouts,
+    make_cutout_dataset,
     normalise,
     save_cutouts,
     split_by_cluster,
@@ -136,3 +137,36 @@ def test_normalisation_and_hdf5_roundtrip(tmp_path):
     assert s.channels == CHANNELS and s.metadata["synthetic"] and s.normalisation.log == (True, True, False, True)
     np.testing.assert_allclose(s.normalised("train"), t, rtol=1e-6)
     assert not (tmp_path / "c.h5.tmp").exists()
+
+
+def test_make_cutout_dataset_from_stored_boxes(tmp_path):
+    """Two tiny stored boxes → one set: every halo above the cut, 3 projections each, one split per cluster."""
+    from jaxcluster.io.runs import save_run
+    from jaxcluster.nbody.config import PMConfig
+    from jaxcluster.params import ThetaSim
+
+    n, box = 8, 8.0
+    rng = np.random.default_rng(0)
+    for b in range(2):
+        M = np.array([5e13, 2e13, 5e12, 0.0])
+        halo = {"pos": rng.uniform(0, box, (4, 3)), "vel": np.zeros((4, 3)), "M200c": M, "R200c": M ** (1 / 3) / 4e4,
+                "M500c": 0.7 * M, "R500c": M ** (1 / 3) / 6e4, "M200m": 1.2 * M, "R200m": M ** (1 / 3) / 3e4,
+                "n200c": np.full(4, 100), "offset": np.zeros(4), "infall": np.zeros(4),
+                "valid": np.array([True, True, True, False])}
+        fields = {"rho_dm": rng.uniform(0.5, 2.0, (n, n, n)).astype(np.float32) * RHO_MEAN,
+                  "n_e_cm3": np.full((n, n, n), 2e-7, np.float32), "T_keV": np.full((n, n, n), 1e-3, np.float32)}
+        (tmp_path / f"CV_{b}").mkdir()
+        save_run(tmp_path / f"CV_{b}" / "z0.100.h5", pos=np.zeros((n**3, 3)), p=np.zeros((n**3, 3)), theta=ThetaSim.fiducial(),
+                 z=0.1, config=PMConfig((box,) * 3, (n,) * 3),
+                 fields=fields | {f"halo_{k}": v for k, v in halo.items()})
+    out = tmp_path / "set.h5"
+    s = make_cutout_dataset(out, [tmp_path], config=CutoutConfig(n_pix=4, pixel_size=1.0), min_mass=1e13,
+                            fractions=(0.5, 0.5, 0.0))
+    assert s.maps.shape == (2 * 2 * 3, 4, 4, 4) and s.maps.dtype == np.float32
+    assert s.metadata["synthetic"] and len(np.unique(s.cluster_id)) == 4
+    np.testing.assert_array_equal(np.bincount(s.split, minlength=3), [6, 6, 0])
+    for i in np.unique(s.cluster_id):
+        assert np.unique(s.split[s.cluster_id == i]).size == 1 and np.sum(s.cluster_id == i) == 3
+    assert np.all(s.halo["M200c"] >= 1e13)
+    np.testing.assert_allclose(s.maps[:, 2], 2e-7 / mean_electron_density(Cosmology.from_theta(ThetaSim.fiducial())),
+                               rtol=1e-5)
