@@ -48,7 +48,6 @@ def main(argv=None):
     theta = ThetaSim.fiducial()
     s = jax.jit(lambda k: simulate_sample(theta, k, spec))(jax.random.key(args.seed))
     cosmo = Cosmology.from_theta(theta)
-    h = float(cosmo.h)
     valid = np.asarray(s.halos.valid[0]) & (np.asarray(s.halos.M200c[0]) >= args.min_mass)
     idx = np.flatnonzero(valid)
     print(f"SYNTHETIC box {box:.1f} h^-1 Mpc, {args.n_side}^3, z = {args.z}: {idx.size} halos with M200c >= {args.min_mass:.1e}")
