@@ -231,12 +231,17 @@ def halo_cutouts(
     f32 = [jnp.asarray(f, dtype=jnp.float32) for f in (rho_dm, n_e_cm3, T_keV)]
     cell = box_size / shape[0]
     m = math.ceil(max(config.side, config.depth) / cell) + 3
-    n_e_mean = mean_electron_density(cosmo)
-    rho_mean = float(cosmo.Omega_m) * RHO_CRIT0_MSUN_H2_MPC3
-    fn = jax.jit(jax.vmap(lambda c, r, ne, T: _one_halo(
-        c, r, ne, T, cell, config, jnp.float32(float(z)), jnp.float32(cosmo.h), n_e_mean, rho_mean, tuple(axes), m),
-        in_axes=(0, None, None, None)))
-    return fn(jnp.mod(centres, box_size), *f32)
+    means = jnp.asarray([mean_electron_density(cosmo), float(cosmo.Omega_m) * RHO_CRIT0_MSUN_H2_MPC3], jnp.float32)
+    zh = jnp.asarray([float(z), float(cosmo.h)], jnp.float32)
+    return _cutouts(jnp.mod(centres, jnp.float32(box_size)), *f32, zh, means, float(cell), config, tuple(axes), m)
+
+
+@eqx.filter_jit  # arrays traced; geometry (cell, config, axes, m) static: one compile per geometry
+def _cutouts(centres, rho, ne, T, zh, means, cell, config, axes, m):
+    def one(c):
+        return _one_halo(c, rho, ne, T, cell, config, zh[0], zh[1], means[0], means[1], axes, m)
+
+    return jax.vmap(one)(centres)
 
 
 class CutoutNormalisation(eqx.Module):
