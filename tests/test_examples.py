@@ -23,6 +23,9 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
         # finite differences at fixed segmentation (autodiff compiles for minutes: tests/sensitivity covers it)
         ("sensitivity.py", ["--quick", "--keys", "2"]),
         ("pressure_deepsets.py", ["--n-side", "32", "--steps", "30"]),
+        ("massmap_unet.py", ["--steps", "20", "--n-pix", "16"]),
+        ("massmap_diffusion.py", ["--steps", "20", "--n-pix", "16", "--n-test", "1", "--n-samples", "4",
+                                  "--sampler-steps", "10"]),
     ],
 )
 def test_example_runs(script, args):
