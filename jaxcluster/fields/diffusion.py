@@ -389,7 +389,14 @@ def predictor_corrector(
     predictor $x ← x + (σ_i^2 - σ_{i+1}^2) s + \sqrt{σ_i^2 - σ_{i+1}^2}\,z$.
 
     Args:
-        score, sde, shape, key, n_steps, t_min, denoise, x_init: as `euler_maruyama`.
+        score: ``score(x, t)`` (a `ConditionedScore`, `GaussianScore`, ...).
+        sde: the VE SDE.
+        shape: shape of one sample, e.g. (1, h, w).
+        key: PRNG key.
+        n_steps: number of steps N.
+        t_min: end time (σ(t_min) ≈ σ_min).
+        denoise: drop the noise of the last step (return its mean).
+        x_init: start from this x(1) instead of a prior draw.
         snr: signal-to-noise ratio of the Langevin corrector (0.16 is Song et al.'s for VE).
         n_corrector: corrector steps per noise level.
 
@@ -430,8 +437,14 @@ def probability_flow(
     given $x(1)$ (the key only draws $x(1)$ from the prior).
 
     Args:
-        score, sde, shape, key, t_min, x_init: as `euler_maruyama`.
-        rtol, atol: step-size controller tolerances.
+        score: ``score(x, t)`` (a `ConditionedScore`, `GaussianScore`, ...).
+        sde: the VE SDE.
+        shape: shape of one sample, e.g. (1, h, w).
+        key: PRNG key.
+        t_min: end time (σ(t_min) ≈ σ_min).
+        x_init: start from this x(1) instead of a prior draw.
+        rtol: relative tolerance of the step-size controller.
+        atol: absolute tolerance of the step-size controller.
         max_steps: most solver steps.
 
     Returns:
@@ -463,7 +476,13 @@ def diffrax_sde(
     (benchmarks) with the `lax.scan` samplers, which are the ones to use.
 
     Args:
-        score, sde, shape, key, n_steps, t_min, x_init: as `euler_maruyama`.
+        score: ``score(x, t)`` (a `ConditionedScore`, `GaussianScore`, ...).
+        sde: the VE SDE.
+        shape: shape of one sample, e.g. (1, h, w).
+        key: PRNG key.
+        n_steps: number of steps N.
+        t_min: end time (σ(t_min) ≈ σ_min).
+        x_init: start from this x(1) instead of a prior draw.
 
     Returns:
         The sample (float32, ``shape``).
@@ -493,7 +512,7 @@ def diffrax_sde(
 
 def posterior_samples(
     model: ScoreModel, cond: Float[Array, "cy h w"], *, key: PRNGKeyArray, n_samples: int = 50,
-    sampler: Callable = predictor_corrector, **sampler_kwargs,
+    sampler: Callable = predictor_corrector, **sampler_kwargs: object,
 ) -> Float[Array, "n_samples cx h w"]:
     """``n_samples`` maps drawn from p(x | cond) with one of the samplers (vmapped over keys).
 
@@ -518,7 +537,7 @@ def posterior_samples(
 
 def posterior_mean(
     model: ScoreModel, cond: Float[Array, "cy h w"], *, key: PRNGKeyArray, n_samples: int = 50,
-    sampler: Callable = predictor_corrector, **sampler_kwargs,
+    sampler: Callable = predictor_corrector, **sampler_kwargs: object,
 ) -> tuple[Float[Array, "cx h w"], Float[Array, "cx h w"]]:
     """Posterior mean and standard deviation of ``n_samples`` samples (seed 002 §4.1 uses 50).
 

@@ -143,8 +143,9 @@ def radial_mass_bias(
     r"""Enclosed projected-mass bias $b(<R) = (\hat M(<R) - M(<R))/M(<R)$ (seed 004 eq. 9).
 
     Args:
-        pred, true: projected mass (or surface density) maps; M(<R) sums the
+        pred: predicted projected mass (or surface density) maps; M(<R) sums the
             pixels whose centre lies within R of the image centre.
+        true: the true maps, same shape.
         radii: (n_r,) aperture radii [pixels].
 
     Returns:
