@@ -73,6 +73,7 @@ def main(argv=None):
     ap.add_argument("--n-test", type=int, default=16, help="test cutouts evaluated")
     ap.add_argument("--n-samples", type=int, default=50, help="diffusion posterior samples per cutout")
     ap.add_argument("--sampler-steps", type=int, default=50)
+    ap.add_argument("--sampler", choices=("pc", "em"), default="pc", help="predictor-corrector or Euler-Maruyama")
     ap.add_argument("--quick", action="store_true", help="tiny run (plumbing check), writes massmaps_quick.json")
     args = ap.parse_args(argv)
     if args.quick:
@@ -88,7 +89,7 @@ def main(argv=None):
 
     from jaxcluster.fields import (
         NCSNpp, VESDE, FitConfig, MultiViewUNet, ScoreModel, denormalise, dsm_loss, fit, load_cutouts,
-        posterior_samples, predictor_corrector, unet_loss,
+        euler_maruyama, posterior_samples, predictor_corrector, unet_loss,
     )
     from jaxcluster.fields import massmaps as mm
 
@@ -132,8 +133,9 @@ def main(argv=None):
                           patience=10), checkpoint=work / "diffusion.eqx", progress=True)
     timing["diffusion_train_s"] = time.time() - t0
     t0 = time.time()
+    sampler = predictor_corrector if args.sampler == "pc" else euler_maruyama
     draw = eqx.filter_jit(lambda m, c, k: posterior_samples(m, c, key=k, n_samples=args.n_samples,
-                                                            sampler=predictor_corrector, n_steps=args.sampler_steps))
+                                                            sampler=sampler, n_steps=args.sampler_steps))
     samples = np.stack([np.asarray(draw(res_d.model, jnp.asarray(c), jax.random.key(100 + i)))
                         for i, c in enumerate(x_te)])  # (n_test, n_samples, 1, n, n)
     timing["diffusion_sampling_s"] = time.time() - t0
@@ -241,7 +243,7 @@ def main(argv=None):
         "pixel_size_Mpc_h": px, "n_pix": int(n),
         "unet": {"base_channels": 8, "depth": 2, "steps": int(res_u.steps), "stopped_early": bool(res_u.stopped_early)},
         "diffusion": {"ncsnpp": "base 8, channel_mult (1, 2), 1 res block", "sde": [1e-3, 1.0],
-                      "steps": int(res_d.steps), "sampler": "predictor_corrector", "sampler_steps": args.sampler_steps,
+                      "steps": int(res_d.steps), "sampler": args.sampler, "sampler_steps": args.sampler_steps,
                       "n_samples": args.n_samples},
         "baseline": "per-annulus least squares t_DM = a + b t_y + c t_X in normalised log space (8 annuli)",
         "timing_s": timing, "metrics": metrics,
