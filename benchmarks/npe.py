@@ -59,7 +59,7 @@ def _to_y(theta: np.ndarray) -> np.ndarray:
     return np.asarray(jax.vmap(space.to_y)(jnp.asarray(theta, jnp.float32)), np.float64)
 
 
-def run_sbi(y_tr, x_tr, y_te, x_te, threads: int, seed: int) -> dict:
+def run_sbi(y_tr, x_tr, y_te, x_te, threads: int, seed: int, max_epochs: int) -> dict:
     import torch
     from sbi.inference import NPE
     from sbi.neural_nets import posterior_nn
@@ -76,7 +76,7 @@ def run_sbi(y_tr, x_tr, y_te, x_te, threads: int, seed: int) -> dict:
     inf.append_simulations(torch.as_tensor(y_tr, dtype=torch.float32), torch.as_tensor(x_tr, dtype=torch.float32))
     t0 = time.perf_counter()
     est = inf.train(training_batch_size=200, learning_rate=5e-4, validation_fraction=0.1, stop_after_epochs=20,
-                    clip_max_norm=5.0)
+                    clip_max_norm=5.0, max_num_epochs=max_epochs)
     total = time.perf_counter() - t0
     with torch.no_grad():
         lp = est.log_prob(torch.as_tensor(y_te, dtype=torch.float32)[None],
@@ -87,9 +87,9 @@ def run_sbi(y_tr, x_tr, y_te, x_te, threads: int, seed: int) -> dict:
                 test_logprob=float(np.mean(lp)), threads=threads, torch_version=torch.__version__)
 
 
-def run_ours(theta_tr, x_tr, y_te, x_te, seed: int) -> dict:
+def run_ours(theta_tr, x_tr, y_te, x_te, seed: int, max_epochs: int) -> dict:
     lo, hi = bounds()
-    cfg = TrainConfig()
+    cfg = TrainConfig(max_epochs=max_epochs)
     t0 = time.perf_counter()
     post, hist = train_posterior(theta_tr, x_tr, lo, hi, cfg, key=jax.random.key(seed))
     total = time.perf_counter() - t0
@@ -107,6 +107,8 @@ def main(argv=None) -> dict:
     p.add_argument("--n-train", type=int, default=20000, help="pairs for training (+ validation)")
     p.add_argument("--n-test", type=int, default=2000, help="common held-out pairs for the log-prob comparison")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-epochs", type=int, default=1000,
+                   help="cap on epochs for both (early stopping otherwise); a small cap times epochs only")
     p.add_argument("--work", default="out/npe_exact")
     p.add_argument("--out", default="benchmarks/results/npe.json")
     args = p.parse_args(argv)
@@ -120,14 +122,14 @@ def main(argv=None) -> dict:
     th_te, x_te = theta[-args.n_test:], x[-args.n_test:]
     y_tr, y_te = _to_y(th_tr), _to_y(th_te)
     threads = os.cpu_count() or 1
-    ours = run_ours(th_tr, x_tr, y_te, x_te, args.seed)
+    ours = run_ours(th_tr, x_tr, y_te, x_te, args.seed, args.max_epochs)
     print("ours", ours, flush=True)
-    theirs = run_sbi(y_tr, x_tr, y_te, x_te, threads, args.seed)
+    theirs = run_sbi(y_tr, x_tr, y_te, x_te, threads, args.seed, args.max_epochs)
     print("sbi", theirs, flush=True)
     out = dict(
         benchmark="MDN NPE (10 full-covariance components, 2x50 ReLU) vs sbi 0.27, same data, same CPU",
         data="analytic XOD model of benchmarks/npe_exact.py: theta = (Omega_m, sigma_8, log10_M0), sqrt counts",
-        n_train_plus_validation=args.n_train, n_test=args.n_test,
+        n_train_plus_validation=args.n_train, n_test=args.n_test, max_epochs=args.max_epochs,
         epoch_time_ratio_vs_sbi=ours["epoch_seconds"] / theirs["epoch_seconds"],
         val_logprob_diff_vs_sbi=ours["test_logprob"] - theirs["test_logprob"],
         val_logprob_note="mean ln q(y|x) on common held-out pairs, y = logit-space parameters",
