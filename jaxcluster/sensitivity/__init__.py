@@ -5,7 +5,7 @@
 * `fisher`: F = Jᵀ diag(1/λ) J from the mean soft XOD, with its Monte-Carlo noise term.
 * `clusters`: clusters of emulated boxes detected on projected ρ_m/ρ_c (threshold 200).
 * `scaling_fit`: maximum-likelihood CR–M fit with intrinsic scatter, Hessian and bootstrap errors.
-* `study`: the CR–M relation over a θ grid and its autodiff gradients.
+* `scaling_study`: the CR–M relation over a θ grid and its autodiff gradients.
 """
 
 from .clusters import SEED001_CELL, BoxClusters, ScalingBoxConfig, box_clusters

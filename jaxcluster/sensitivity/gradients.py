@@ -16,13 +16,15 @@ The distributions are marginals of the soft XOD (`project`): dN/dz sums
 over CR and HR, the CR distribution over HR and z, the HR distribution over
 CR and z (soft histograms of the sources inside the diagram).
 
-**Modes.** Forward mode (`jacfwd`, 6 JVPs) would suit 6 parameters and many
-bins, but the pipeline's cloud-in-cell paint/read and the reversible PM
-adjoint are `custom_vjp` functions, which JAX cannot push tangents through.
-Two reverse-mode routes remain: `"jacrev"`, one pullback per output bin
-(vmapped), and `"grad"` for one scalar functional $\sum_i w_i λ_i$ (one
-pullback: the benchmark's "one gradient"). For the Fisher matrix the full
-Jacobian is needed, so `"jacrev"` on a coarse binning, or more bins on a GPU.
+**Modes.** Six parameters and many bins call for forward mode, but
+`jax.jvp`/`jacfwd` refuse the pipeline's `custom_vjp` functions (CIC
+paint/read, the reversible PM adjoint). Their backward rules are linear JAX,
+so `catalogue_tangents` transposes the pullback (`jax.linear_transpose`)
+and pushes the six unit vectors to the catalogue (`method="jvp"`, the
+default of `xod_sensitivity`): the Jacobian of the soft XOD then follows for
+any binning and softness (`CatalogueTangents.soft_xod`). The reverse-mode
+routes are `"jacrev"` (one pullback per output bin, vmapped) and, for one
+scalar functional $\sum_i w_i λ_i$, `"grad"` (one pullback) in `mc_jacobians`.
 
 **Finite differences** (`finite_difference_jacobians`) with common random
 numbers (the same keys at θ ± h):
