@@ -57,6 +57,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--from", dest="from_dir", default=None, help="a `jaxcluster sensitivity` output directory")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-jacrev", action="store_true", help="do not time the reverse-mode Jacobian")
+    ap.add_argument("--wait", type=float, default=0.0, help="seconds to wait for --from DIR/sensitivity.json (a run in progress)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "sensitivity.json"))
     args = ap.parse_args(argv)
 
@@ -110,6 +111,9 @@ def main(argv=None) -> dict:
         res |= dict(jacobian_jacrev_s=t_r, jacobian_jacrev_over_forward_time=t_r / t_f)
         res["first_call_s"]["jacobian_jacrev"] = c_r
     src = Path(args.from_dir) if args.from_dir else Path(args.out).parent / "sensitivity_run"
+    t_end = time.time() + args.wait
+    while args.from_dir and not (src / "sensitivity.json").exists() and time.time() < t_end:
+        time.sleep(10)
     if not (src / "sensitivity.json").exists():
         from jaxcluster.sensitivity.cli import main as cli_main
 
