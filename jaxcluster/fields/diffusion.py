@@ -20,8 +20,9 @@ stochastic differential equations"), as seed 002 §3 uses them:
   probability-flow ODE $dx/dt = -\tfrac12 g^2 \nabla\log p_t$ with diffrax
   (adaptive Tsit5); `diffrax_sde` integrates the same reverse SDE as
   `euler_maruyama` with diffrax (`Euler` on a `VirtualBrownianTree`), kept for
-  the benchmark: diffrax's SDE machinery is several times slower than the scan
-  (diffrax issue #517; `benchmarks/fields.py` measures it).
+  the benchmark comparison (diffrax issue #517 reports diffrax's SDE path as
+  slow for diffusion sampling; `benchmarks/fields.py` measures both: on a shared
+  CPU the two were within a factor 2, diffrax not the slower).
 * `posterior_samples` / `posterior_mean`: seed 002 averages 50 samples.
 
 `GaussianScore` is the exact score of a Gaussian data distribution under the
