@@ -27,13 +27,6 @@ N_DEV = 4
 
 
 @pytest.fixture(scope="module")
-def only_with_m_slow(request):
-    """Skip (before any module fixture computes) unless the run selects slow tests (`-m slow`)."""
-    if "slow" not in (request.config.getoption("markexpr") or "") or "not slow" in request.config.getoption("markexpr"):
-        pytest.skip("slow: run with -m slow")
-
-
-@pytest.fixture(scope="module")
 def config():
     return SurveyConfig(**TINY)
 
@@ -122,7 +115,7 @@ def test_seed001_survey_is_200_deg2_in_10_lightcones():
 
 
 @pytest.mark.slow
-def test_soft_xod_gradient_matches_finite_differences(only_with_m_slow, config, batch):
+def test_soft_xod_gradient_matches_finite_differences(config, batch):
     """d(soft XOD)/dΩ_m through the whole pipeline (PM included), segmentation held fixed, vs central differences.
 
     Slow (~60 s: reverse mode through 12 PM runs and the eLDL compiles slowly); CI runs the box-level

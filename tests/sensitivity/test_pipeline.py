@@ -19,21 +19,13 @@ TINY = dict(area_deg2=4.0, n_boxes=2, cell_size=2.0, pixel_arcmin=6.0, omega_m_m
             softness=0.05, softness_z=0.01)
 
 
-@pytest.fixture
-def only_with_m_slow(request):
-    """Skip unless the run selects slow tests (`-m slow`): CI runs the whole suite without -m."""
-    expr = request.config.getoption("markexpr") or ""
-    if "slow" not in expr or "not slow" in expr:
-        pytest.skip("slow: run with -m slow")
-
-
 def test_cli_rejects_too_few_keys(tmp_path, capsys):
     assert cli_main(["sensitivity", "--out", str(tmp_path), "--keys", "1"]) == 2
     assert "--keys" in capsys.readouterr().err
 
 
 @pytest.mark.slow
-def test_catalogue_tangents_match_fixed_segmentation_finite_differences(only_with_m_slow):
+def test_catalogue_tangents_match_fixed_segmentation_finite_differences():
     """Forward mode through the whole pipeline (transposed pullbacks) vs central differences, each θ_sim axis."""
     config = SurveyConfig(**TINY)
     table = default_emissivity_table()
