@@ -16,9 +16,15 @@ The pipeline, one subpackage per stage (see the docs' Pipeline pages):
 * `jaxcluster.io`: Gadget/AREPO snapshots (n_e, T voxelisation, PM restarts), CAMELS tables, run files.
 * `jaxcluster.survey`: lightcones, mock X-ray / Compton-y / mass maps, detection (sep and a JAX
   detector), the hard and soft XOD; `simulate_xod`, `simulate_survey`.
+* `jaxcluster.inference`: (θ, XOD) datasets that survive a kill, the ResNet compressor, neural
+  posteriors (mixture density network, spline flow) and calibration diagnostics (SBC, coverage, TARP).
+* `jaxcluster.sensitivity`: ∂/∂θ_sim of the survey observables with Monte-Carlo errors, the
+  simulation-based Fisher matrix, CR–M scaling relations as functions of θ_sim.
+* `jaxcluster.fields`: cluster cutouts (Compton-y, X-ray, gas and dark-matter mass), GNFW / NFW
+  profiles, the DeepSets pressure model, the multi-view U-Net and score-based diffusion mass maps.
 """
 
-from . import analytic, baryons, cosmology, halos, io, nbody, params, survey, xray
+from . import analytic, baryons, cosmology, fields, halos, io, nbody, params, sensitivity, survey, xray
 from .baryons import ExtendedLDL, SyntheticGasModel, default_eldl, synthetic_gas
 from .cosmology import (
     Cosmology,
@@ -37,8 +43,20 @@ from .survey import SurveyConfig, simulate_survey, simulate_xod
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    # `inference` is imported on first use: it brings distrax and tfp-nightly (seconds of
+    # import time and a DeprecationWarning) that the forward model does not need.
+    if name == "inference":
+        import importlib
+
+        return importlib.import_module(".inference", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
-    "analytic", "baryons", "cosmology", "halos", "io", "nbody", "params", "survey", "xray",
+    "analytic", "baryons", "cosmology", "fields", "halos", "inference", "io", "nbody", "params", "sensitivity",
+    "survey", "xray",
     "ThetaSim", "PARAM_NAMES", "PRIOR_BOUNDS", "FIDUCIAL",
     "Cosmology", "GrowthTable", "growth_table", "linear_power", "sigma_R",
     "comoving_distance", "angular_diameter_distance", "luminosity_distance",

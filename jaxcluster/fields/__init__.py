@@ -7,7 +7,7 @@
 * `unet`, `diffusion`, `massmaps`: mass-map reconstruction (seeds 002, 004).
 """
 
-# part A: cutouts, profiles, deepsets
+# cutouts, profiles, the DeepSets pressure model
 from .cutouts import (
     CHANNEL_UNITS,
     CHANNELS,
@@ -54,7 +54,7 @@ from .profiles import (
     spherical_Y,
 )
 
-# part B: unet, diffusion, massmaps
+# mass-map reconstruction and its metrics
 from .diffusion import (
     NCSNpp,
     VESDE,

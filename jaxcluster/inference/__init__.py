@@ -8,7 +8,7 @@ normalising-flow posteriors), `diagnostics` (calibration checks).
 
 __all__: list[str] = []
 
-# --- part A: datasets, compressor ---
+# datasets and the compressor
 from .datasets import (
     DESIGNS,
     AnalyticSimulator,
@@ -42,7 +42,7 @@ __all__ += [
     "load_compressor", "save_compressor", "train_compressor",
 ]
 
-# --- part B: npe, diagnostics ---
+# posteriors and their diagnostics
 from .diagnostics import (
     corner_plot,
     credible_intervals,
