@@ -43,7 +43,6 @@ import jax
 
 jax.config.update("jax_enable_x64", True)  # entry point: the analytic model and NUTS run in float64
 
-import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
