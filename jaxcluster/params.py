@@ -47,6 +47,19 @@ def _check_range(name: str, value, low: float, high: float) -> None:
         raise ValueError(f"{name} = {value!r} is outside its allowed range [{low}, {high}]")
 
 
+def check_scalar(name: str, value, low, high, *, integer: bool = False, low_open: bool = False) -> float | int:
+    """A static configuration scalar, validated: float (int if `integer`) in [low, high] ((low, high] if `low_open`).
+
+    Raises a ValueError naming `name` and its allowed range otherwise.
+    """
+    v = float(value)
+    bad = not math.isfinite(v) or v > high or (v <= low if low_open else v < low) or (integer and int(v) != v)
+    if bad:
+        raise ValueError(f"{name} = {value!r} is outside its allowed range {'(' if low_open else '['}{low}, {high}]"
+                         + (" (integer)" if integer else ""))
+    return int(v) if integer else v
+
+
 class ThetaSim(eqx.Module):
     """The six simulation parameters, one scalar (or one batch) each.
 

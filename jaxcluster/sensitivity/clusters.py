@@ -37,7 +37,6 @@ from __future__ import annotations
 
 from typing import SupportsFloat, SupportsInt
 
-import math
 
 import equinox as eqx
 import jax
@@ -49,7 +48,7 @@ from ..baryons.ldl import paint_one_plus_delta
 from ..baryons.train import mean_electron_density
 from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology, E, growth_table
 from ..nbody import PMConfig, linear_field, lpt, nbody, white_noise
-from ..params import ThetaSim
+from ..params import ThetaSim, check_scalar as _check
 from ..survey.components import segment_components
 from ..survey.maps import voxel_count_rates
 from ..xray.emissivity import EmissivityTable
@@ -57,15 +56,6 @@ from ..xray.emissivity import EmissivityTable
 __all__ = ["SEED001_CELL", "ScalingBoxConfig", "BoxClusters", "box_clusters"]
 
 SEED001_CELL = 0.39  # h⁻¹ Mpc: the length ℓ of the projected-density normalisation (module docstring)
-
-
-def _check(name, value, lo, hi, integer=False, lo_open=False):
-    v = float(value)
-    bad = not math.isfinite(v) or v > hi or (v <= lo if lo_open else v < lo) or (integer and int(v) != v)
-    if bad:
-        raise ValueError(f"{name} = {value!r} is outside its allowed range {'(' if lo_open else '['}{lo}, {hi}]"
-                         + (" (integer)" if integer else ""))
-    return int(v) if integer else v
 
 
 class ScalingBoxConfig(eqx.Module):
@@ -118,20 +108,20 @@ class ScalingBoxConfig(eqx.Module):
         box = tuple(float(b) for b in box_size)
         if len(box) != 3:
             raise ValueError(f"box_size must have 3 sides, got {box_size!r}")
-        self.cell_size = _check("cell_size", cell_size, 0.0, 10.0, lo_open=True)
+        self.cell_size = _check("cell_size", cell_size, 0.0, 10.0, low_open=True)
         for b in box:
             _check("box_size", b, self.cell_size, 2000.0)
             if abs(b / self.cell_size - round(b / self.cell_size)) > 1e-6:
                 raise ValueError(f"box_size = {box} must be a multiple of cell_size = {self.cell_size}")
         self.box_size = box
-        self.z = _check("z", z, 0.0, 3.0, lo_open=True)
-        self.z_init = _check("z_init", z_init, self.z, 200.0, lo_open=True)
+        self.z = _check("z", z, 0.0, 3.0, low_open=True)
+        self.z_init = _check("z_init", z_init, self.z, 200.0, low_open=True)
         self.n_steps = _check("n_steps", n_steps, 1, 1000, integer=True)
-        self.threshold = _check("threshold", threshold, 0.0, 1e9, lo_open=True)
+        self.threshold = _check("threshold", threshold, 0.0, 1e9, low_open=True)
         self.min_area = _check("min_area", min_area, 1, 10**6, integer=True)
         self.max_clusters = _check("max_clusters", max_clusters, 1, 65535, integer=True)
         self.log10_M_min = _check("log10_M_min", log10_M_min, 8.0, 17.0)
-        self.mass_softness = _check("mass_softness", mass_softness, 0.0, 1.0, lo_open=True)
+        self.mass_softness = _check("mass_softness", mass_softness, 0.0, 1.0, low_open=True)
         self.log10_pivot = _check("log10_pivot", log10_pivot, 8.0, 17.0)
 
     @property

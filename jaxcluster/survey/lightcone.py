@@ -53,20 +53,11 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ..cosmology import C_OVER_H0_MPC_H, Cosmology, E, comoving_distance
 from ..nbody import PMConfig
-from ..params import PRIOR_BOUNDS
+from ..params import PRIOR_BOUNDS, check_scalar as _check
 
 __all__ = ["LightconeGeometry", "BoxLayout", "redshift_at_distance", "box_layout", "los_weights"]
 
 ARCMIN_RAD = math.pi / (180.0 * 60.0)
-
-
-def _check(name, value, low, high, *, low_open=False) -> float:
-    v = float(value)
-    bad = not math.isfinite(v) or v > high or (v <= low if low_open else v < low)
-    if bad:
-        bracket = "(" if low_open else "["
-        raise ValueError(f"{name} = {value!r} is outside its allowed range {bracket}{low}, {high}]")
-    return v
 
 
 class LightconeGeometry(eqx.Module):

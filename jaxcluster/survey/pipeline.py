@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from typing import SupportsFloat, SupportsInt
 
-import math
 
 import equinox as eqx
 import jax
@@ -33,7 +32,7 @@ from ..baryons.eldl import ExtendedLDL
 from ..cosmology import Cosmology, GrowthTable, growth_table
 from ..nbody import linear_field, lpt, nbody, white_noise
 from ..nbody.sharding import device_mesh
-from ..params import PRIOR_BOUNDS, ThetaSim
+from ..params import PRIOR_BOUNDS, ThetaSim, check_scalar as _check
 from ..xray.emissivity import EmissivityTable, default_emissivity_table
 from .detect import Catalogue, DetectionConfig, measure_sources, segment
 from .lightcone import BoxLayout, LightconeGeometry, box_layout
@@ -41,14 +40,6 @@ from .maps import BoxMaps, box_maps
 from .xod import hard_xod, soft_xod
 
 __all__ = ["SurveyConfig", "SurveyResult", "simulate_box", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey"]
-
-
-def _check(name, value, lo, hi, integer=False):
-    ok = (int(value) == value) if integer else math.isfinite(float(value))
-    if not ok or not lo <= value <= hi:
-        kind = " (integer)" if integer else ""
-        raise ValueError(f"{name} = {value!r} is outside its allowed range [{lo}, {hi}]{kind}")
-    return int(value) if integer else float(value)
 
 
 class SurveyConfig(eqx.Module):
