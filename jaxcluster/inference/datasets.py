@@ -39,7 +39,9 @@ next to ``OUT.parts/meta.json`` holding the run's settings. A kill loses at
 most the chunk in flight; a restart with the same settings checks
 ``meta.json``, skips the chunks present and computes the others. When all
 are present they are merged into the single file ``OUT`` (again through a
-temporary name and a rename) and the parts folder is removed.
+temporary name and a rename) and the parts folder is removed. This writer,
+`write_chunked`, takes any chunk function returning named arrays; the
+cutout datasets of `jaxcluster.fields` go through it too.
 
 **Layout of the merged file:** datasets ``theta`` (n, d) float64 and ``xod``
 (n, n_cr, n_hr, n_z) float32; attributes ``param_names``, ``prior_low``,
@@ -75,6 +77,7 @@ __all__ = [
     "sample_parameters",
     "simulation_keys",
     "generate_dataset",
+    "write_chunked",
     "Dataset",
     "load_dataset",
 ]
@@ -422,36 +425,140 @@ def _fsync_replace(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _write_chunk(path: Path, start: int, theta: np.ndarray, xod: np.ndarray) -> None:
+def _write_chunk(path: Path, index: int, arrays: dict[str, np.ndarray]) -> None:
+    """One chunk file: its index and one dataset per array (``a/b`` names make groups); tmp + fsync + rename."""
     import h5py
 
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        f.attrs["start"] = start
-        f.create_dataset("theta", data=theta)
-        f.create_dataset("xod", data=xod)
+        f.attrs["chunk"] = index
+        for k, v in arrays.items():
+            f.create_dataset(k, data=v)
     _fsync_replace(tmp, path)
 
 
-def _merge(parts: Path, out: Path, settings: dict, n_chunks: int) -> None:
+def _chunk_name(c: int) -> str:
+    return f"chunk_{c:06d}.h5"
+
+
+def _merge(parts: Path, out: Path, settings: dict, n_chunks: int, merge_chunk_rows: int | None,
+           finalize: Callable[[Any], None] | None) -> None:
+    """Concatenate every array of the chunk files, in chunk order, into `out` (tmp + rename)."""
     import h5py
 
+    files = [parts / _chunk_name(c) for c in range(n_chunks)]
+    layout: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
+    rows = []
+    for path in files:  # shapes first: the merged datasets are made at their final size
+        with h5py.File(path, "r") as g:
+            names = []
+            g.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+            lengths = {g[k].shape[0] for k in names}
+            if len(lengths) > 1:
+                raise ValueError(f"{path}: arrays of different lengths {sorted(lengths)}")
+            rows.append(lengths.pop() if lengths else 0)
+            for k in names:
+                layout.setdefault(k, (g[k].shape[1:], g[k].dtype))
+    n = sum(rows)
     tmp = out.with_name(out.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        shape = tuple(settings["xod_shape"])
-        n, d = settings["n"], len(settings["param_names"])
-        th = f.create_dataset("theta", (n, d), dtype="f8")
-        xo = f.create_dataset("xod", (n, *shape), dtype="f4", chunks=(min(n, settings["chunk_size"]), *shape))
-        for c in range(n_chunks):
-            with h5py.File(parts / f"chunk_{c:06d}.h5", "r") as g:
-                s = int(g.attrs["start"])
-                t = g["theta"][...]
-                th[s:s + len(t)] = t
-                xo[s:s + len(t)] = g["xod"][...]
+        dsets = {}
+        for k, (shape, dtype) in layout.items():
+            chunks = (max(1, min(n, merge_chunk_rows)), *shape) if merge_chunk_rows and n else None
+            dsets[k] = f.create_dataset(k, (n, *shape), dtype=dtype, chunks=chunks)
+        start = 0
+        for path, m in zip(files, rows):
+            with h5py.File(path, "r") as g:
+                for k, d in dsets.items():
+                    if k in g:
+                        d[start:start + m] = g[k][...]
+                    elif m:
+                        raise ValueError(f"{path} has no array {k!r}, which other chunks have")
+            start += m
         for k, v in settings.items():
-            f.attrs[k] = json.dumps(v) if k == "metadata" else v
-        f.attrs["format_version"] = _FORMAT_VERSION
+            f.attrs[k] = json.dumps(v) if isinstance(v, dict) else v
+        if finalize is not None:
+            finalize(f)
     _fsync_replace(tmp, out)
+
+
+def write_chunked(
+    out: str | os.PathLike,
+    settings: dict,
+    n_chunks: int,
+    make_chunk: Callable[[int], dict[str, np.ndarray]],
+    *,
+    finalize: Callable[[Any], None] | None = None,
+    merge_chunk_rows: int | None = None,
+    chunk_rows: Sequence[int] | None = None,
+    progress: bool = False,
+    unit: str = "chunk",
+) -> Path:
+    """The resumable chunked writer behind `generate_dataset` (and the cutout datasets of `jaxcluster.fields`).
+
+    Chunk c is ``make_chunk(c)``, a dict of numpy arrays sharing their first
+    (row) length (names with ``/`` land in groups), written to
+    ``out.parts/chunk_{c:06d}.h5`` (tmp + rename: whole or absent). A rerun
+    with the same `settings` skips the chunks present; when all are there,
+    each array is concatenated over the chunks in chunk order into `out`
+    (tmp + rename), the settings become its attributes (dict values as JSON
+    strings), ``finalize(h5py.File)`` may add datasets or attributes
+    computed on the whole set (e.g. splits, normalisations) before the
+    rename, and ``out.parts/`` is removed. `make_chunk` must be a
+    deterministic function of c for the resumed file to equal an
+    uninterrupted one.
+
+    Args:
+        out: the merged HDF5 path.
+        settings: JSON-serialisable settings; stored in ``meta.json`` and in `out`,
+            compared on resume (all keys but ``jaxcluster_version``).
+        n_chunks: number of chunks, ≥ 1.
+        make_chunk: chunk index → dict of arrays.
+        finalize: called on the merged file (open for writing) before its rename.
+        merge_chunk_rows: HDF5 chunk length along the rows of the merged datasets (None: contiguous).
+        chunk_rows: rows per chunk, for the progress bar only (default 1 per chunk).
+        progress: show a tqdm bar.
+        unit: the bar's unit.
+
+    Returns:
+        The path of the merged file (returned at once if it exists with the same settings).
+
+    Raises:
+        ValueError: `out` or a partial run at `out` made with other settings.
+    """
+    from tqdm.auto import tqdm
+
+    if not (isinstance(n_chunks, (int, np.integer)) and n_chunks >= 1):
+        raise ValueError(f"n_chunks = {n_chunks!r} is outside its allowed range: an integer >= 1")
+    json.dumps(settings)  # fails early (TypeError) if not serialisable
+    out = Path(out)
+    if out.exists():
+        _check_same(out, settings)
+        return out
+    parts = _parts_dir(out)
+    parts.mkdir(parents=True, exist_ok=True)
+    meta_path = parts / "meta.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v and k != "jaxcluster_version"}
+        if diff:
+            raise ValueError(f"{parts} holds a partial dataset made with other settings {diff}; "
+                             f"remove it or pick another --out")
+    else:
+        _atomic_json(meta_path, settings)
+    for tmp in parts.glob("*.tmp"):  # a chunk being written when the run was killed
+        tmp.unlink()
+    rows = [1] * n_chunks if chunk_rows is None else [int(r) for r in chunk_rows]
+    todo = [c for c in range(n_chunks) if not (parts / _chunk_name(c)).exists()]
+    with tqdm(total=sum(rows), initial=sum(rows) - sum(rows[c] for c in todo), unit=unit, disable=not progress,
+              desc=out.name) as bar:
+        for c in todo:
+            arrays = {k: np.asarray(v) for k, v in make_chunk(c).items()}
+            _write_chunk(parts / _chunk_name(c), c, arrays)
+            bar.update(rows[c])
+    _merge(parts, out, settings, n_chunks, merge_chunk_rows, finalize)
+    shutil.rmtree(parts)
+    return out
 
 
 def generate_dataset(
@@ -496,8 +603,6 @@ def generate_dataset(
         ValueError: a bad argument, or an existing (partial) dataset at `out` made with
             other settings.
     """
-    from tqdm.auto import tqdm
-
     from .. import __version__
     from ..nbody.sharding import device_mesh
 
@@ -533,41 +638,24 @@ def generate_dataset(
         chunk_size=int(chunk_size), dtype=str(np.dtype(dtype)), xod_shape=list(shape), metadata=metadata,
         jaxcluster_version=__version__,
     )
-    if out.exists():
-        _check_same(out, settings)
-        return out
-    parts = _parts_dir(out)
-    parts.mkdir(parents=True, exist_ok=True)
-    meta_path = parts / "meta.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v and k != "jaxcluster_version"}
-        if diff:
-            raise ValueError(f"{parts} holds a partial dataset made with other settings {diff}; "
-                             f"remove it or pick another --out")
-    else:
-        _atomic_json(meta_path, settings)
-    for tmp in parts.glob("*.tmp"):  # a chunk being written when the run was killed
-        tmp.unlink()
-
     n_chunks = -(-int(n) // int(chunk_size))
-    todo = [c for c in range(n_chunks) if not (parts / f"chunk_{c:06d}.h5").exists()]
-    done = sum(min(chunk_size, n - c * chunk_size) for c in range(n_chunks)) - sum(
-        min(chunk_size, n - c * chunk_size) for c in todo)
-    with tqdm(total=int(n), initial=done, unit="XOD", disable=not progress, desc=out.name) as bar:
-        for c in todo:
-            start, stop = c * chunk_size, min((c + 1) * chunk_size, n)
-            pad = np.concatenate([np.arange(start, stop), np.full(start + chunk_size - stop, stop - 1)])
-            theta = jnp.asarray(theta_all[pad], dtype)
-            key_data = jax.random.key_data(simulation_keys(int(seed), start, start + chunk_size))
-            if stop - start < chunk_size:  # padded rows repeat the last sample
-                key_data = key_data[jnp.asarray(pad - start)]
-            xod = np.asarray(runner(dynamic, static, theta, key_data), dtype=np.float32)[: stop - start]
-            _write_chunk(parts / f"chunk_{c:06d}.h5", start, theta_all[start:stop], xod)
-            bar.update(stop - start)
-    _merge(parts, out, settings, n_chunks)
-    shutil.rmtree(parts)
-    return out
+
+    def make_chunk(c: int) -> dict[str, np.ndarray]:
+        start, stop = c * chunk_size, min((c + 1) * chunk_size, n)
+        pad = np.concatenate([np.arange(start, stop), np.full(start + chunk_size - stop, stop - 1)])
+        theta = jnp.asarray(theta_all[pad], dtype)
+        key_data = jax.random.key_data(simulation_keys(int(seed), start, start + chunk_size))
+        if stop - start < chunk_size:  # padded rows repeat the last sample
+            key_data = key_data[jnp.asarray(pad - start)]
+        xod = np.asarray(runner(dynamic, static, theta, key_data), dtype=np.float32)[: stop - start]
+        return {"theta": theta_all[start:stop], "xod": xod}
+
+    def finalize(f) -> None:
+        f.attrs["format_version"] = _FORMAT_VERSION
+
+    return write_chunked(out, settings, n_chunks, make_chunk, finalize=finalize, merge_chunk_rows=int(chunk_size),
+                         chunk_rows=[min(chunk_size, n - c * chunk_size) for c in range(n_chunks)],
+                         progress=progress, unit="XOD")
 
 
 def _check_same(out: Path, settings: dict) -> None:
