@@ -9,11 +9,18 @@ batch of samples drawn with `jax.vmap` over keys:
   `VirtualBrownianTree`, `ConstantStepSize`, the same steps; diffrax issue #517
   reports this path as slow for diffusion sampling).
 
-Timing: jit warm-up first (compile time reported separately), then the median
-of ``--repeats`` calls, the two samplers' calls interleaved. ``samples_per_second`` = batch / median time.
+and, as the floor both share, ``network_only``: a `lax.scan` that only
+evaluates the score network the same number of times (no noise, no SDE
+coefficients), so each sampler's overhead over the network is visible.
 
-Usage: ``python benchmarks/fields.py [--quick]``; writes
-``benchmarks/results/fields.json`` (``--quick``: fields_quick.json).
+Timing: jit warm-up first (compile time reported separately), then
+``--repeats`` rounds, each calling the three in turn (interleaved, so a change
+of load on the shared machine hits all of them); the median per sampler.
+``samples_per_second`` = batch / median time; the ratio is of the medians.
+
+Usage: ``python benchmarks/fields.py [--n-steps 50 --batch 4] [--quick]``; writes
+``benchmarks/results/fields.json`` (``--quick``: fields_quick.json). Runs
+with fewer steps or samples than the defaults say so in ``problem.reduced``.
 """
 
 from __future__ import annotations
@@ -52,6 +59,12 @@ def main(argv=None):
     cond = jax.random.uniform(jax.random.key(1), (2, args.n_pix, args.n_pix), jnp.float32)
     shape = (1, args.n_pix, args.n_pix)
 
+    def network_only(score, sde, shape, *, key, n_steps):
+        # the score network n_steps times in a lax.scan, nothing else: the floor of both samplers
+        x = sde.prior_sample(shape, key=key)
+        ts = jnp.linspace(1.0, 1e-5, n_steps + 1, dtype=jnp.float32)
+        return jax.lax.scan(lambda x, t: (x + 1e-3 * score(x, t), None), x, ts[:-1])[0]
+
     def sampler_fn(sampler):
         @eqx.filter_jit
         def draw(model, cond, key):
@@ -62,7 +75,8 @@ def main(argv=None):
         return draw
 
     out = {}
-    draws = {"scan": sampler_fn(euler_maruyama), "diffrax": sampler_fn(diffrax_sde)}
+    draws = {"scan": sampler_fn(euler_maruyama), "diffrax": sampler_fn(diffrax_sde),
+             "network_only": sampler_fn(network_only)}
     for name, draw in draws.items():
         t0 = time.perf_counter()
         draw(model, cond, jax.random.key(2)).block_until_ready()
@@ -81,6 +95,10 @@ def main(argv=None):
         print(f"{name:8s} first call {o['first_call_s']:6.1f} s, median {med:6.2f} s, {args.batch / med:7.2f} samples/s")
     ratio = out["scan"]["samples_per_second"] / out["diffrax"]["samples_per_second"]
     print(f"scan / diffrax samples_per_second = {ratio:.2f}")
+    # per-repetition ratios (same round, so the same load): their spread says how far the median ratio is to be trusted
+    per_round = [d / s for s, d in zip(out["scan"]["times_s"], out["diffrax"]["times_s"])]
+    defaults = {"n_pix": 32, "n_steps": 100, "batch": 8}
+    reduced = {k: {"default": v, "used": getattr(args, k)} for k, v in defaults.items() if getattr(args, k) < v}
     n_params = sum(x.size for x in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)))
     result = {
         "benchmark": "fields",
@@ -93,10 +111,16 @@ def main(argv=None):
         },
         "problem": {"model": "NCSNpp default (base 16, channel_mult (1, 2), 1 res block/level)", "n_params": int(n_params),
                     "n_pix": args.n_pix, "x_channels": 1, "cond_channels": 2, "n_steps": args.n_steps,
-                    "batch": args.batch, "repeats": args.repeats, "sde": {"sigma_min": 1e-3, "sigma_max": 1.0}},
+                    "batch": args.batch, "repeats": args.repeats, "sde": {"sigma_min": 1e-3, "sigma_max": 1.0},
+                    "reduced": reduced or None,
+                    "reduced_why": ("fewer steps / samples than the defaults to keep the run inside its 10-minute time box "
+                                    "on the shared 2-core CPU; the cost per step and sample does not depend on them")
+                    if reduced else None},
         "samplers": out,
         "samples_per_second": {"scan": out["scan"]["samples_per_second"], "diffrax": out["diffrax"]["samples_per_second"]},
         "ratio_scan_over_diffrax": ratio,
+        "ratio_per_round_scan_over_diffrax": per_round,
+        "timing_order": "interleaved: each round calls scan, diffrax, network_only in turn",
     }
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / ("fields_quick.json" if args.quick else "fields.json")
