@@ -23,6 +23,7 @@ from .cutouts import (
     make_cutout_dataset,
     normalise,
     save_cutouts,
+    write_cutout_dataset,
     split_by_cluster,
 )
 from .deepsets import (
@@ -89,7 +90,7 @@ from .unet import MultiViewUNet, random_view_mask, unet_loss
 __all__ = [
     "CHANNELS", "CHANNEL_UNITS", "SPLITS", "CutoutConfig", "halo_cutouts", "bremsstrahlung_emissivity",
     "CutoutNormalisation", "fit_normalisation", "normalise", "denormalise", "split_by_cluster",
-    "CutoutSet", "save_cutouts", "load_cutouts", "make_cutout_dataset",
+    "CutoutSet", "save_cutouts", "write_cutout_dataset", "load_cutouts", "make_cutout_dataset",
     "gnfw", "overdensity_radius", "pressure_200c", "battaglia12_pressure", "battaglia12_gnfw_parameters",
     "arnaud10_pressure", "ARNAUD10", "ELECTRON_PRESSURE_FRACTION", "spherical_Y", "compton_y_profile",
     "nfw_density", "radial_profile",

@@ -38,10 +38,15 @@ linear version.
 lands in the same one of train / validation / test, deterministic in a seed
 (seed 002 §3.1).
 
-**Storage**: `save_cutouts` / `load_cutouts`, one HDF5 file (format
-``jaxcluster-cutouts`` v1, layout in `save_cutouts`). `make_cutout_dataset`
-builds a *synthetic* set from the PM boxes + synthetic gas model written by
-`baryons.training_sets.generate_training_set`.
+**Storage**: one HDF5 file (format ``jaxcluster-cutouts`` v1, layout in
+`save_cutouts`), written by the resumable chunk writer of the inference
+datasets (`jaxcluster.inference.datasets.write_chunked`: one chunk file per
+box while a build runs, merged at the end; a killed build resumes).
+`write_cutout_dataset` builds any set chunk by chunk; `make_cutout_dataset`
+a *synthetic* set around the halos of the PM boxes + synthetic gas model
+written by `baryons.training_sets.generate_training_set`;
+`jaxcluster.fields.detections.make_detection_cutout_dataset` one around the
+clusters the survey pipeline detects. `load_cutouts` reads them.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ __all__ = [
     "split_by_cluster",
     "CutoutSet",
     "save_cutouts",
+    "write_cutout_dataset",
     "load_cutouts",
     "make_cutout_dataset",
     "CUTOUT_FORMAT",
@@ -147,7 +153,7 @@ def bremsstrahlung_emissivity(n_e_cm3: Float[ArrayLike, "*v"], T_keV: Float[Arra
     return (1.4e-27 * _G_FF * _Z2_PER_ELECTRON) * jnp.sqrt(T_K) * n_e * n_e
 
 
-def _gather_cube(field: Float[Array, "n n n"], start: Int[Array, " 3"], m: int) -> Float[Array, "m m m"]:
+def _gather_cube(field: Float[Array, "nx ny nz"], start: Int[Array, " 3"], m: int) -> Float[Array, "m m m"]:
     """field[(start + arange(m)) mod n] along each axis (periodic box)."""
     n = field.shape
     idx = [jnp.mod(start[a] + jnp.arange(m, dtype=start.dtype), n[a]) for a in range(3)]
@@ -182,10 +188,10 @@ def _one_halo(centre, rho_dm, n_e, T_keV, cell, config, z, h, n_e_mean, rho_mean
 
 def halo_cutouts(
     centres: Float[ArrayLike, "n_halo 3"],
-    rho_dm: Float[ArrayLike, "n n n"],
-    n_e_cm3: Float[ArrayLike, "n n n"],
-    T_keV: Float[ArrayLike, "n n n"],
-    box_size: float,
+    rho_dm: Float[ArrayLike, "nx ny nz"],
+    n_e_cm3: Float[ArrayLike, "nx ny nz"],
+    T_keV: Float[ArrayLike, "nx ny nz"],
+    box_size: float | tuple[float, float, float],
     z: float | Float[ArrayLike, ""],
     cosmo: Cosmology,
     config: CutoutConfig = CutoutConfig(),
@@ -200,10 +206,12 @@ def halo_cutouts(
     Args:
         centres: (n_halo, 3) comoving centres [h⁻¹ Mpc] (any periodic image),
             e.g. `HaloCatalogue.pos` of the valid halos.
-        rho_dm: (n, n, n) comoving matter density [h² M☉ Mpc⁻³] (CIC of the particles).
-        n_e_cm3: (n, n, n) comoving electron density [cm⁻³].
-        T_keV: (n, n, n) temperature [keV].
-        box_size: comoving box side [h⁻¹ Mpc] (cubic mesh).
+        rho_dm: (nx, ny, nz) comoving matter density [h² M☉ Mpc⁻³] (CIC of the particles).
+        n_e_cm3: (nx, ny, nz) comoving electron density [cm⁻³].
+        T_keV: (nx, ny, nz) temperature [keV].
+        box_size: comoving box side(s) [h⁻¹ Mpc]: one number for a cube, or (L_x, L_y, L_z)
+            for a periodic box with the same cell size L_a / n_a along every axis
+            (e.g. a lightcone box, `survey.box_fields`).
         z: redshift of the box.
         cosmo: cosmology (h, Ω_m, Ω_b: the mean densities of the gas and dm channels).
         config: pixel scale, size and slab depth.
@@ -213,27 +221,34 @@ def halo_cutouts(
         (n_halo, len(axes), 4, n_pix, n_pix) float32 maps in `CHANNEL_UNITS`.
 
     Raises:
-        ValueError: meshes of different or non-cubic shape, axes outside 0–2, or
-            a cutout wider than the box.
+        ValueError: meshes of different shapes or cell sizes, axes outside 0–2,
+            or a cutout wider than the box.
     """
     rho_dm, n_e_cm3, T_keV = (np.asarray(f) if not isinstance(f, jax.Array) else f for f in (rho_dm, n_e_cm3, T_keV))
     shape = rho_dm.shape
-    if rho_dm.ndim != 3 or len(set(shape)) != 1 or n_e_cm3.shape != shape or T_keV.shape != shape:
-        raise ValueError(f"rho_dm, n_e_cm3, T_keV must share one cubic (n, n, n) shape; got "
+    if rho_dm.ndim != 3 or n_e_cm3.shape != shape or T_keV.shape != shape:
+        raise ValueError(f"rho_dm, n_e_cm3, T_keV must share one (nx, ny, nz) shape; got "
                          f"{rho_dm.shape}, {n_e_cm3.shape}, {T_keV.shape}")
+    boxes = (float(box_size),) * 3 if np.ndim(box_size) == 0 else tuple(float(b) for b in box_size)
+    if len(boxes) != 3 or min(boxes) <= 0:
+        raise ValueError(f"box_size = {box_size} must be > 0: one side or three [h^-1 Mpc]")
+    cells = [b / n for b, n in zip(boxes, shape)]
+    if max(cells) - min(cells) > 1e-6 * max(cells):
+        raise ValueError(f"box_size {boxes} and mesh {shape} give different cell sizes {cells}; one cell size is needed")
     if not axes or any(a not in (0, 1, 2) for a in axes):
         raise ValueError(f"axes {axes} must be a non-empty subset of (0, 1, 2)")
-    if max(config.side, config.depth) > box_size:
-        raise ValueError(f"cutout side {config.side} / depth {config.depth} must be <= box_size = {box_size} [h^-1 Mpc]")
+    if max(config.side, config.depth) > min(boxes):
+        raise ValueError(f"cutout side {config.side} / depth {config.depth} must be <= box_size = {min(boxes)} [h^-1 Mpc]")
     centres = jnp.asarray(centres, dtype=jnp.float32)
     if centres.ndim != 2 or centres.shape[1] != 3:
         raise ValueError(f"centres must have shape (n_halo, 3), got {centres.shape}")
     f32 = [jnp.asarray(f, dtype=jnp.float32) for f in (rho_dm, n_e_cm3, T_keV)]
-    cell = box_size / shape[0]
+    cell = cells[0]
     m = math.ceil(max(config.side, config.depth) / cell) + 3
     means = jnp.asarray([mean_electron_density(cosmo), float(cosmo.Omega_m) * RHO_CRIT0_MSUN_H2_MPC3], jnp.float32)
     zh = jnp.asarray([float(z), float(cosmo.h)], jnp.float32)
-    return _cutouts(jnp.mod(centres, jnp.float32(box_size)), *f32, zh, means, float(cell), config, tuple(axes), m)
+    return _cutouts(jnp.mod(centres, jnp.asarray(boxes, jnp.float32)[None, :]), *f32, zh, means, float(cell), config,
+                    tuple(axes), m)
 
 
 @eqx.filter_jit  # arrays traced; geometry (cell, config, axes, m) static: one compile per geometry
@@ -397,6 +412,24 @@ class CutoutSet:
         return np.asarray(normalise(self.maps[idx], self.normalisation))
 
 
+def _cutout_settings(channels, pixel_size, depth, metadata, extra: dict | None = None) -> dict:
+    return {"format": CUTOUT_FORMAT, "format_version": _FORMAT_VERSION, "channels": list(channels),
+            "pixel_size_Mpc_h": float(pixel_size), "depth_Mpc_h": float(depth), "metadata": metadata or {}} | (extra or {})
+
+
+def _write_normalisation(f, normalisation: CutoutNormalisation) -> None:
+    g = f.create_group("normalisation")
+    for k in ("lo", "hi", "floor"):
+        g.create_dataset(k, data=np.asarray(getattr(normalisation, k), np.float32))
+    g.attrs["log"] = np.asarray(normalisation.log, dtype=bool)
+
+
+def _finish_cutout_file(f, channels, metadata) -> None:
+    """Attributes of the ``jaxcluster-cutouts`` layout that the chunk merge does not write."""
+    f.attrs["metadata_json"] = json.dumps(metadata or {})
+    f["maps"].attrs["units_json"] = json.dumps({c: CHANNEL_UNITS.get(c, "") for c in channels})
+
+
 def save_cutouts(
     path: str | os.PathLike,
     maps: Float[ArrayLike, "n c n_pix n_pix"],
@@ -411,16 +444,23 @@ def save_cutouts(
     channels: tuple[str, ...] = CHANNELS,
     metadata: dict[str, Any] | None = None,
 ) -> None:
-    """Write cutouts to one HDF5 file (written to ``path.tmp`` then renamed: never half a file).
+    """Write cutouts held in memory to one HDF5 file (overwriting `path`), through the dataset writer.
+
+    The file is written by `jaxcluster.inference.datasets.write_chunked` as
+    one chunk (so never half a file: chunk, merge and rename), the same
+    writer the chunked builders (`write_cutout_dataset`) use.
 
     Layout (format ``jaxcluster-cutouts``, version 1)::
 
         /                attrs: format, format_version, channels, pixel_size_Mpc_h, depth_Mpc_h, metadata_json
+                         (and the builder's settings, compared on resume)
         /maps            (n, c, n_pix, n_pix) float32, chunked one cutout per chunk; attr units_json
         /cluster_id      (n,) int64      /axis (n,) int8      /split (n,) int8 (0 train, 1 val, 2 test)
-        /halo/<name>     (n, ...) halo properties (M200c, R200c, pos, z, ...)
+        /halo/<name>     (n, ...) halo or detection properties (M200c, R200c, pos, z, ...)
         /normalisation   lo, hi, floor (c,); attr log (c,)
     """
+    from ..inference.datasets import write_chunked
+
     maps = np.asarray(maps, dtype=np.float32)
     n = maps.shape[0]
     if maps.ndim != 4 or maps.shape[1] != len(channels):
@@ -430,31 +470,98 @@ def save_cutouts(
     for k, v in cols.items():
         if v.shape != (n,):
             raise ValueError(f"{k} must have shape ({n},), got {v.shape}")
+    arrays = {"maps": maps, **cols}
+    for k, v in halo.items():
+        v = np.asarray(v)
+        if v.shape[:1] != (n,):
+            raise ValueError(f"halo[{k!r}] must have leading length {n}, got {v.shape}")
+        arrays[f"halo/{k}"] = v
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["format"] = CUTOUT_FORMAT
-        f.attrs["format_version"] = _FORMAT_VERSION
-        f.attrs["channels"] = list(channels)
-        f.attrs["pixel_size_Mpc_h"] = float(pixel_size)
-        f.attrs["depth_Mpc_h"] = float(depth)
-        f.attrs["metadata_json"] = json.dumps(metadata or {})
-        d = f.create_dataset("maps", data=maps, chunks=(1,) + maps.shape[1:] if n else None)
-        d.attrs["units_json"] = json.dumps({c: CHANNEL_UNITS.get(c, "") for c in channels})
-        for k, v in cols.items():
-            f.create_dataset(k, data=v)
-        g = f.create_group("halo")
-        for k, v in halo.items():
-            v = np.asarray(v)
-            if v.shape[:1] != (n,):
-                raise ValueError(f"halo[{k!r}] must have leading length {n}, got {v.shape}")
-            g.create_dataset(k, data=v)
-        g = f.create_group("normalisation")
-        for k in ("lo", "hi", "floor"):
-            g.create_dataset(k, data=np.asarray(getattr(normalisation, k), np.float32))
-        g.attrs["log"] = np.asarray(normalisation.log, dtype=bool)
-    os.replace(tmp, path)
+    if path.exists():
+        path.unlink()
+    parts = path.with_name(path.name + ".parts")
+    if parts.exists():  # a save killed in the middle: its chunk is not these arrays
+        import shutil
+
+        shutil.rmtree(parts)
+
+    def finalize(f):
+        _write_normalisation(f, normalisation)
+        _finish_cutout_file(f, channels, metadata)
+
+    write_chunked(path, _cutout_settings(channels, pixel_size, depth, metadata), 1, lambda c: arrays,
+                  finalize=finalize, merge_chunk_rows=1)
+
+
+def write_cutout_dataset(
+    out_path: str | os.PathLike,
+    n_chunks: int,
+    make_chunk: Any,
+    *,
+    pixel_size: float,
+    depth: float,
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15),
+    seed: int = 0,
+    log: bool | tuple[bool, ...] = True,
+    settings: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
+    channels: tuple[str, ...] = CHANNELS,
+    progress: bool = False,
+) -> CutoutSet:
+    """Build a cutout set chunk by chunk with the inference issue's resumable writer, then split and normalise.
+
+    Chunk c (a box, a lightcone box, ...) is ``make_chunk(c)``: a dict of
+    ``maps`` (k, c, n_pix, n_pix), ``cluster_id`` (k,) (unique across chunks;
+    repeated for the projections of one cluster), ``axis`` (k,) and any
+    ``halo/<name>`` (k, ...) arrays. Chunks go to ``out_path.parts/`` and are
+    merged when all are present (`jaxcluster.inference.datasets.write_chunked`):
+    a killed build rerun with the same arguments computes only the missing
+    chunks. On the merged set the splits are drawn by cluster
+    (`split_by_cluster`: all projections of a cluster in one split) and the
+    global normalisation is fitted on the training split (`fit_normalisation`),
+    both before the file is renamed into place.
+
+    Args:
+        out_path: the HDF5 file (``jaxcluster-cutouts`` layout, `save_cutouts`).
+        n_chunks: number of chunks.
+        make_chunk: chunk index → dict of arrays (deterministic in the index).
+        pixel_size, depth: cutout geometry [h⁻¹ Mpc, comoving], stored.
+        fractions: (train, val, test) cluster fractions.
+        seed: split seed.
+        log: log₁₀ normalisation per channel.
+        settings: what makes the chunks (compared on resume; JSON, no nested dicts).
+        metadata: JSON description stored with the set (``synthetic`` …).
+        channels: channel names.
+        progress: tqdm bar over chunks.
+
+    Returns:
+        The set as `load_cutouts` reads it.
+
+    Raises:
+        ValueError: no cutout in any chunk, an empty training split, or a partial
+            build at `out_path` made with other settings.
+    """
+    from ..inference.datasets import write_chunked
+
+    logs = [bool(log)] * len(channels) if isinstance(log, bool) else [bool(v) for v in log]
+    extra = {"fractions": [float(f) for f in fractions], "split_seed": int(seed), "log": logs} | (settings or {})
+
+    def finalize(f):
+        ids = f["cluster_id"][()]
+        if ids.size == 0:
+            raise ValueError(f"no cutout in any of the {n_chunks} chunks")
+        split = split_by_cluster(ids, fractions, seed)
+        f.create_dataset("split", data=split)
+        train = np.flatnonzero(split == 0)
+        if train.size == 0:
+            raise ValueError(f"the training split is empty ({np.unique(ids).size} clusters, fractions {fractions})")
+        _write_normalisation(f, fit_normalisation(f["maps"][train], log=tuple(logs)))
+        _finish_cutout_file(f, channels, metadata)
+
+    write_chunked(out_path, _cutout_settings(channels, pixel_size, depth, metadata, extra), n_chunks, make_chunk,
+                  finalize=finalize, merge_chunk_rows=1, progress=progress, unit="chunk")
+    return load_cutouts(out_path)
 
 
 def load_cutouts(path: str | os.PathLike) -> CutoutSet:
@@ -477,7 +584,7 @@ def load_cutouts(path: str | os.PathLike) -> CutoutSet:
             cluster_id=f["cluster_id"][()],
             axis=f["axis"][()],
             split=f["split"][()],
-            halo={k: v[()] for k, v in f["halo"].items()},
+            halo={k: v[()] for k, v in f["halo"].items()} if "halo" in f else {},
             normalisation=norm,
             pixel_size=float(f.attrs["pixel_size_Mpc_h"]),
             depth=float(f.attrs["depth_Mpc_h"]),
@@ -505,8 +612,9 @@ def make_cutout_dataset(
     `baryons.training_sets.generate_training_set`: fields ``rho_dm``,
     ``n_e_cm3``, ``T_keV`` and the halo catalogue), cuts every valid halo with
     M_200c ≥ `min_mass` along each of `axes`, splits by cluster, fits the
-    normalisation on the training split and writes `save_cutouts`. One
-    redshift per box, so a cluster id is one physical halo.
+    normalisation on the training split, one chunk per box through
+    `write_cutout_dataset` (a killed build resumes at the first missing box).
+    One redshift per box, so a cluster id is one physical halo.
 
     Example (the set made for the mass-map networks)::
 
@@ -532,13 +640,12 @@ def make_cutout_dataset(
         progress: tqdm bar over boxes.
 
     Returns:
-        The written set, as `load_cutouts` reads it.
+        The written set, as `load_cutouts` reads it (an existing finished file made
+        with the same arguments is read, not rebuilt).
 
     Raises:
         ValueError: no box file at `z`, or no halo above `min_mass`.
     """
-    from tqdm.auto import tqdm
-
     from ..baryons.training_sets import stored_halos
     from ..io.runs import load_run
 
@@ -548,39 +655,39 @@ def make_cutout_dataset(
         files += found[:max_boxes] if max_boxes is not None else found
     if not files:
         raise ValueError(f"no z{z:.3f}.h5 box files under {data_dirs}")
-    maps, cid, ax, props = [], [], [], {k: [] for k in ("M200c", "R200c", "M500c", "R500c", "pos", "z", "box")}
-    samples = []
-    for b, path in enumerate(tqdm(files, disable=not progress, desc="cutouts", unit="box")):
-        run = load_run(path)
+    names = [f"{p.parent.parent.name}/{p.parent.name}" for p in files]
+
+    def make_chunk(b: int) -> dict[str, np.ndarray]:
+        run = load_run(files[b])
         halos = stored_halos(run.fields)
         keep = np.flatnonzero(np.asarray(halos.valid) & (np.asarray(halos.M200c) >= min_mass))
-        samples.append(f"{path.parent.parent.name}/{path.parent.name}")
-        if keep.size == 0:
-            continue
-        box = float(run.config.box_size[0])
-        cosmo = Cosmology.from_theta(run.theta)
-        cut = np.asarray(halo_cutouts(np.asarray(halos.pos)[keep], run.fields["rho_dm"], run.fields["n_e_cm3"],
-                                      run.fields["T_keV"], box, run.z, cosmo, config, axes))
-        maps.append(cut.reshape((-1,) + cut.shape[2:]))
-        ids = b * 100000 + keep  # one id per (box, halo)
-        cid.append(np.repeat(ids, len(axes)))
-        ax.append(np.tile(np.asarray(axes, np.int8), keep.size))
-        for k in ("M200c", "R200c", "M500c", "R500c", "pos"):
-            props[k].append(np.repeat(np.asarray(getattr(halos, k))[keep], len(axes), axis=0))
-        props["z"].append(np.full(keep.size * len(axes), run.z, np.float32))
-        props["box"].append(np.full(keep.size * len(axes), b, np.int32))
-    if not maps:
-        raise ValueError(f"no halo with M200c >= {min_mass:.3g} h^-1 Msun in {len(files)} boxes")
-    maps = np.concatenate(maps)
-    cid = np.concatenate(cid)
-    split = split_by_cluster(cid, fractions, seed)
-    norm = fit_normalisation(maps[split == 0], log=log)
-    save_cutouts(
-        out_path, maps, cluster_id=cid, axis=np.concatenate(ax), split=split,
-        halo={k: np.concatenate(v) for k, v in props.items()}, normalisation=norm,
-        pixel_size=config.pixel_size, depth=config.depth,
-        metadata={"synthetic": True, "generator": "jaxcluster.fields.cutouts.make_cutout_dataset",
-                  "z": z, "n_pix": config.n_pix, "min_mass": min_mass, "fractions": list(fractions), "seed": seed,
-                  "boxes": samples, "cluster_id": "box index * 100000 + halo index (halo/box gives the box)"},
-    )
-    return load_cutouts(out_path)
+        k = keep.size * len(axes)
+        if keep.size:
+            cosmo = Cosmology.from_theta(run.theta)
+            cut = np.asarray(halo_cutouts(np.asarray(halos.pos)[keep], run.fields["rho_dm"], run.fields["n_e_cm3"],
+                                          run.fields["T_keV"], tuple(run.config.box_size), run.z, cosmo, config, axes))
+            maps = cut.reshape((-1,) + cut.shape[2:])
+        else:
+            maps = np.zeros((0, len(CHANNELS), config.n_pix, config.n_pix), np.float32)
+        out = {"maps": maps, "cluster_id": np.repeat(b * 100000 + keep, len(axes)).astype(np.int64),  # one id per (box, halo)
+               "axis": np.tile(np.asarray(axes, np.int8), keep.size)}
+        for name in ("M200c", "R200c", "M500c", "R500c", "pos"):
+            out[f"halo/{name}"] = np.repeat(np.asarray(getattr(halos, name))[keep], len(axes), axis=0)
+        out["halo/z"] = np.full(k, run.z, np.float32)
+        out["halo/box"] = np.full(k, b, np.int32)
+        return out
+
+    try:
+        return write_cutout_dataset(
+            out_path, len(files), make_chunk, pixel_size=config.pixel_size, depth=config.depth, fractions=fractions,
+            seed=seed, log=log, progress=progress,
+            settings={"files": [str(f) for f in files], "z": float(z), "n_pix": config.n_pix, "min_mass": float(min_mass),
+                      "axes": [int(a) for a in axes]},
+            metadata={"synthetic": True, "generator": "jaxcluster.fields.cutouts.make_cutout_dataset",
+                      "z": z, "n_pix": config.n_pix, "min_mass": min_mass, "fractions": list(fractions), "seed": seed,
+                      "boxes": names, "cluster_id": "box index * 100000 + halo index (halo/box gives the box)"},
+        )
+    except ValueError as err:
+        if "no cutout" in str(err):
+            raise ValueError(f"no halo with M200c >= {min_mass:.3g} h^-1 Msun in {len(files)} boxes") from err
+        raise

@@ -23,7 +23,9 @@ from .maps import (
 from .pipeline import (
     SurveyConfig,
     SurveyResult,
+    box_fields,
     box_keys,
+    box_particles,
     seed001_survey,
     simulate_box,
     simulate_survey,
@@ -39,5 +41,5 @@ __all__ = [
     "DETECTORS", "DetectionConfig", "Catalogue", "segment", "segment_sep", "measure_sources", "relabel_by_flux",
     "label_components", "segment_components", "match_catalogues",
     "XODBinning", "hard_xod", "soft_xod", "soft_bin_weights",
-    "SurveyConfig", "SurveyResult", "simulate_box", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey",
+    "SurveyConfig", "SurveyResult", "simulate_box", "box_particles", "box_fields", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey",
 ]

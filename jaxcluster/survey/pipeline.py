@@ -29,7 +29,9 @@ from jaxtyping import Array, ArrayLike, Float, Int, Key, PRNGKeyArray
 
 from ..analytic.counts import XODBinning
 from ..baryons.eldl import ExtendedLDL
-from ..cosmology import Cosmology, GrowthTable, growth_table
+from ..baryons.ldl import paint_one_plus_delta
+from ..baryons.train import mean_electron_density
+from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology, GrowthTable, growth_table
 from ..nbody import linear_field, lpt, nbody, white_noise
 from ..nbody.sharding import device_mesh
 from ..params import PRIOR_BOUNDS, ThetaSim, check_scalar as _check
@@ -39,7 +41,7 @@ from .lightcone import BoxLayout, LightconeGeometry, box_layout
 from .maps import BoxMaps, box_maps
 from .xod import hard_xod, soft_xod
 
-__all__ = ["SurveyConfig", "SurveyResult", "simulate_box", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey"]
+__all__ = ["SurveyConfig", "SurveyResult", "simulate_box", "box_particles", "box_fields", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey"]
 
 
 class SurveyConfig(eqx.Module):
@@ -201,8 +203,40 @@ def simulate_box(
     """
     geom = config.geometry
     cosmo = Cosmology.from_theta(theta)
+    pos = box_particles(theta, key, z, config, growth=growth)
+    maps = box_maps(pos, theta, z, chi, depth, geom, eldl, table, cosmo)
+    seg = segmentation
+    if seg is None:
+        seg = segment(jnp.sum(maps.count_rate, axis=-1), geom, config.detection)
+    cat = measure_sources(seg, maps.count_rate, geom, z, config.detection.max_sources)
+    return maps, seg, cat
+
+
+def box_particles(
+    theta: ThetaSim,
+    key: PRNGKeyArray,
+    z: Float[ArrayLike, ""],
+    config: SurveyConfig,
+    *,
+    growth: GrowthTable | None = None,
+) -> Float[Array, "n_ptcl 3"]:
+    """The particles of one lightcone box at its redshift: white noise from `key` → 2LPT at z_init → FastPM.
+
+    `simulate_box` starts from these; the same (θ_sim, key, z) gives the same particles.
+
+    Args:
+        theta: θ_sim.
+        key: the box's PRNG key (`box_keys`).
+        z: box redshift.
+        config: `SurveyConfig`.
+        growth: `growth_table` of θ_sim's cosmology (computed if None).
+
+    Returns:
+        (n_ptcl, 3) comoving positions [h⁻¹ Mpc] in the padded periodic box (any image).
+    """
+    cosmo = Cosmology.from_theta(theta)
     growth = growth_table(cosmo) if growth is None else growth
-    pm = geom.pm_config(config.mesh_factor)
+    pm = config.geometry.pm_config(config.mesh_factor)
     dtype = jnp.result_type(float)
     a_init = 1.0 / (1.0 + config.z_init)
     frac = jnp.linspace(0.0, 1.0, config.n_steps + 1, dtype=dtype)
@@ -210,12 +244,25 @@ def simulate_box(
     pos, p = lpt(linear_field(noise, cosmo, pm), cosmo, growth, pm, a_init, order=2)
     a_box = 1.0 / (1.0 + jnp.asarray(z).astype(dtype))
     run = nbody(pos, p, cosmo, pm, a_init + (a_box - a_init) * frac, growth=growth)
-    maps = box_maps(run.pos[-1], theta, z, chi, depth, geom, eldl, table, cosmo)
-    seg = segmentation
-    if seg is None:
-        seg = segment(jnp.sum(maps.count_rate, axis=-1), geom, config.detection)
-    cat = measure_sources(seg, maps.count_rate, geom, z, config.detection.max_sources)
-    return maps, seg, cat
+    return run.pos[-1]
+
+
+def box_fields(
+    pos: Float[Array, "n_ptcl 3"], theta: ThetaSim, z: Float[ArrayLike, ""], config: SurveyConfig, eldl: ExtendedLDL,
+) -> tuple[Float[Array, "n_perp n_perp n_par"], Float[Array, "n_perp n_perp n_par"], Float[Array, "n_perp n_perp n_par"]]:
+    """The 3-D fields `box_maps` projects: (ρ_m [h² M☉ Mpc⁻³], comoving n_e [cm⁻³], T [keV]) on the padded mesh.
+
+    Mesh cell i is centred at iΔ (CIC). ρ_m = (1 + δ) Ω_m ρ_c0 (comoving); n_e and T from the eLDL,
+    as in `box_maps`. Used for cutouts around detections (`jaxcluster.fields.detections`).
+    """
+    geom = config.geometry
+    cosmo = Cosmology.from_theta(theta)
+    dtype = pos.dtype
+    with jax.ensure_compile_time_eval():
+        n_e_mean = mean_electron_density()
+    n_e_rel, T = eldl(pos, theta, jnp.asarray(z).astype(dtype), geom.box_size, geom.mesh_shape)
+    rho = paint_one_plus_delta(pos, geom.box_size, geom.mesh_shape) * (cosmo.Omega_m.astype(dtype) * RHO_CRIT0_MSUN_H2_MPC3)
+    return rho, n_e_rel.astype(dtype) * jnp.asarray(n_e_mean, dtype), T.astype(dtype)
 
 
 def _lightcone(theta, key, seg_given, layout, growth, config, eldl, table):

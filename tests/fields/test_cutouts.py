@@ -170,3 +170,76 @@ def test_make_cutout_dataset_from_stored_boxes(tmp_path):
     assert np.all(s.halo["M200c"] >= 1e13)
     np.testing.assert_allclose(s.maps[:, 2], 2e-7 / mean_electron_density(Cosmology.from_theta(ThetaSim.fiducial())),
                                rtol=1e-5)
+
+
+def _stored_boxes(tmp_path, n_boxes):
+    """n_boxes tiny stored boxes (save_run) with 3 valid halos each, 2 above 1e13."""
+    from jaxcluster.io.runs import save_run
+    from jaxcluster.nbody.config import PMConfig
+    from jaxcluster.params import ThetaSim
+
+    n, box = 8, 8.0
+    rng = np.random.default_rng(0)
+    for b in range(n_boxes):
+        M = np.array([5e13, 2e13, 5e12, 0.0])
+        halo = {"pos": rng.uniform(0, box, (4, 3)), "vel": np.zeros((4, 3)), "M200c": M, "R200c": M ** (1 / 3) / 4e4,
+                "M500c": 0.7 * M, "R500c": M ** (1 / 3) / 6e4, "M200m": 1.2 * M, "R200m": M ** (1 / 3) / 3e4,
+                "n200c": np.full(4, 100), "offset": np.zeros(4), "infall": np.zeros(4),
+                "valid": np.array([True, True, True, False])}
+        fields = {"rho_dm": rng.uniform(0.5, 2.0, (n, n, n)).astype(np.float32) * RHO_MEAN,
+                  "n_e_cm3": rng.uniform(1e-7, 3e-7, (n, n, n)).astype(np.float32),
+                  "T_keV": np.full((n, n, n), 1e-3, np.float32)}
+        (tmp_path / f"CV_{b}").mkdir()
+        save_run(tmp_path / f"CV_{b}" / "z0.100.h5", pos=np.zeros((n**3, 3)), p=np.zeros((n**3, 3)),
+                 theta=ThetaSim.fiducial(), z=0.1, config=PMConfig((box,) * 3, (n,) * 3),
+                 fields=fields | {f"halo_{k}": v for k, v in halo.items()})
+
+
+def test_cutout_build_resumes_after_a_kill(tmp_path, monkeypatch):
+    """A build stopped after two boxes resumes with the other three only, and equals an uninterrupted build bit for bit."""
+    import jaxcluster.fields.cutouts as cutouts_mod
+    from jaxcluster.inference import datasets
+
+    data = tmp_path / "data"
+    data.mkdir()
+    _stored_boxes(data, 5)
+    kw = dict(config=CutoutConfig(n_pix=4, pixel_size=1.0), min_mass=1e13, fractions=(0.4, 0.3, 0.3), seed=3)
+    ref = make_cutout_dataset(tmp_path / "ref.h5", [data], **kw)
+
+    real_cut, calls = cutouts_mod.halo_cutouts, []
+
+    def dies_on_third_box(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")  # what an interrupted build sees
+        return real_cut(*a, **k)
+
+    out = tmp_path / "killed.h5"
+    monkeypatch.setattr(cutouts_mod, "halo_cutouts", dies_on_third_box)
+    with pytest.raises(KeyboardInterrupt):
+        make_cutout_dataset(out, [data], **kw)
+    parts = tmp_path / "killed.h5.parts"
+    assert sorted(p.name for p in parts.glob("chunk_*.h5")) == ["chunk_000000.h5", "chunk_000001.h5"] and not out.exists()
+
+    monkeypatch.setattr(cutouts_mod, "halo_cutouts", real_cut)
+    written, real_write = [], datasets._write_chunk
+    monkeypatch.setattr(datasets, "_write_chunk", lambda path, *a: (written.append(path.name), real_write(path, *a)))
+    got = make_cutout_dataset(out, [data], **kw)
+    assert written == ["chunk_000002.h5", "chunk_000003.h5", "chunk_000004.h5"] and not parts.exists()
+    for field in ("maps", "cluster_id", "axis", "split"):
+        np.testing.assert_array_equal(getattr(got, field), getattr(ref, field))
+    for k in ("lo", "hi", "floor"):
+        np.testing.assert_array_equal(np.asarray(getattr(got.normalisation, k)), np.asarray(getattr(ref.normalisation, k)))
+    # splits by cluster: every projection of a halo in one split, every split used
+    assert got.maps.shape[0] == 5 * 2 * 3 and set(np.unique(got.split)) == {0, 1, 2}
+    for i in np.unique(got.cluster_id):
+        assert np.unique(got.split[got.cluster_id == i]).size == 1 and np.sum(got.cluster_id == i) == 3
+    # the normalisation is fitted on the training split only
+    t = np.asarray(normalise(got.maps[got.split == 0], got.normalisation))
+    assert t.min() == pytest.approx(0.0, abs=1e-5) and t.max() == pytest.approx(1.0, abs=1e-5)  # float32 log10
+    # a finished set is read back, not rebuilt; other settings are refused
+    written.clear()
+    make_cutout_dataset(out, [data], **kw)
+    assert written == []
+    with pytest.raises(ValueError, match="other settings"):
+        make_cutout_dataset(out, [data], **(kw | {"seed": 4}))
