@@ -37,7 +37,10 @@ from .deepsets import (
     fit_pressure_model,
     halo_samples,
     loss_ratio_median,
+    neighbour_gaps,
     reconstruction_loss,
+    scalar_noise,
+    scalar_statistics,
     training_loss,
 )
 from .profiles import (
@@ -96,6 +99,7 @@ __all__ = [
     "nfw_density", "radial_profile",
     "HaloSample", "cluster_frame", "GNFWProfile", "OriginModule", "LocalModule", "StochasticModule",
     "PressureDeepSets", "reconstruction_loss", "training_loss", "loss_ratio_median", "halo_samples",
+    "scalar_statistics", "neighbour_gaps", "scalar_noise",
     "fit_pressure_model",
     "MultiViewUNet", "random_view_mask", "unet_loss", "FitConfig", "FitResult", "fit",
     "VESDE", "NCSNpp", "ScoreModel", "ConditionedScore", "GaussianScore", "dsm_loss", "euler_maruyama",

@@ -74,6 +74,9 @@ __all__ = [
     "PressureDeepSets",
     "reconstruction_loss",
     "training_loss",
+    "scalar_statistics",
+    "neighbour_gaps",
+    "scalar_noise",
     "loss_ratio_median",
     "halo_samples",
     "fit_pressure_model",
@@ -193,12 +196,14 @@ class OriginModule(eqx.Module):
         self.phi = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), self.phi,
                                (jnp.zeros_like(self.phi.layers[-1].weight), jnp.zeros_like(self.phi.layers[-1].bias)))
 
-    def __call__(self, halo: HaloSample, s: Float[Array, " n_s"], e: Float[Array, "n_e 3"]) -> Float[Array, " 3"]:
+    def __call__(self, halo: HaloSample, s: Float[Array, " n_s"], e: Float[Array, "n_e 3"],
+                 x_off: Float[Array, ""] | None = None) -> Float[Array, " 3"]:
+        """Δo from the particles, the (normalised) scalars s, vectors e and the raw X_off (default s[1])."""
         f = _particle_scalars(halo.q, halo.v, e)
         f = jnp.concatenate([f, jnp.broadcast_to(s, (f.shape[0], s.size))], axis=-1)
         w = jax.vmap(self.phi)(f)  # (n_p, 2) scalar weights
         o = jnp.einsum("pk,pi->ki", w, halo.q) / halo.q.shape[0]  # (2, 3) vectors
-        u = s[1] * o[0] + o[1]  # s[1] = X_off
+        u = (s[1] if x_off is None else x_off) * o[0] + o[1]  # X_off o₁ + o₂ (seed 003 eq. 5)
         nu = _safe_norm(u)
         return 0.5 * jnp.tanh(nu) * u / nu
 
@@ -257,6 +262,8 @@ class PressureDeepSets(eqx.Module):
     stochastic: StochasticModule | None
     aggregator: eqx.nn.MLP | None
     log_k: Float[Array, ""]
+    s_mean: Float[Array, " n_s"]
+    s_std: Float[Array, " n_s"]
 
     def __init__(self, n_shell: int = 8, *, origin: bool = True, local: bool = True, stochastic: bool = True,
                  width: int = 64, depth: int = 2, h: float = 0.6711, key: PRNGKeyArray):
@@ -274,15 +281,28 @@ class PressureDeepSets(eqx.Module):
         else:
             self.aggregator = None
         self.log_k = jnp.asarray(0.0, dtype=jnp.result_type(float))
+        self.s_mean = jnp.zeros(N_SCALARS, jnp.result_type(float))
+        self.s_std = jnp.ones(N_SCALARS, jnp.result_type(float))
 
-    def __call__(self, halo: HaloSample, *, key: PRNGKeyArray | None = None, latent: str = "posterior"
-                 ) -> tuple[Float[Array, " n_t"], Float[Array, ""]]:
+    def with_scalar_normalisation(self, train: HaloSample) -> PressureDeepSets:
+        """The model with its scalar inputs s_α mapped to zero mean, unit variance over `train` (seed 003 §3).
+
+        The affine map is fixed (held out of training by `stop_gradient`); the
+        raw X_off still scales the Origin vector (eq. 5).
+        """
+        mean, std = scalar_statistics(train)
+        return eqx.tree_at(lambda m: (m.s_mean, m.s_std), self, (mean.astype(self.s_mean.dtype), std.astype(self.s_std.dtype)))
+
+    def __call__(self, halo: HaloSample, *, key: PRNGKeyArray | None = None, latent: str = "posterior",
+                 scalar_noise: Float[Array, " n_s"] | None = None) -> tuple[Float[Array, " n_t"], Float[Array, ""]]:
         """Predict P_e / P_200 at the halo's targets.
 
         Args:
             halo: one `HaloSample`.
             key: draws the latent (training: a = μ + σε; `latent="prior"`: a ~ N(0, 1)).
             latent: "posterior" (μ + σε with a key, μ without: the reconstruction) or "prior".
+            scalar_noise: (N_SCALARS,) δ added to the raw scalars s_α before their
+                normalisation (training augmentation, seed 003 eq. 6; `scalar_noise`).
 
         Returns:
             (P̂ (n_t,), KL of the latent's posterior to N(0, 1); 0 without the Stochastic module).
@@ -290,8 +310,11 @@ class PressureDeepSets(eqx.Module):
         if latent not in ("posterior", "prior"):
             raise ValueError(f"latent must be 'posterior' or 'prior', got {latent!r}")
         dtype = halo.r.dtype
-        s, e = cluster_frame(halo)
-        shift = self.origin(halo, s, e) if self.origin is not None else jnp.zeros(3, dtype)
+        s_raw, e = cluster_frame(halo)
+        if scalar_noise is not None:
+            s_raw = s_raw + scalar_noise.astype(s_raw.dtype)
+        s = (s_raw - jax.lax.stop_gradient(self.s_mean).astype(s_raw.dtype)) / jax.lax.stop_gradient(self.s_std).astype(s_raw.dtype)
+        shift = self.origin(halo, s, e, s_raw[1]) if self.origin is not None else jnp.zeros(3, dtype)
         x = _safe_norm(halo.r - shift[None, :])
         g = self.gnfw(x, halo.log10_M, halo.z)
         kl = jnp.zeros((), dtype)
@@ -324,16 +347,71 @@ def reconstruction_loss(P_hat: Float[Array, " n_t"], halo: HaloSample) -> Float[
 
 
 def training_loss(model: PressureDeepSets, halos: HaloSample, key: PRNGKeyArray,
-                  beta_kl: float | Float[Array, ""] = 0.0) -> Float[Array, ""]:
-    """Batch mean of eq. (7) plus β_KL × KL (the conditional-VAE term); `halos` has a leading batch axis."""
-    keys = jax.random.split(key, halos.P.shape[0])
+                  beta_kl: float | Float[Array, ""] = 0.0,
+                  scalar_noise: Float[Array, "b n_s"] | None = None) -> Float[Array, ""]:
+    """Batch mean of eq. (7) plus β_KL × KL (the conditional-VAE term); `halos` has a leading batch axis.
 
-    def one(h, k):
-        P_hat, kl = model(h, key=k)
+    `scalar_noise` (b, N_SCALARS): the eq. (6) noise of each halo's scalars (`scalar_noise`), or None.
+    """
+    keys = jax.random.split(key, halos.P.shape[0])
+    noise = jnp.zeros((halos.P.shape[0], N_SCALARS), halos.r.dtype) if scalar_noise is None else scalar_noise
+
+    def one(h, k, d):
+        P_hat, kl = model(h, key=k, scalar_noise=d)
         rec = reconstruction_loss(P_hat, h)
         return rec + jnp.asarray(beta_kl).astype(rec.dtype) * kl.astype(rec.dtype)
 
-    return jnp.mean(jax.vmap(one)(halos, keys))
+    return jnp.mean(jax.vmap(one)(halos, keys, noise))
+
+
+def scalar_statistics(halos: HaloSample) -> tuple[Float[Array, " n_s"], Float[Array, " n_s"]]:
+    """Mean and standard deviation (floored at 1e-6) of the cluster scalars s_α over a set of halos."""
+    s = jax.vmap(lambda h: cluster_frame(h)[0])(halos)
+    return jnp.mean(s, axis=0), jnp.maximum(jnp.std(s, axis=0), 1e-6)
+
+
+def neighbour_gaps(halos: HaloSample) -> tuple[Float[Array, "n n_s"], Float[Array, "n n_s"]]:
+    r"""Seed 003 eq. (6)'s $Δ_-, Δ_+$: for each halo and scalar s_α, the gap to the next smaller / larger training value.
+
+    The values of each feature are sorted over the set; a halo's $Δ_-$ is its
+    value minus the next smaller one, $Δ_+$ the next larger one minus its
+    value. At the ends of the range the missing side takes the other side's gap
+    (ties give 0: no noise towards an equal neighbour).
+
+    Returns:
+        (Δ_-, Δ_+), each (n_halo, N_SCALARS), ≥ 0.
+    """
+    s = jax.vmap(lambda h: cluster_frame(h)[0])(halos)
+    if s.shape[0] < 2:
+        raise ValueError(f"need >= 2 halos for nearest-neighbour gaps, got {s.shape[0]}")
+    order = jnp.argsort(s, axis=0)
+    v = jnp.take_along_axis(s, order, axis=0)
+    gap = jnp.diff(v, axis=0)  # (n − 1, n_s)
+    lower = jnp.concatenate([gap[:1], gap], axis=0)  # Δ_- of the sorted values (first: its Δ_+)
+    upper = jnp.concatenate([gap, gap[-1:]], axis=0)  # Δ_+ (last: its Δ_-)
+    inv = jnp.argsort(order, axis=0)
+    return jnp.take_along_axis(lower, inv, axis=0), jnp.take_along_axis(upper, inv, axis=0)
+
+
+def scalar_noise(key: PRNGKeyArray, delta_minus: Float[Array, "*b n_s"], delta_plus: Float[Array, "*b n_s"],
+                 n_noise: float, n_noise_mass: float | None = None) -> Float[Array, "*b n_s"]:
+    r"""Seed 003 eq. (6): $δ = N\,r\,Δ_{{
+m sgn}(r)}$, $r \sim \mathcal N(0, 1)$, per halo and scalar.
+
+    Args:
+        key: PRNG key.
+        delta_minus, delta_plus: the halos' gaps (`neighbour_gaps`, rows of a batch).
+        n_noise: N for every scalar but log M (seed 003: O(10)).
+        n_noise_mass: N for the log M scalar (index 0; seed 003: "somewhat lower"); default `n_noise`.
+
+    Returns:
+        δ, the shape of the gaps (add to the raw scalars: `PressureDeepSets(..., scalar_noise=δ)`).
+    """
+    r = jax.random.normal(key, delta_plus.shape, delta_plus.dtype)
+    n_mass = n_noise if n_noise_mass is None else n_noise_mass
+    N = jnp.full((delta_plus.shape[-1],), n_noise, delta_plus.dtype).at[0].set(n_mass)
+    N = N.reshape((1,) * (delta_plus.ndim - 1) + N.shape)
+    return N * r * jnp.where(r >= 0, delta_plus, delta_minus)
 
 
 def loss_ratio_median(model: PressureDeepSets, benchmark: PressureDeepSets, halos: HaloSample,
@@ -468,10 +546,14 @@ def fit_pressure_model(
     learning_rate: float = 3e-3,
     beta_kl: float = 1e-3,
     clip: float = 1.0,
+    n_noise: float = 0.0,
+    n_noise_mass: float | None = None,
 ) -> tuple[PressureDeepSets, np.ndarray]:
     """Train with Adam (one-cycle schedule, gradient clipping, seed 003 §3) on random halo batches.
 
     The KL weight is annealed linearly from 0 to `beta_kl` over the run (seed 003).
+    With `n_noise` > 0 each batch's cluster scalars get seed 003's eq. (6) noise
+    (`neighbour_gaps` over `train`, `scalar_noise`; `n_noise_mass` for log M).
 
     Returns:
         (trained model, (steps,) training losses).
@@ -483,17 +565,21 @@ def fit_pressure_model(
         raise ValueError(f"need >= 1 training halo and step, got {n} halos, steps = {steps}")
     sched = optax.cosine_onecycle_schedule(steps, learning_rate)
     opt = optax.chain(optax.clip_by_global_norm(clip), optax.adam(sched))
+    if n_noise < 0 or (n_noise_mass is not None and n_noise_mass < 0):
+        raise ValueError(f"n_noise = {n_noise}, n_noise_mass = {n_noise_mass} must be >= 0")
     params, static = eqx.partition(model, eqx.is_inexact_array)
     state = opt.init(params)
+    gaps = neighbour_gaps(train) if n_noise > 0 and n > 1 else None
 
     @jax.jit
     def step(params, state, i, k):
-        kb, kl = jax.random.split(k)
+        kb, kl, kn = jax.random.split(k, 3)
         idx = jax.random.choice(kb, n, (min(batch_size, n),), replace=n < batch_size)
         batch = jax.tree.map(lambda x: x[idx], train)
         beta = (beta_kl / steps) * i.astype(jnp.result_type(float))
+        noise = None if gaps is None else scalar_noise(kn, gaps[0][idx], gaps[1][idx], n_noise, n_noise_mass)
         loss, grads = jax.value_and_grad(
-            lambda p: training_loss(eqx.combine(p, static), batch, kl, beta))(params)
+            lambda p: training_loss(eqx.combine(p, static), batch, kl, beta, noise))(params)
         with jax.numpy_dtype_promotion("standard"):  # optax's int32 step counters
             updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss

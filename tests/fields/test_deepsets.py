@@ -118,3 +118,63 @@ def test_loss_falls_and_beats_gnfw_on_tiny_set(getkey):
     assert float(reconstruction_loss(jnp.asarray(halos.P[0]), jax.tree.map(lambda x: x[0], halos))) == 0.0
     with pytest.raises(ValueError, match="latent"):
         net(jax.tree.map(lambda x: x[0], halos), latent="mode")
+
+
+def test_eq6_gaps_and_noise(getkey):
+    """Seed 003 eq. (6): Δ± are the sorted neighbours' gaps; δ = N r Δ_sgn(r) has the half-normal means N Δ± √(2/π)."""
+    from jaxcluster.fields import neighbour_gaps, scalar_noise, scalar_statistics
+
+    halos = jax.jit(jax.vmap(_halo))(jax.random.split(getkey(), 6))
+    s = np.asarray(jax.vmap(lambda h: cluster_frame(h)[0])(halos))
+    lo, hi = (np.asarray(g) for g in neighbour_gaps(halos))
+    for a in range(s.shape[1]):
+        v = s[:, a]
+        for i in range(v.size):
+            below, above = v[v < v[i]], v[v > v[i]]
+            d_lo = v[i] - below.max() if below.size else None
+            d_hi = above.min() - v[i] if above.size else None
+            # (z is the same for every halo here: all ties, no noise)
+            assert lo[i, a] == pytest.approx(d_lo if d_lo is not None else (d_hi or 0.0), abs=1e-12)
+            assert hi[i, a] == pytest.approx(d_hi if d_hi is not None else (d_lo or 0.0), abs=1e-12)
+    # half-normal conditional means, mass scalar (index 0) with its own N
+    n = 40000
+    d_lo, d_hi = jnp.full((n, 8), 0.5), jnp.full((n, 8), 2.0)
+    delta = np.asarray(scalar_noise(getkey(), d_lo, d_hi, 10.0, 3.0))
+    half = np.sqrt(2 / np.pi)
+    for a, N in ((0, 3.0), (4, 10.0)):
+        pos, neg = delta[delta[:, a] > 0, a], delta[delta[:, a] < 0, a]
+        assert pos.mean() == pytest.approx(N * 2.0 * half, rel=0.03)
+        assert neg.mean() == pytest.approx(-N * 0.5 * half, rel=0.03)
+    # the normalisation maps the set's scalars to zero mean, unit variance
+    mean, std = scalar_statistics(halos)
+    z = (s - np.asarray(mean)) / np.asarray(std)
+    np.testing.assert_allclose(z.mean(0), 0.0, atol=1e-10)
+    np.testing.assert_allclose(z.std(0)[np.asarray(std) > 1e-6], 1.0, rtol=1e-10)
+
+
+def test_normalised_noisy_model_stays_equivariant(getkey):
+    halos = jax.jit(jax.vmap(_halo))(jax.random.split(getkey(), 4))
+    net = _model(getkey(), perturb=False).with_scalar_normalisation(halos)
+    h0 = jax.tree.map(lambda x: x[0], halos)
+    R = _rotation(getkey())
+    rot = eqx.tree_at(lambda h: (h.q, h.v, h.r, h.local_q, h.local_v), h0,
+                      (h0.q @ R.T, h0.v @ R.T, h0.r @ R.T, h0.local_q @ R.T, h0.local_v @ R.T))
+    noise = jnp.linspace(-0.1, 0.1, 8)
+    f = eqx.filter_jit(lambda m, h: m(h, scalar_noise=noise)[0])
+    np.testing.assert_allclose(np.asarray(f(net, rot)), np.asarray(f(net, h0)), rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_training_with_eq6_noise(getkey):
+    halos = jax.jit(jax.vmap(_halo))(jax.random.split(getkey(), 4))
+    net = _model(getkey(), perturb=False).with_scalar_normalisation(halos)
+    net, losses = fit_pressure_model(net, halos, key=getkey(), steps=40, batch_size=4, learning_rate=1e-2,
+                                     n_noise=1.0, n_noise_mass=0.5)
+    assert np.all(np.isfinite(losses)) and losses[-5:].mean() < losses[:5].mean()
+    np.testing.assert_array_equal(np.asarray(net.s_std), np.asarray(scalar_statistics_(halos)[1]))
+
+
+def scalar_statistics_(halos):
+    from jaxcluster.fields import scalar_statistics
+
+    return scalar_statistics(halos)
