@@ -526,7 +526,8 @@ def write_cutout_dataset(
         out_path: the HDF5 file (``jaxcluster-cutouts`` layout, `save_cutouts`).
         n_chunks: number of chunks.
         make_chunk: chunk index → dict of arrays (deterministic in the index).
-        pixel_size, depth: cutout geometry [h⁻¹ Mpc, comoving], stored.
+        pixel_size: cutout pixel [h⁻¹ Mpc, comoving], stored.
+        depth: cutout slab depth [h⁻¹ Mpc, comoving], stored.
         fractions: (train, val, test) cluster fractions.
         seed: split seed.
         log: log₁₀ normalisation per channel.

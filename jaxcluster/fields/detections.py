@@ -116,8 +116,11 @@ def detection_cutouts(
 
     Args:
         xi: (s, 2) detection centroids [rad].
-        rho_dm, n_e_cm3, T_keV: the box's 3-D fields (`survey.box_fields`).
-        chi, depth: box centre distance and true depth [h⁻¹ Mpc].
+        rho_dm: the box's comoving matter density [h² M☉ Mpc⁻³] (`survey.box_fields`).
+        n_e_cm3: its comoving electron density [cm⁻³].
+        T_keV: its temperature [keV].
+        chi: axial comoving distance of the box centre [h⁻¹ Mpc].
+        depth: true box depth [h⁻¹ Mpc].
         z: box redshift.
         cosmo: the box's cosmology.
         geometry: lightcone geometry (the mesh and pixels).
