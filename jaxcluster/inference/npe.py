@@ -38,6 +38,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -453,6 +454,12 @@ def _epoch(params, static, opt_state, key, u_tr, s_tr, u_va, s_va, optimiser, ba
         return jax.vmap(one_member)(params, opt_state, jax.random.split(key, jax.tree_util.tree_leaves(params)[0].shape[0]))
 
 
+@functools.lru_cache(maxsize=32)
+def _optimiser(clip_norm: float, learning_rate: float) -> optax.GradientTransformation:
+    """Adam after global-norm clipping; one object per setting, so `_epoch`'s compiled code is reused across trainings."""
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(learning_rate))
+
+
 def train_posterior(
     theta: Float[ArrayLike, "n d"],
     x: Float[ArrayLike, "n *summary"],
@@ -515,7 +522,7 @@ def train_posterior(
     s = jnp.asarray((x - x_shift) / x_scale, _F32)
     u_tr, s_tr, u_va, s_va = u[tr], s[tr], u[va], s[va]
 
-    optimiser = optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adam(config.learning_rate))
+    optimiser = _optimiser(float(config.clip_norm), float(config.learning_rate))
     params, static = eqx.partition(post.estimator, eqx.is_inexact_array)
     opt_state = jax.vmap(optimiser.init)(params)
     best, best_val = params, np.full(config.n_members, np.inf)
