@@ -295,7 +295,11 @@ def _radial_operator(filter, shape, cells, dtype) -> Float[Array, "nx ny nzr"]:
     i_x² + i_y² + i_z² ≤ 3 (n/2)², so Ô is evaluated on those few thousand
     radii and gathered: the same values (up to the rounding of one square
     root), at a small fraction of the cost of evaluating the B-spline basis
-    at every one of the n²(n/2 + 1) modes. Other meshes take the direct path.
+    at every one of the n²(n/2 + 1) modes. Other meshes (the survey's
+    padded boxes, e.g. 17 × 17 × 130) evaluate Ô on the distinct |k| of the
+    grid, computed with numpy at trace time (mirror modes ±k share one), and
+    gather: 2,821 radii instead of 19,074 modes there, in the forward pass and in
+    the coefficient gradient alike.
     """
     if len(set(shape)) == 1:
         n = shape[0]
@@ -304,8 +308,12 @@ def _radial_operator(filter, shape, cells, dtype) -> Float[Array, "nx ny nzr"]:
         n2 = i[:, None, None] ** 2 + i[None, :, None] ** 2 + iz[None, None, :] ** 2
         k_table = (2.0 * math.pi / (n * cells[0])) * jnp.sqrt(jnp.arange(3 * (n // 2) ** 2 + 1, dtype=dtype))
         return filter(k_table)[n2]
-    kvec = rfft_wavevectors(shape, dtype=dtype)
-    return filter(jnp.sqrt(sum((ki / c) ** 2 for ki, c in zip(kvec, cells))))
+    nx, ny, nz = shape  # rfft_wavevectors' numbers, in numpy: static, so the unique radii are found at trace time
+    kvec = (2 * np.pi * np.fft.fftfreq(nx)[:, None, None], 2 * np.pi * np.fft.fftfreq(ny)[None, :, None],
+            2 * np.pi * np.fft.rfftfreq(nz)[None, None, :])
+    k2 = sum((ki / c) ** 2 for ki, c in zip(kvec, cells))
+    k2_table, index = np.unique(k2, return_inverse=True)
+    return filter(jnp.sqrt(jnp.asarray(k2_table, dtype=dtype)))[index.reshape(k2.shape)]
 
 
 class DisplacementLayer(eqx.Module):
