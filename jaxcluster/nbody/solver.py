@@ -31,7 +31,7 @@ from jaxtyping import Array, ArrayLike, Float
 from ..cosmology import Cosmology, GrowthTable, growth_table
 from .adjoint import kdk_factors, kdk_reversible
 from .config import PMConfig
-from .mesh import force_from_density, paint_cic, read_cic
+from .mesh import paint_cic, read_force
 
 __all__ = ["pm_force", "DriftTerm", "KickTerm", "FastPMKDK", "step_grid", "NBodyResult", "nbody"]
 
@@ -47,8 +47,7 @@ def pm_force(pos: Float[Array, "n_ptcl 3"], config: PMConfig) -> Float[Array, "n
     pos_cell = pos / cell
     mass = jnp.full(pos.shape[:1], float(config.mesh_factor**3), dtype=pos.dtype)
     rho = paint_cic(pos_cell, mass, config.mesh_shape)
-    force_mesh = force_from_density(jnp.fft.rfftn(rho), config.mesh_shape, config.gradient)
-    return read_cic(force_mesh, pos_cell) * cell
+    return read_force(jnp.fft.rfftn(rho), pos_cell, config.mesh_shape, config.gradient) * cell
 
 
 class DriftTerm(diffrax.AbstractTerm):

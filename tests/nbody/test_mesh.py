@@ -126,3 +126,22 @@ def test_bad_positions_raise():
     # The jaxtyping hook (tests only) rejects the shape first; users get our ValueError.
     with pytest.raises((ValueError, TypeError), match="pos|n_ptcl 3"):
         paint_cic(jnp.zeros((5, 2)), jnp.ones(5), SHAPE)
+
+
+@pytest.mark.parametrize("gradient", ["fd4", "exact"])
+def test_read_force_equals_read_of_force_mesh(gradient):
+    # read_force skips the force mesh for fd4 (stencil on a padded φ); values and
+    # gradients must be those of read_cic(force_from_density(...)).
+    from jaxcluster.nbody.mesh import read_force
+
+    shape = (12, 8, 10)
+    rng = np.random.default_rng(5)
+    delta_k = jnp.fft.rfftn(jnp.asarray(rng.normal(size=shape)))
+    pos = jnp.asarray(rng.uniform(-5, 15, (40, 3)))
+    ref = read_cic(force_from_density(delta_k, shape, gradient), pos)
+    np.testing.assert_allclose(read_force(delta_k, pos, shape, gradient), ref, rtol=1e-11, atol=1e-13)
+    cot = jnp.asarray(rng.normal(size=(40, 3)))
+    g = jax.grad(lambda d, x: jnp.vdot(read_force(d, x, shape, gradient), cot), argnums=(0, 1))(delta_k, pos)
+    g_ref = jax.grad(lambda d, x: jnp.vdot(read_cic(force_from_density(d, shape, gradient), x), cot), argnums=(0, 1))(delta_k, pos)
+    for a, b in zip(g, g_ref):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
