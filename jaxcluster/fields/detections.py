@@ -6,11 +6,10 @@ coordinates [rad] from the field centre, `survey.Catalogue.xi`). A detection
 becomes a 3-D centre in the box's padded periodic mesh (`detection_centres`):
 
 * **transverse**: the maps resample box column c onto the pixels as the
-  interval $[(c - n_⊥/2)Δ, (c + 1 - n_⊥/2)Δ]$ of transverse distance $ξχ_b$
-  (`survey.maps.resampling_weights`), while the cell's contents sit around
-  $cΔ$ on the mesh (cell c centred at cΔ, the CIC convention of
-  `halo_cutouts`); so the detection lies at mesh coordinate
-  $x = ξχ_b + (n_⊥ − 1)Δ/2$, which puts each map column back onto its cell.
+  interval $[(c - ½ - n_⊥/2)Δ, (c + ½ - n_⊥/2)Δ]$ of transverse distance
+  $ξχ_b$ (`survey.maps.resampling_weights`), centred on the cell's CIC node
+  cΔ (the convention of `halo_cutouts`) shifted by the box's half width; so
+  the detection lies at mesh coordinate $x = ξχ_b + n_⊥Δ/2$.
 * **line of sight** (the mesh's last axis, where a map has no information):
   the cell of peak bremsstrahlung emissivity $n_e^2\sqrt T$ summed over the
   3 × 3 columns around the detection, inside the box's true depth
@@ -79,7 +78,7 @@ def detection_centres(
     cell = geometry.cell_size
     n_perp, n_par = geometry.n_perp, geometry.n_par
     dtype = n_e_cm3.dtype
-    trans = jnp.asarray(xi, dtype) * jnp.asarray(chi, dtype) + 0.5 * (n_perp - 1) * cell  # (s, 2)
+    trans = jnp.asarray(xi, dtype) * jnp.asarray(chi, dtype) + 0.5 * n_perp * cell  # (s, 2)
     w = los_weights(jnp.asarray(depth), geometry).astype(dtype)
     emis = n_e_cm3 * n_e_cm3 * jnp.sqrt(jnp.maximum(T_keV, 0.0))  # ∝ bremsstrahlung emissivity
 

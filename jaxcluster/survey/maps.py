@@ -10,7 +10,8 @@ coordinates ξ; a transverse comoving position x is seen at ξ = x / χ_b).
 **Resampling conserves flux exactly.** Pixels and projected cells are both
 axis-aligned regular grids, so the overlap of pixel p with cell c is a
 product of 1-D interval overlaps $O_{pc}$ [h⁻¹ Mpc] (pixel edges at
-$ξ_p χ_b$, cell edges at $(c − n_⊥/2)Δ$). Extensive quantities (count rates,
+$ξ_p χ_b$, cell edges at $(c ∓ ½ − n_⊥/2)Δ$: the CIC mesh holds cell c's
+contents around its node cΔ, and the box's transverse centre is on the line of sight). Extensive quantities (count rates,
 mass) use the fraction of the cell inside the pixel, $F_{pc} = O_{pc}/Δ$:
 $M_{pq} = Σ_{ij} F_{pi} F_{qj} m_{ij}$, so the map's total is the total of the
 cells inside the footprint (all of a cell for a cell wholly inside), to
@@ -104,7 +105,9 @@ def resampling_weights(
     n_pix, n_perp, cell = geometry.n_pix, geometry.n_perp, geometry.cell_size
     xi_edges = (jnp.arange(n_pix + 1, dtype=dtype) - 0.5 * n_pix) * geometry.pixel_rad
     pix_edges = xi_edges * chi  # comoving transverse [h⁻¹ Mpc]
-    cell_edges = (jnp.arange(n_perp + 1, dtype=dtype) - 0.5 * n_perp) * cell
+    # CIC puts cell c's contents around its node cΔ, so the cell spans
+    # (c ± ½)Δ; the box's transverse centre L/2 is on the line of sight.
+    cell_edges = (jnp.arange(n_perp + 1, dtype=dtype) - 0.5 * (n_perp + 1)) * cell
     overlap = overlap_lengths(pix_edges, cell_edges)
     return overlap / cell, overlap / (geometry.pixel_rad * chi)
 
