@@ -22,6 +22,8 @@ from .fisher import (
 )
 from .hmc import (
     NUISANCE_PRIOR_SIGMA,
+    ShearMap,
+    fit_shear_map,
     from_unconstrained,
     log_posterior,
     log_prior,
@@ -59,7 +61,7 @@ __all__ = [
     "ANALYTIC_PARAM_NAMES", "COSMO_NAMES", "AnalyticModel", "figure_of_merit", "fisher_covariance",
     "fisher_matrix", "marginal_errors", "plot_fisher_corner",
     "NUISANCE_PRIOR_SIGMA", "from_unconstrained", "log_posterior", "log_prior", "nuts_diagnostics", "run_nuts",
-    "to_unconstrained", "unconstrained_covariance",
+    "to_unconstrained", "unconstrained_covariance", "ShearMap", "fit_shear_map",
     "TINKER08_DELTA", "TINKER08_TABLE", "delta_mean", "lagrangian_radius", "mass_function",
     "mass_function_from_sigma", "mean_matter_density", "sigma_and_slope", "sigma_and_slope_interpolated",
     "sigma_M", "tinker08_f", "tinker08_parameters",

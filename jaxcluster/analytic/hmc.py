@@ -15,6 +15,14 @@ $u = \mathrm{logit}((θ − lo)/(hi − lo))$ (log-Jacobian added) so the sample
 never meets the prior walls; Gaussian-prior ones are sampled as they are.
 Returned samples are in θ.
 
+**Curved posteriors.** Cluster counts bend the Ω_m–σ_8–M0 degeneracy (a
+banana even in u); a dense metric cannot follow the curve, so NUTS needs long
+trajectories and mixes slowly. `ShearMap` (fitted to pilot draws, e.g. an
+NPE's, by `fit_shear_map`) straightens it: a triangular map with quadratic
+shear terms and unit-diagonal shear, so its Jacobian is the constant
+whitening scale and the reparametrised density is exact; `run_nuts` samples
+in its output z when given one.
+
 **Algorithm** (ARCHITECTURE §3): `blackjax.window_adaptation(blackjax.nuts, logdensity)`
 (step size and diagonal mass matrix, Stan's windows) per chain, then a
 `lax.scan` over `nuts.step`; chains are independent and `vmap`ped. R̂ and ESS
@@ -23,12 +31,14 @@ from `blackjax.diagnostics`.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import blackjax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..params import PRIOR_BOUNDS
@@ -44,6 +54,8 @@ __all__ = [
     "run_nuts",
     "unconstrained_covariance",
     "nuts_diagnostics",
+    "ShearMap",
+    "fit_shear_map",
 ]
 
 # Gaussian prior widths of the scaling-relation parameters (module docstring).
@@ -121,6 +133,92 @@ def to_unconstrained(model: AnalyticModel, theta: Float[ArrayLike, " n_param"]) 
     return jnp.stack(out)
 
 
+def _quadratic_features(prev, xp=jnp):
+    """[1, u_i, u_i u_k (i ≤ k)] of the preceding coordinates (..., k) → (..., 1 + k + k(k+1)/2); xp: jnp or np."""
+    rows, cols = np.triu_indices(prev.shape[-1])
+    one = xp.ones(prev.shape[:-1] + (1,), prev.dtype)
+    return xp.concatenate([one, prev, prev[..., rows] * prev[..., cols]], axis=-1)
+
+
+class ShearMap(eqx.Module):
+    r"""A triangular map z ↔ u, unit-diagonal shear and a scale, that straightens curved posteriors.
+
+    In the order ``order`` (a permutation of the coordinates), coordinate
+    $j = \mathrm{order}_k$ is $u_j = c_k · φ(u_{\mathrm{order}_{<k}}) + s_k z_k$,
+    φ the constant, linear and quadratic monomials of the coordinates before it.
+    The Jacobian ∂u/∂z is triangular with diagonal s, so
+    $\ln|∂u/∂z| = \sum_k \ln s_k$ for every z, and the map is a bijection of ℝᵈ.
+
+    Attributes:
+        coefficients: per position k, (1 + k + k(k+1)/2,) regression coefficients c_k.
+        scales: (d,) s_k, the residual standard deviations (same units as u).
+        order: the coordinate order (static).
+    """
+
+    coefficients: tuple[Array, ...]
+    scales: Float[Array, " d"]
+    order: tuple[int, ...] = eqx.field(static=True)
+
+    def forward(self, z: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
+        """u(z) for one z (d,)."""
+        z = jnp.asarray(z)
+        vals = []
+        for k, c in enumerate(self.coefficients):
+            prev = jnp.stack(vals) if vals else jnp.zeros(0, z.dtype)
+            vals.append(_quadratic_features(prev) @ c + self.scales[k] * z[k])
+        return jnp.zeros_like(z).at[jnp.asarray(self.order)].set(jnp.stack(vals))
+
+    def inverse(self, u: Float[ArrayLike, " d"]) -> Float[Array, " d"]:
+        """z(u) for one u (d,)."""
+        u = jnp.asarray(u)
+        uo = u[jnp.asarray(self.order)]
+        return jnp.stack([(uo[k] - _quadratic_features(uo[:k]) @ c) / self.scales[k]
+                          for k, c in enumerate(self.coefficients)])
+
+    def log_abs_det_du_dz(self) -> Float[Array, ""]:
+        """ln|∂u/∂z| (a constant)."""
+        return jnp.sum(jnp.log(self.scales))
+
+
+def fit_shear_map(u: Float[ArrayLike, "n d"], order: tuple[int, ...] | None = None) -> ShearMap:
+    r"""Least-squares `ShearMap` that takes pilot draws u (n, d) to roughly independent unit-variance z.
+
+    Each coordinate is regressed on the quadratic monomials of those before
+    it; the residual standard deviation is its scale. Without ``order``, every
+    order is tried (d ≤ 5) and the one with the smallest $\sum_k \ln s_k$ (the
+    most structure absorbed) kept.
+
+    Args:
+        u: (n, d) pilot draws in the sampling space, n > 1 + d + d(d+1)/2.
+        order: coordinate order; None: the best one.
+    """
+    u = np.asarray(u, np.float64)
+    if u.ndim != 2:
+        raise ValueError(f"u must be (n, d) pilot draws, got shape {u.shape}")
+    n, d = u.shape
+    if n <= 1 + d + d * (d + 1) // 2:
+        raise ValueError(f"u has {n} draws; need more than {1 + d + d * (d + 1) // 2} for a quadratic fit in d = {d}")
+    if order is None and d > 5:
+        order = tuple(range(d))
+    candidates = [tuple(order)] if order is not None else list(itertools.permutations(range(d)))
+    if any(sorted(o) != list(range(d)) for o in candidates):
+        raise ValueError(f"order = {order} must be a permutation of 0..{d - 1}")
+    best = None
+    for o in candidates:
+        uo = u[:, list(o)]
+        coefs, scales = [], []
+        for k in range(d):
+            phi = _quadratic_features(uo[:, :k], np)
+            c, *_ = np.linalg.lstsq(phi, uo[:, k], rcond=None)
+            coefs.append(c)
+            scales.append(np.std(uo[:, k] - phi @ c))
+        score = float(np.sum(np.log(scales)))
+        if best is None or score < best[0]:
+            best = (score, o, coefs, scales)
+    _, o, coefs, scales = best
+    return ShearMap(tuple(jnp.asarray(c) for c in coefs), jnp.asarray(scales), tuple(int(i) for i in o))
+
+
 def run_nuts(
     model: AnalyticModel,
     counts: Float[ArrayLike, "n_cr n_hr n_z"],
@@ -133,6 +231,7 @@ def run_nuts(
     inverse_mass_matrix: Float[ArrayLike, "n_param n_param"] | None = None,
     dense_mass_matrix: bool = True,
     mass_matrix_pseudo_count: float = 0.0,
+    reparametrisation: ShearMap | None = None,
 ) -> dict[str, Array]:
     """Several NUTS chains (vmapped) on the XOD posterior.
 
@@ -155,6 +254,9 @@ def run_nuts(
             pseudo-count (blackjax ``imm_shrinkage_to_previous``); with a good
             Fisher metric and a short warm-up, ~100 keeps it from being replaced
             by a noisy estimate.
+        reparametrisation: a `ShearMap` from u to sample in instead (its z,
+            roughly standard normal: `inverse_mass_matrix` is then in z, and
+            None means identity); the returned samples are still in θ.
 
     Returns:
         dict with ``samples`` (n_chains, n_samples, n_param) in θ,
@@ -169,11 +271,21 @@ def run_nuts(
         raise ValueError(f"theta_init must have shape (n_chains, {model.n_param}), got {theta_init.shape}")
     counts = jnp.asarray(counts)
 
-    def logdensity(u):
-        theta, logdet = from_unconstrained(model, u)
+    shear = reparametrisation
+    if shear is not None and len(shear.order) != model.n_param:
+        raise ValueError(f"reparametrisation has {len(shear.order)} coordinates, the model {model.n_param}")
+
+    def to_u(q):
+        return q if shear is None else shear.forward(q)
+
+    def logdensity(q):
+        theta, logdet = from_unconstrained(model, to_u(q))
+        # the shear's Jacobian is a constant: it does not change the sampled density's shape
         return poisson_log_likelihood(counts, model(theta)) + log_prior(model, theta) + logdet
 
     u_init = jax.vmap(lambda t: to_unconstrained(model, t))(theta_init)
+    if shear is not None:
+        u_init = jax.vmap(shear.inverse)(u_init)
     imm = None
     if inverse_mass_matrix is not None:
         imm = jnp.asarray(inverse_mass_matrix, dtype=u_init.dtype)
@@ -198,7 +310,7 @@ def run_nuts(
             return s, (s.position, info.is_divergent, info.acceptance_rate, info.num_integration_steps)
 
         _, (pos, div, acc, nsteps) = jax.lax.scan(body, state, jax.random.split(k_run, n_samples))
-        theta = jax.vmap(lambda u: from_unconstrained(model, u)[0])(pos)
+        theta = jax.vmap(lambda q: from_unconstrained(model, to_u(q))[0])(pos)
         return theta, div, acc, nsteps, params["step_size"]
 
     keys = jax.random.split(key, theta_init.shape[0])
