@@ -26,6 +26,11 @@ one subprocess per measurement (`--worker ...`), `ru_maxrss` at its end
 (compilation included; nothing subtracted). Accuracy: max and mean |P/P_ref − 1|
 over k ≤ k_Nyq/2 against a 100-step run of our solver, for each code.
 
+On a GPU the run adds our forward time per step at 256³ (`step_ms_256_gpu`;
+pmwd's published figure is ~8 ms per step on an H100 PCIe);
+`python benchmarks/pm.py --worker steptime-N` prints it for any N on any
+backend.
+
 Usage: `python benchmarks/pm.py [--quick]`; writes benchmarks/results/pm.json
 (`--quick`: 64³ only, fewer repetitions, writes pm_quick.json).
 """
@@ -189,6 +194,22 @@ def worker_timing(n: int, n_steps: int, reps: int, all_adjoints: bool) -> dict:
                 median_s={k: statistics.median(v) for k, v in times.items()}, paired_ratio=paired)
 
 
+def worker_step_time(n: int, reps: int = 5) -> dict:
+    """Our forward cost per FastPM step at n³ (one particle per cell): (t(20 steps) − t(10 steps)) / 10.
+
+    The difference removes the fixed cost of a run (LPT is outside, but the
+    growth factors and the first force are inside); medians of `reps` calls.
+    """
+    config, cosmo, growth, pos, p, _ = _setup(n)
+    adjoint = "reversible" if _has_adjoint_kw() else None
+    t = {}
+    for ns in (10, 20):
+        fwd = _ours_fns(config, cosmo, growth, ns, adjoint)[0]
+        _timed(fwd, pos, p)  # compile
+        t[ns] = statistics.median(_timed(fwd, pos, p) for _ in range(reps))
+    return dict(n=n, seconds_10_steps=t[10], seconds_20_steps=t[20], step_ms=(t[20] - t[10]) / 10 * 1e3)
+
+
 def worker_accuracy(n: int, steps: list[int], jaxpm_too: bool) -> dict:
     """P(k) error vs a 100-step run of our solver, for our solver and jaxpm's leapfrog."""
     import jax
@@ -324,6 +345,13 @@ def main(quick: bool) -> dict:
             r = out[f"peak_rss_{n_mem}"].get(spec) or _spawn(["--worker", spec])
             out[f"grad_peak_rss_{ns}_steps{tag}"] = r["peak_rss_MiB"]
             out[f"grad_first_call_s_{ns}_steps{tag}"] = r["first_call_s"]
+    if out["environment"]["backend"] == "gpu":
+        # The issue's GPU figure: pmwd published ~8 ms per step at 256³ on an H100 PCIe.
+        print("[pm] step time 256^3 ...", file=sys.stderr, flush=True)
+        st = _spawn(["--worker", "steptime-256"])
+        out["step_ms_256_gpu"] = st["step_ms"]
+        out["step_time_256_gpu"] = st
+        out["step_ms_256_reference"] = "pmwd: ~8 ms per step at 256³ on an H100 PCIe (Li et al. 2022)"
     out["grad_peak_rss_n"] = n_mem
     out["grad_peak_rss_adjoint"] = adjoints[-1] or "checkpoint"
     out["total_runtime_s"] = time.perf_counter() - t_start
@@ -340,6 +368,8 @@ if __name__ == "__main__":
         if w.startswith("timing-"):
             _, n, steps, reps, which = w.split("-")
             res = worker_timing(int(n), int(steps), int(reps), which == "all")
+        elif w.startswith("steptime-"):
+            res = worker_step_time(int(w.split("-")[1]))
         elif w.startswith("accuracy-"):
             res = worker_accuracy(int(w.split("-")[1]), [5, 10, 20, 40], jaxpm_too=True)
         else:
