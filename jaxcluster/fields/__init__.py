@@ -27,6 +27,8 @@ from .cutouts import (
     split_by_cluster,
 )
 from .deepsets import (
+    MODULE_LABELS,
+    FeatureMLP,
     GNFWProfile,
     HaloSample,
     LocalModule,
@@ -37,11 +39,16 @@ from .deepsets import (
     fit_pressure_model,
     halo_samples,
     loss_ratio_median,
+    module_labels,
     neighbour_gaps,
+    pressure_optimizer,
     reconstruction_loss,
+    rotate_frame_vectors,
     scalar_noise,
     scalar_statistics,
+    shell_means,
     training_loss,
+    vector_rotation_noise,
 )
 from .profiles import (
     ARNAUD10,
@@ -100,6 +107,8 @@ __all__ = [
     "HaloSample", "cluster_frame", "GNFWProfile", "OriginModule", "LocalModule", "StochasticModule",
     "PressureDeepSets", "reconstruction_loss", "training_loss", "loss_ratio_median", "halo_samples",
     "scalar_statistics", "neighbour_gaps", "scalar_noise",
+    "FeatureMLP", "rotate_frame_vectors", "vector_rotation_noise", "MODULE_LABELS", "module_labels", "shell_means",
+    "pressure_optimizer",
     "fit_pressure_model",
     "MultiViewUNet", "random_view_mask", "unet_loss", "FitConfig", "FitResult", "fit",
     "VESDE", "NCSNpp", "ScoreModel", "ConditionedScore", "GaussianScore", "dsm_loss", "euler_maruyama",

@@ -30,12 +30,19 @@ $$\hat P_e(\vec r) = \mathrm{ReLU}[g\,\mathrm{ReLU}(1 + a_1) + k \sinh a_2] \qqu
   $\ln(1 + N_{\rm loc})$.
 * **Stochastic** (`StochasticModule`): a conditional-VAE encoder of the
   residuals of the target with respect to the published GNFW profile averaged
-  in radial shells out to 2 R_200 (seed 003 uses 32 linear shells; the field's
-  resolution here allows fewer), giving (μ, ln σ) of **one** latent $a$;
+  in 32 linear radial shells out to 2 R_200 (seed 003; `shell_means`), giving (μ, ln σ) of **one** latent $a$;
   training samples $a = μ + σ ε$ and adds $β_{KL}\,\mathrm{KL}$, evaluation uses
   μ (reconstruction) or $a \sim \mathcal N(0, 1)$.
 * **Aggregator**: an MLP on the Local output, $|\vec r|$, $|\hat r\cdot\mathbf e|$,
   $\mathbf s$ and $a$ giving $(a_1, a_2)$.
+
+Every MLP (`FeatureMLP`) uses LeakyReLU and layer normalisation; the
+Aggregator has dropout (30 % after its first hidden layer, 5 % after the
+others), active in training mode only (`eqx.nn.inference_mode` turns it off).
+Training (`fit_pressure_model`, seed 003 §3) adds eq. (6) scalar noise, ~2°
+rotations of the cluster vectors (`vector_rotation_noise`), weight decay on
+the Aggregator and Origin, and per-module learning-rate factors
+(`pressure_optimizer`, `module_labels`).
 
 Every input to an MLP is an SO(3) scalar, and vectors enter only as
 $φ(\text{scalars})\,\vec q$, so rotating all particles and targets leaves
@@ -78,7 +85,14 @@ __all__ = [
     "neighbour_gaps",
     "scalar_noise",
     "loss_ratio_median",
+    "shell_means",
     "halo_samples",
+    "FeatureMLP",
+    "rotate_frame_vectors",
+    "vector_rotation_noise",
+    "MODULE_LABELS",
+    "module_labels",
+    "pressure_optimizer",
     "fit_pressure_model",
     "N_SCALARS",
     "N_VECTORS",
@@ -151,6 +165,99 @@ def cluster_frame(halo: HaloSample) -> tuple[Float[Array, " n_s"], Float[Array, 
     return scalars, vectors
 
 
+class FeatureMLP(eqx.Module):
+    """MLP on SO(3) scalars: Linear → [LayerNorm] → LeakyReLU → [Dropout] per hidden layer, then Linear (seed 003 §2).
+
+    Args:
+        in_size: input features.
+        out_size: outputs.
+        width: hidden neurons per layer.
+        depth: hidden layers (≥ 1).
+        layer_norm: layer normalisation (Ba et al. 2016) before each hidden activation (seed 003: "generally").
+        dropout: dropout rate after each hidden layer's activation, in [0, 1); a shorter sequence
+            repeats its last rate, empty means none (seed 003's Aggregator: (0.3, 0.05)).
+        key: PRNG key for the weights.
+
+    Dropout is active unless in inference mode (`eqx.nn.inference_mode`), and then
+    needs a `key`. Without layer norm and dropout the leaves are those of an
+    `eqx.nn.MLP` of the same sizes (models saved before these options still load).
+    """
+
+    layers: tuple[eqx.nn.Linear, ...]
+    norms: tuple[eqx.nn.LayerNorm | None, ...]
+    dropouts: tuple[eqx.nn.Dropout | None, ...]
+
+    def __init__(self, in_size: int, out_size: int, width: int, depth: int, *, layer_norm: bool = True,
+                 dropout: tuple[float, ...] = (), key: PRNGKeyArray):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        if any(not 0.0 <= p < 1.0 for p in dropout):
+            raise ValueError(f"dropout rates must lie in [0, 1), got {dropout}")
+        keys = jax.random.split(key, depth + 1)
+        sizes = [in_size] + [width] * depth + [out_size]
+        self.layers = tuple(eqx.nn.Linear(sizes[i], sizes[i + 1], key=keys[i]) for i in range(depth + 1))
+        self.norms = tuple(eqx.nn.LayerNorm(width) if layer_norm else None for _ in range(depth))
+        rates = [dropout[min(i, len(dropout) - 1)] if dropout else 0.0 for i in range(depth)]
+        self.dropouts = tuple(eqx.nn.Dropout(p) if p > 0 else None for p in rates)
+
+    def needs_key(self) -> bool:
+        """Whether a call draws dropout masks (some rate > 0 and not in inference mode)."""
+        return any(d is not None and not d.inference for d in self.dropouts)
+
+    def __call__(self, x: Float[Array, " n_in"], *, key: PRNGKeyArray | None = None) -> Float[Array, " n_out"]:
+        for i, (lin, norm, drop) in enumerate(zip(self.layers[:-1], self.norms, self.dropouts)):
+            x = lin(x)
+            x = jax.nn.leaky_relu(norm(x) if norm is not None else x)
+            if drop is not None:
+                x = drop(x, key=None if key is None else jax.random.fold_in(key, i))
+        return self.layers[-1](x)
+
+
+def _zero_last(mlp: FeatureMLP) -> FeatureMLP:
+    """Zero the last layer (a module that starts with no effect)."""
+    last = mlp.layers[-1]
+    return eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), mlp,
+                       (jnp.zeros_like(last.weight), jnp.zeros_like(last.bias)))
+
+
+def _rotate(v: Float[Array, "*b 3"], omega: Float[Array, "*b 3"]) -> Float[Array, "*b 3"]:
+    """Rodrigues: v rotated by the angle |ω| [rad] about ω̂."""
+    theta = _safe_norm(omega, keepdims=True)
+    k = omega / theta
+    c, s_ = jnp.cos(theta), jnp.sin(theta)
+    return v * c + jnp.cross(k, v) * s_ + k * jnp.sum(k * v, -1, keepdims=True) * (1.0 - c)
+
+
+def rotate_frame_vectors(e: Float[Array, "n_e 3"], rotation: Float[Array, "n_e 3"]) -> Float[Array, "n_e 3"]:
+    r"""Rotate each cluster vector $\mathbf e_α$ by its own small rotation (seed 003 §3 vector noise).
+
+    `rotation[α]` is a rotation vector (angle [rad] × unit axis) whose components
+    are taken in the cluster's inertia-eigenvector frame (`e[2:5]`), not in the
+    box frame: the perturbed vectors then rotate with the halo for a fixed
+    `rotation` (the noise is exactly equivariant), while an isotropic draw
+    (`vector_rotation_noise`) has the same distribution in any frame.
+    """
+    omega = rotation.astype(e.dtype) @ e[2:5]
+    return _rotate(e, omega)
+
+
+def vector_rotation_noise(key: PRNGKeyArray, batch_shape: tuple[int, ...], sigma_deg: float,
+                          dtype=None) -> Float[Array, "*b n_e 3"]:
+    """Rotation vectors (`rotate_frame_vectors`) with isotropic axes and angles ~ N(0, sigma_deg²) (seed 003: ~2°).
+
+    Returns:
+        (*batch_shape, N_VECTORS, 3) rotation vectors [rad].
+    """
+    if sigma_deg < 0:
+        raise ValueError(f"sigma_deg must be >= 0, got {sigma_deg}")
+    dtype = jnp.result_type(float) if dtype is None else dtype
+    ka, kt = jax.random.split(key)
+    axis = jax.random.normal(ka, (*batch_shape, N_VECTORS, 3), dtype)
+    axis = axis / _safe_norm(axis, keepdims=True)
+    angle = jax.random.normal(kt, (*batch_shape, N_VECTORS, 1), dtype) * math.radians(sigma_deg)
+    return angle * axis
+
+
 def _particle_scalars(q, v, e):
     """Per-particle SO(3) scalars: |q|, |v|, q̂·e, v̂·e (q, v: (..., 3); e: (n_e, 3))."""
     nq, nv = _safe_norm(q, keepdims=True), _safe_norm(v, keepdims=True)
@@ -187,14 +294,12 @@ class GNFWProfile(eqx.Module):
 class OriginModule(eqx.Module):
     """Vector DeepSet for the mis-centring shift Δo (R_200 units), |Δo| < 1/2."""
 
-    phi: eqx.nn.MLP
+    phi: FeatureMLP
 
-    def __init__(self, width: int = 64, depth: int = 2, *, key: PRNGKeyArray):
+    def __init__(self, width: int = 64, depth: int = 2, *, layer_norm: bool = True, key: PRNGKeyArray):
         n_in = 2 + 2 * N_VECTORS + N_SCALARS
-        self.phi = eqx.nn.MLP(n_in, 2, width, depth, activation=jax.nn.leaky_relu, key=key)
         # Start from no shift: zero last layer.
-        self.phi = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), self.phi,
-                               (jnp.zeros_like(self.phi.layers[-1].weight), jnp.zeros_like(self.phi.layers[-1].bias)))
+        self.phi = _zero_last(FeatureMLP(n_in, 2, width, depth, layer_norm=layer_norm, key=key))
 
     def __call__(self, halo: HaloSample, s: Float[Array, " n_s"], e: Float[Array, "n_e 3"],
                  x_off: Float[Array, ""] | None = None) -> Float[Array, " 3"]:
@@ -211,13 +316,13 @@ class OriginModule(eqx.Module):
 class LocalModule(eqx.Module):
     """Scalar DeepSet on the particles within R_loc of a target (output: `width` features + ln(1 + N))."""
 
-    phi: eqx.nn.MLP
-    rho: eqx.nn.MLP
+    phi: FeatureMLP
+    rho: FeatureMLP
 
-    def __init__(self, width: int = 64, depth: int = 2, *, key: PRNGKeyArray):
+    def __init__(self, width: int = 64, depth: int = 2, *, layer_norm: bool = True, key: PRNGKeyArray):
         k1, k2 = jax.random.split(key)
-        self.phi = eqx.nn.MLP(3 + 2 * N_VECTORS, width, width, depth, activation=jax.nn.leaky_relu, key=k1)
-        self.rho = eqx.nn.MLP(width + 1, width, width, 1, activation=jax.nn.leaky_relu, key=k2)
+        self.phi = FeatureMLP(3 + 2 * N_VECTORS, width, width, depth, layer_norm=layer_norm, key=k1)
+        self.rho = FeatureMLP(width + 1, width, width, 1, layer_norm=layer_norm, key=k2)
 
     def __call__(self, local_q, local_v, local_mask, n_local, e) -> Float[Array, " width"]:
         """One target: local_q, local_v (K, 3), local_mask (K,), n_local (), e (n_e, 3)."""
@@ -232,10 +337,11 @@ class LocalModule(eqx.Module):
 class StochasticModule(eqx.Module):
     """Conditional-VAE encoder: shell residuals and cluster scalars → (μ, ln σ) of one latent."""
 
-    mlp: eqx.nn.MLP
+    mlp: FeatureMLP
 
-    def __init__(self, n_shell: int, width: int = 32, depth: int = 2, *, key: PRNGKeyArray):
-        self.mlp = eqx.nn.MLP(n_shell + N_SCALARS, 2, width, depth, activation=jax.nn.leaky_relu, key=key)
+    def __init__(self, n_shell: int, width: int = 32, depth: int = 2, *, layer_norm: bool = True,
+                 key: PRNGKeyArray):
+        self.mlp = FeatureMLP(n_shell + N_SCALARS, 2, width, depth, layer_norm=layer_norm, key=key)
 
     def __call__(self, shell_residual, s) -> tuple[Float[Array, ""], Float[Array, ""]]:
         out = self.mlp(jnp.concatenate([10.0 * shell_residual, s]))
@@ -246,12 +352,15 @@ class PressureDeepSets(eqx.Module):
     """Seed 003's modular model; any of Origin, Local, Stochastic may be None (all None: the GNFW benchmark).
 
     Args:
-        n_shell: radial shells of the Stochastic module's input (must match the data).
+        n_shell: radial shells of the Stochastic module's input (must match the data; seed 003: 32).
         origin: build the Origin module.
         local: build the Local module.
         stochastic: build the Stochastic module.
-        width: MLP width.
-        depth: MLP hidden layers.
+        width: MLP width (seed 003: ~196).
+        depth: MLP hidden layers (seed 003: 3–4).
+        layer_norm: layer normalisation in every MLP (seed 003 §2).
+        dropout: the Aggregator's dropout rates, first hidden layer then the rest (seed 003 §2: ~30 %, ~5 %);
+            () for none. Active in training mode only: evaluate `eqx.nn.inference_mode(model)`.
         h: H₀/100 (the GNFW mass pivot is in M☉).
         key: PRNG key for the weights.
     """
@@ -260,24 +369,24 @@ class PressureDeepSets(eqx.Module):
     origin: OriginModule | None
     local: LocalModule | None
     stochastic: StochasticModule | None
-    aggregator: eqx.nn.MLP | None
+    aggregator: FeatureMLP | None
     log_k: Float[Array, ""]
     s_mean: Float[Array, " n_s"]
     s_std: Float[Array, " n_s"]
 
-    def __init__(self, n_shell: int = 8, *, origin: bool = True, local: bool = True, stochastic: bool = True,
-                 width: int = 64, depth: int = 2, h: float = 0.6711, key: PRNGKeyArray):
+    def __init__(self, n_shell: int = 32, *, origin: bool = True, local: bool = True, stochastic: bool = True,
+                 width: int = 64, depth: int = 2, layer_norm: bool = True, dropout: tuple[float, ...] = (0.3, 0.05),
+                 h: float = 0.6711, key: PRNGKeyArray):
         ko, kl, ks, ka = jax.random.split(key, 4)
         self.gnfw = GNFWProfile(h)
-        self.origin = OriginModule(width, depth, key=ko) if origin else None
-        self.local = LocalModule(width, depth, key=kl) if local else None
-        self.stochastic = StochasticModule(n_shell, key=ks) if stochastic else None
+        self.origin = OriginModule(width, depth, layer_norm=layer_norm, key=ko) if origin else None
+        self.local = LocalModule(width, depth, layer_norm=layer_norm, key=kl) if local else None
+        self.stochastic = StochasticModule(n_shell, layer_norm=layer_norm, key=ks) if stochastic else None
         n_agg = (width if local else 0) + 1 + N_VECTORS + N_SCALARS + (1 if stochastic else 0)
         if local or stochastic:
-            agg = eqx.nn.MLP(n_agg, 2, width, depth, activation=jax.nn.leaky_relu, key=ka)
             # Start at the GNFW prediction: a₁ = a₂ = 0.
-            self.aggregator = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), agg,
-                                          (jnp.zeros_like(agg.layers[-1].weight), jnp.zeros_like(agg.layers[-1].bias)))
+            self.aggregator = _zero_last(FeatureMLP(n_agg, 2, width, depth, layer_norm=layer_norm,
+                                                    dropout=tuple(dropout), key=ka))
         else:
             self.aggregator = None
         self.log_k = jnp.asarray(0.0, dtype=jnp.result_type(float))
@@ -294,15 +403,19 @@ class PressureDeepSets(eqx.Module):
         return eqx.tree_at(lambda m: (m.s_mean, m.s_std), self, (mean.astype(self.s_mean.dtype), std.astype(self.s_std.dtype)))
 
     def __call__(self, halo: HaloSample, *, key: PRNGKeyArray | None = None, latent: str = "posterior",
-                 scalar_noise: Float[Array, " n_s"] | None = None) -> tuple[Float[Array, " n_t"], Float[Array, ""]]:
+                 scalar_noise: Float[Array, " n_s"] | None = None,
+                 vector_rotation: Float[Array, "n_e 3"] | None = None) -> tuple[Float[Array, " n_t"], Float[Array, ""]]:
         """Predict P_e / P_200 at the halo's targets.
 
         Args:
             halo: one `HaloSample`.
-            key: draws the latent (training: a = μ + σε; `latent="prior"`: a ~ N(0, 1)).
+            key: draws the latent (training: a = μ + σε; `latent="prior"`: a ~ N(0, 1)) and, in training
+                mode, the Aggregator's dropout masks (then required).
             latent: "posterior" (μ + σε with a key, μ without: the reconstruction) or "prior".
             scalar_noise: (N_SCALARS,) δ added to the raw scalars s_α before their
                 normalisation (training augmentation, seed 003 eq. 6; `scalar_noise`).
+            vector_rotation: (N_VECTORS, 3) small rotations of the cluster vectors e_α
+                (training augmentation, seed 003 §3; `rotate_frame_vectors`, `vector_rotation_noise`).
 
         Returns:
             (P̂ (n_t,), KL of the latent's posterior to N(0, 1); 0 without the Stochastic module).
@@ -311,6 +424,8 @@ class PressureDeepSets(eqx.Module):
             raise ValueError(f"latent must be 'posterior' or 'prior', got {latent!r}")
         dtype = halo.r.dtype
         s_raw, e = cluster_frame(halo)
+        if vector_rotation is not None:
+            e = rotate_frame_vectors(e, vector_rotation)
         if scalar_noise is not None:
             s_raw = s_raw + scalar_noise.astype(s_raw.dtype)
         s = (s_raw - jax.lax.stop_gradient(self.s_mean).astype(s_raw.dtype)) / jax.lax.stop_gradient(self.s_std).astype(s_raw.dtype)
@@ -334,7 +449,16 @@ class PressureDeepSets(eqx.Module):
                 a = mu + jnp.exp(log_sigma) * jax.random.normal(key, (), dtype) if key is not None else mu
             kl = 0.5 * (mu**2 + jnp.exp(2 * log_sigma) - 1.0) - log_sigma
             feats.append(jnp.broadcast_to(a, (x.size, 1)))
-        out = jax.vmap(self.aggregator)(jnp.concatenate(feats, axis=-1).astype(dtype))
+        feats = jnp.concatenate(feats, axis=-1).astype(dtype)
+        if self.aggregator.needs_key():
+            if key is None:
+                raise ValueError("key is required in training mode (Aggregator dropout); "
+                                 "evaluate eqx.nn.inference_mode(model) instead")
+            # fold_in: the latent keeps `key` itself, so its draws do not depend on dropout
+            kd = jax.random.split(jax.random.fold_in(key, 1), x.size)
+            out = jax.vmap(lambda f, k: self.aggregator(f, key=k))(feats, kd)
+        else:
+            out = jax.vmap(self.aggregator)(feats)
         a1, a2 = out[:, 0], out[:, 1]
         k = jnp.exp(self.log_k.astype(dtype))
         return jax.nn.relu(g * jax.nn.relu(1.0 + a1) + k * jnp.sinh(jnp.clip(a2, -10.0, 10.0))), kl
@@ -348,20 +472,25 @@ def reconstruction_loss(P_hat: Float[Array, " n_t"], halo: HaloSample) -> Float[
 
 def training_loss(model: PressureDeepSets, halos: HaloSample, key: PRNGKeyArray,
                   beta_kl: float | Float[Array, ""] = 0.0,
-                  scalar_noise: Float[Array, "b n_s"] | None = None) -> Float[Array, ""]:
+                  scalar_noise: Float[Array, "b n_s"] | None = None,
+                  vector_rotation: Float[Array, "b n_e 3"] | None = None) -> Float[Array, ""]:
     """Batch mean of eq. (7) plus β_KL × KL (the conditional-VAE term); `halos` has a leading batch axis.
 
     `scalar_noise` (b, N_SCALARS): the eq. (6) noise of each halo's scalars (`scalar_noise`), or None.
+    `vector_rotation` (b, N_VECTORS, 3): rotations of each halo's cluster vectors
+    (`vector_rotation_noise`), or None. `key` also draws dropout masks in training mode.
     """
-    keys = jax.random.split(key, halos.P.shape[0])
-    noise = jnp.zeros((halos.P.shape[0], N_SCALARS), halos.r.dtype) if scalar_noise is None else scalar_noise
+    b = halos.P.shape[0]
+    keys = jax.random.split(key, b)
+    noise = jnp.zeros((b, N_SCALARS), halos.r.dtype) if scalar_noise is None else scalar_noise
+    rot = jnp.zeros((b, N_VECTORS, 3), halos.r.dtype) if vector_rotation is None else vector_rotation
 
-    def one(h, k, d):
-        P_hat, kl = model(h, key=k, scalar_noise=d)
+    def one(h, k, d, w):
+        P_hat, kl = model(h, key=k, scalar_noise=d, vector_rotation=w)
         rec = reconstruction_loss(P_hat, h)
         return rec + jnp.asarray(beta_kl).astype(rec.dtype) * kl.astype(rec.dtype)
 
-    return jnp.mean(jax.vmap(one)(halos, keys, noise))
+    return jnp.mean(jax.vmap(one)(halos, keys, noise, rot))
 
 
 def scalar_statistics(halos: HaloSample) -> tuple[Float[Array, " n_s"], Float[Array, " n_s"]]:
@@ -418,9 +547,12 @@ def loss_ratio_median(model: PressureDeepSets, benchmark: PressureDeepSets, halo
                       latent: str = "posterior", key: PRNGKeyArray | None = None) -> tuple[Float[Array, ""], Float[Array, " n"]]:
     """Seed 003 eq. (8): L_opt = median over halos of L_recon[model] / L_recon[benchmark].
 
+    Both models are evaluated in inference mode (no dropout); `key` draws only latents.
+
     Returns:
         (L_opt, the per-halo ratios).
     """
+    model, benchmark = eqx.nn.inference_mode(model), eqx.nn.inference_mode(benchmark)
     keys = jax.random.split(key, halos.P.shape[0]) if key is not None else None
 
     def one(h, k):
@@ -430,6 +562,33 @@ def loss_ratio_median(model: PressureDeepSets, benchmark: PressureDeepSets, halo
 
     ratios = jax.vmap(one)(halos, keys) if keys is not None else jax.vmap(lambda h: one(h, None))(halos)
     return jnp.median(ratios), ratios
+
+
+def shell_means(x: np.ndarray, values: np.ndarray, n_shell: int) -> np.ndarray:
+    """Means of `values` in `n_shell` linear radial shells of x = r/R_200 over [0, 2) (seed 003: 32 shells).
+
+    Shells without a sample (coarse voxels, few targets) take the linear
+    interpolation of the non-empty shells' means at the shell centres (the
+    nearest one beyond the ends), so an empty shell does not read as zero residual.
+
+    Args:
+        x: (n,) radii [R_200].
+        values: (n,) the values (e.g. P_e/P_200 residuals).
+        n_shell: number of shells (≥ 1).
+
+    Returns:
+        (n_shell,) float64 means.
+    """
+    if n_shell < 1:
+        raise ValueError(f"n_shell must be >= 1, got {n_shell}")
+    shell = np.clip((np.asarray(x) / 2 * n_shell).astype(int), 0, n_shell - 1)
+    cnt = np.bincount(shell, minlength=n_shell)
+    mean = np.bincount(shell, np.asarray(values, np.float64), minlength=n_shell) / np.maximum(cnt, 1)
+    full = cnt > 0
+    if full.any() and not full.all():
+        centre = (np.arange(n_shell) + 0.5) * 2.0 / n_shell
+        mean = np.where(full, mean, np.interp(centre, centre[full], mean[full]))
+    return mean
 
 
 def halo_samples(
@@ -448,7 +607,7 @@ def halo_samples(
     n_targets: int = 512,
     n_neighbours: int = 32,
     r_local: float = 0.4,
-    n_shell: int = 8,
+    n_shell: int = 32,
     seed: int = 0,
 ) -> HaloSample:
     """Build `HaloSample`s (stacked, numpy float32) for the halos of one box.
@@ -468,7 +627,7 @@ def halo_samples(
         n_targets: voxel targets within 2 R_200 (all if fewer; padding masked out; sampled if more).
         n_neighbours: K nearest particles per target for the Local module.
         r_local: Local module radius [h⁻¹ Mpc, comoving].
-        n_shell: radial shells of the VAE input.
+        n_shell: linear radial shells to 2 R_200 of the VAE input (seed 003: 32; `shell_means`).
         seed: sampling seed.
 
     Returns:
@@ -519,9 +678,7 @@ def halo_samples(
         # VAE input: residual to the published profile in shells to 2 R_200 (around the finder centre).
         x = np.sqrt(np.sum(rel**2, -1)) / R
         resid = Pe / P200 - np.asarray(battaglia12_pressure(x, np.float64(M), z, cosmo))
-        shell = np.minimum((x / 2 * n_shell).astype(int), n_shell - 1)
-        cnt = np.bincount(shell, minlength=n_shell)
-        shell_res = np.bincount(shell, resid, minlength=n_shell) / np.maximum(cnt, 1)
+        shell_res = shell_means(x, resid, n_shell)
 
         def pad(arr, fill=0.0):
             width = [(0, n_targets - nt)] + [(0, 0)] * (arr.ndim - 1)
@@ -536,6 +693,60 @@ def halo_samples(
     return HaloSample(**{k: jnp.asarray(v.astype(np.float32) if v.dtype.kind == "f" else v) for k, v in stacked.items()})
 
 
+MODULE_LABELS = ("gnfw", "origin", "local", "stochastic", "aggregator", "k")
+
+
+def module_labels(model: PressureDeepSets) -> PressureDeepSets:
+    """The model's pytree with every leaf replaced by its module's label (`MODULE_LABELS`; for `optax.multi_transform`).
+
+    `log_k` is labelled "k"; the fixed scalar normalisation (`s_mean`, `s_std`)
+    "frozen"; absent modules (None) have no leaves. Works on a filtered model
+    (`eqx.filter(model, eqx.is_inexact_array)`: the None leaves stay None).
+    """
+    labels = jax.tree.map(lambda _: "frozen", model)
+    for name in MODULE_LABELS[:-1]:
+        sub = getattr(model, name)
+        if sub is not None:
+            labels = eqx.tree_at(lambda m, n=name: getattr(m, n), labels, jax.tree.map(lambda _, n=name: n, sub),
+                                 is_leaf=lambda x: x is None)
+    return eqx.tree_at(lambda m: m.log_k, labels, "k", is_leaf=lambda x: x is None)
+
+
+def pressure_optimizer(steps: int, learning_rate: float, module_learning_rates: dict[str, float] | None = None,
+                       weight_decay: float = 1e-2, decay_modules: tuple[str, ...] = ("aggregator", "origin"),
+                       clip: float = 1.0):
+    """The optax transformation of `fit_pressure_model` (for params = `eqx.filter(model, eqx.is_inexact_array)`).
+
+    Global-norm clipping at `clip`, then per module label (`module_labels`,
+    `optax.multi_transform`) Adam with the one-cycle schedule of peak
+    `learning_rate` × the label's factor, AdamW-style decoupled decay of the weight
+    matrices (ndim ≥ 2) for `decay_modules`, and no update for the frozen scalar
+    normalisation. Arguments as in `fit_pressure_model`.
+    """
+    import optax
+
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    factors = dict(module_learning_rates or {})
+    bad = [k for k in (*factors, *decay_modules) if k not in MODULE_LABELS]
+    if bad or any(f < 0 for f in factors.values()):
+        raise ValueError(f"module_learning_rates / decay_modules: labels must be in {MODULE_LABELS} and factors "
+                         f">= 0, got {factors}, {decay_modules}")
+    sched = optax.cosine_onecycle_schedule(steps, learning_rate)
+
+    def module_opt(label):
+        lr = lambda c, f=factors.get(label, 1.0): f * sched(c)
+        if label in decay_modules and weight_decay > 0:
+            # decay weight matrices only (not biases, layer-norm gains, GNFW parameters)
+            return optax.adamw(lr, weight_decay=weight_decay,
+                               mask=lambda p: jax.tree.map(lambda x: x.ndim >= 2, p))
+        return optax.adam(lr)
+
+    transforms = {label: module_opt(label) for label in MODULE_LABELS}
+    transforms["frozen"] = optax.set_to_zero()
+    return optax.chain(optax.clip_by_global_norm(clip), optax.multi_transform(transforms, module_labels))
+
+
 def fit_pressure_model(
     model: PressureDeepSets,
     train: HaloSample,
@@ -544,29 +755,49 @@ def fit_pressure_model(
     steps: int = 500,
     batch_size: int = 8,
     learning_rate: float = 3e-3,
+    module_learning_rates: dict[str, float] | None = None,
+    weight_decay: float = 1e-2,
+    decay_modules: tuple[str, ...] = ("aggregator", "origin"),
     beta_kl: float = 1e-3,
     clip: float = 1.0,
     n_noise: float = 0.0,
     n_noise_mass: float | None = None,
+    rotation_deg: float = 2.0,
 ) -> tuple[PressureDeepSets, np.ndarray]:
     """Train with Adam (one-cycle schedule, gradient clipping, seed 003 §3) on random halo batches.
 
     The KL weight is annealed linearly from 0 to `beta_kl` over the run (seed 003).
     With `n_noise` > 0 each batch's cluster scalars get seed 003's eq. (6) noise
-    (`neighbour_gaps` over `train`, `scalar_noise`; `n_noise_mass` for log M).
+    (`neighbour_gaps` over `train`, `scalar_noise`; `n_noise_mass` for log M); with
+    `rotation_deg` > 0 each halo's cluster vectors e_α are rotated by angles
+    ~ N(0, rotation_deg²) about isotropic axes (seed 003 §3: ~2°). Dropout is
+    active (the model is trained in training mode; `loss_ratio_median` evaluates
+    in inference mode).
+
+    Args:
+        learning_rate: peak of the one-cycle schedule [per step].
+        module_learning_rates: factor on `learning_rate` per module label (`MODULE_LABELS`;
+            missing labels: 1). Seed 003 uses different rates per module but gives no values,
+            so the default is 1 for all.
+        weight_decay: decoupled (AdamW) weight decay of the weight matrices of `decay_modules`,
+            ≥ 0 (seed 003 decays the modules with cluster-scale input, Aggregator and Origin,
+            with no value given; 1e-2 is AdamW's customary default, our choice).
+        decay_modules: module labels that get weight decay.
+        rotation_deg: standard deviation of the e_α rotation angles [deg], ≥ 0.
 
     Returns:
-        (trained model, (steps,) training losses).
+        (trained model, in training mode; (steps,) training losses).
     """
     import optax
 
     n = train.P.shape[0]
     if n < 1 or steps < 1:
         raise ValueError(f"need >= 1 training halo and step, got {n} halos, steps = {steps}")
-    sched = optax.cosine_onecycle_schedule(steps, learning_rate)
-    opt = optax.chain(optax.clip_by_global_norm(clip), optax.adam(sched))
     if n_noise < 0 or (n_noise_mass is not None and n_noise_mass < 0):
         raise ValueError(f"n_noise = {n_noise}, n_noise_mass = {n_noise_mass} must be >= 0")
+    if rotation_deg < 0:
+        raise ValueError(f"rotation_deg must be >= 0, got {rotation_deg}")
+    opt = pressure_optimizer(steps, learning_rate, module_learning_rates, weight_decay, decay_modules, clip)
     params, static = eqx.partition(model, eqx.is_inexact_array)
     state = opt.init(params)
     gaps = neighbour_gaps(train) if n_noise > 0 and n > 1 else None
@@ -578,8 +809,10 @@ def fit_pressure_model(
         batch = jax.tree.map(lambda x: x[idx], train)
         beta = (beta_kl / steps) * i.astype(jnp.result_type(float))
         noise = None if gaps is None else scalar_noise(kn, gaps[0][idx], gaps[1][idx], n_noise, n_noise_mass)
+        rot = (None if rotation_deg == 0 else
+               vector_rotation_noise(jax.random.fold_in(k, 3), idx.shape, rotation_deg, train.r.dtype))
         loss, grads = jax.value_and_grad(
-            lambda p: training_loss(eqx.combine(p, static), batch, kl, beta, noise))(params)
+            lambda p: training_loss(eqx.combine(p, static), batch, kl, beta, noise, rot))(params)
         with jax.numpy_dtype_promotion("standard"):  # optax's int32 step counters
             updates, state = opt.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss

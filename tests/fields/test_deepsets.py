@@ -53,10 +53,15 @@ def _model(key, perturb=True, **kw):
     leaves, treedef = jax.tree.flatten(eqx.filter(model, eqx.is_inexact_array))
     keys = jax.random.split(k2, len(leaves))
     new = [x + 0.3 * jax.random.normal(k, x.shape, x.dtype) if x.ndim else x for x, k in zip(leaves, keys)]
-    return eqx.combine(jax.tree.unflatten(treedef, new), model)
+    model = eqx.combine(jax.tree.unflatten(treedef, new), model)
+    # with layer norm the Aggregator's hidden features are O(1): a smaller last layer keeps P̂ mostly > 0
+    last = model.aggregator.layers[-1]
+    return eqx.tree_at(lambda m: (m.aggregator.layers[-1].weight, m.aggregator.layers[-1].bias), model,
+                       (0.1 * last.weight, 0.1 * last.bias))
 
 
-_forward = eqx.filter_jit(lambda m, h: m(h))
+# evaluation: inference mode (the Aggregator's dropout off)
+_forward = eqx.filter_jit(lambda m, h: eqx.nn.inference_mode(m)(h))
 
 
 @eqx.filter_jit
@@ -160,7 +165,7 @@ def test_normalised_noisy_model_stays_equivariant(getkey):
     rot = eqx.tree_at(lambda h: (h.q, h.v, h.r, h.local_q, h.local_v), h0,
                       (h0.q @ R.T, h0.v @ R.T, h0.r @ R.T, h0.local_q @ R.T, h0.local_v @ R.T))
     noise = jnp.linspace(-0.1, 0.1, 8)
-    f = eqx.filter_jit(lambda m, h: m(h, scalar_noise=noise)[0])
+    f = eqx.filter_jit(lambda m, h: eqx.nn.inference_mode(m)(h, scalar_noise=noise)[0])
     np.testing.assert_allclose(np.asarray(f(net, rot)), np.asarray(f(net, h0)), rtol=1e-9, atol=1e-12)
 
 
@@ -178,3 +183,150 @@ def scalar_statistics_(halos):
     from jaxcluster.fields import scalar_statistics
 
     return scalar_statistics(halos)
+
+
+def _rotated(h, R):
+    return eqx.tree_at(lambda h: (h.q, h.v, h.r, h.local_q, h.local_v), h,
+                       (h.q @ R.T, h.v @ R.T, h.r @ R.T, h.local_q @ R.T, h.local_v @ R.T))
+
+
+def test_dropout_training_and_inference_modes(model, getkey):
+    """Seed 003 §2: Aggregator dropout (30 %, 5 %) draws masks in training mode only; inference is deterministic,
+    equals the network without dropout, and exactly equivariant; training mode is equivariant for a fixed key."""
+    from jaxcluster.fields import FeatureMLP
+
+    agg = model.aggregator
+    assert [d.p for d in agg.dropouts] == [0.3] and all(n is not None for n in agg.norms)  # depth 1: first rate
+    assert model.local.phi.dropouts == (None,)  # dropout only in the Aggregator
+    halo = jax.jit(_halo)(getkey())
+    with pytest.raises(ValueError, match="key"):
+        model(halo)  # training mode needs a key for the masks
+    no_drop = eqx.tree_at(lambda m: m.aggregator.dropouts, model, (None,))
+    R = _rotation(getkey())
+    k1 = getkey()
+
+    @eqx.filter_jit  # one compilation for every mode
+    def modes(model, no_drop, h, h_r, k):
+        inf = eqx.nn.inference_mode(model)
+        train = lambda m, x: m(x, key=k, latent="prior")[0]
+        return (train(model, h), train(no_drop, h), train(model, h_r), train(inf, h), inf(h)[0], inf(h_r)[0],
+                no_drop(h)[0])
+
+    P_tr, P_nd_tr, P_tr_r, P_inf_k, P_inf, P_inf_r, P_nd = (np.asarray(x) for x in
+                                                            modes(model, no_drop, halo, _rotated(halo, R), k1))
+    # same key, same latent draw: the only difference is the dropout mask
+    assert not np.allclose(P_tr, P_nd_tr)
+    np.testing.assert_allclose(P_tr_r, P_tr, rtol=1e-9, atol=1e-12)  # training mode: equivariant for a fixed key
+    assert not eqx.nn.inference_mode(model).aggregator.needs_key() and model.aggregator.needs_key()
+    np.testing.assert_array_equal(P_inf_k, P_nd_tr)  # inference mode: no masks, the key draws only the latent
+    np.testing.assert_array_equal(P_inf, P_nd)
+    np.testing.assert_allclose(P_inf_r, P_inf, rtol=1e-9, atol=1e-12)
+    # inverted dropout: the mean over masks of a layer's output is its input
+    mlp = FeatureMLP(3, 1, 4000, 1, layer_norm=False, dropout=(0.3,), key=getkey())
+    x = jnp.ones(3, jnp.float64)
+    hidden = jax.nn.leaky_relu(mlp.layers[0](x))
+    masked = jax.vmap(lambda k: mlp.dropouts[0](hidden, key=k))(jax.random.split(getkey(), 8))
+    kept = np.asarray(masked != 0).mean()
+    assert kept == pytest.approx(0.7, abs=0.01)
+    with pytest.raises(ValueError, match="dropout"):
+        FeatureMLP(3, 1, 4, 1, dropout=(1.0,), key=getkey())
+
+
+def test_vector_rotation_noise(model, getkey):
+    """Seed 003 §3: e_α rotated by angles ~ N(0, 2°); the noise keeps the loss exactly invariant under a rotation
+    of the whole halo (axes in the inertia frame), and it changes the loss."""
+    from jaxcluster.fields import rotate_frame_vectors, training_loss, vector_rotation_noise
+
+    w = np.asarray(vector_rotation_noise(getkey(), (4000,), 2.0, jnp.float64))
+    assert w.shape == (4000, 5, 3)
+    angle = np.linalg.norm(w, axis=-1)
+    assert np.sqrt(np.mean(angle**2)) == pytest.approx(np.radians(2.0), rel=0.03)  # |θ| with θ ~ N(0, σ²)
+    axes = (w / angle[..., None]).reshape(-1, 3)
+    np.testing.assert_allclose(axes.mean(0), 0.0, atol=0.02)  # isotropic
+    halo = jax.jit(_halo)(getkey())
+    _, e = cluster_frame(halo)
+    rot = jnp.asarray(w[0])
+    e_n = rotate_frame_vectors(e, rot)
+    np.testing.assert_allclose(np.linalg.norm(np.asarray(e_n), axis=-1), 1.0, atol=1e-12)
+    cos = np.clip(np.sum(np.asarray(e_n) * np.asarray(e), -1), -1, 1)
+    # the angle between e and its image: θ sin(axis, e)-weighted, never more than θ
+    assert np.all(np.arccos(cos) <= angle[0] + 1e-9)
+    # an axis ⟂ e (in the inertia frame: e_2 about e_3) turns e by exactly θ
+    w_perp = jnp.zeros((5, 3), jnp.float64).at[2, 2].set(0.1)
+    np.testing.assert_allclose(float(jnp.dot(rotate_frame_vectors(e, w_perp)[2], e[2])), np.cos(0.1), rtol=1e-12)
+    # equivariance of the noisy training loss (same key, same noise; dropout on)
+    halos = jax.tree.map(lambda x: x[None], halo)
+    R = _rotation(getkey())
+    halos_r = jax.tree.map(lambda x: x[None], _rotated(halo, R))
+    noise = jnp.asarray(w[:1]) * 20.0  # ~40°: a strong perturbation
+    loss = eqx.filter_jit(lambda m, h, k, n: training_loss(m, h, k, vector_rotation=n))
+    k = getkey()
+    L, L_r, L0 = loss(model, halos, k, noise), loss(model, halos_r, k, noise), loss(model, halos, k, None)
+    assert float(L_r) == pytest.approx(float(L), rel=1e-9)
+    assert abs(float(L) - float(L0)) > 1e-6 * float(L0)
+
+
+def test_module_labels_rates_and_weight_decay(getkey):
+    """Seed 003 §3: per-module learning rates (optax.multi_transform over module labels) and weight decay
+    on the Aggregator and Origin weight matrices only."""
+    import optax
+
+    from jaxcluster.fields import module_labels, pressure_optimizer
+
+    net = _model(getkey(), perturb=False)
+    params = eqx.filter(net, eqx.is_inexact_array)
+    labels = module_labels(params)
+    for name in ("gnfw", "origin", "local", "stochastic", "aggregator"):
+        assert set(jax.tree.leaves(getattr(labels, name))) == {name}
+    assert labels.log_k == "k" and labels.s_mean == labels.s_std == "frozen"
+    assert len(jax.tree.leaves(labels)) == len(jax.tree.leaves(params))
+    # one optimiser step on unit gradients: module factors and decay act on the labelled leaves only
+    grads = jax.tree.map(jnp.ones_like, params)
+    factors = {"gnfw": 0.0, "local": 0.0, "stochastic": 0.5, "k": 0.0}
+    lr, wd = 1e-2, 0.5
+    with jax.numpy_dtype_promotion("standard"):  # optax's int32 step counters
+        lr0 = float(optax.cosine_onecycle_schedule(1, lr)(0))
+        ups = {}
+        for w in (0.0, wd):
+            opt = pressure_optimizer(1, lr, factors, weight_decay=w, clip=1e9)
+            ups[w] = eqx.filter_jit(lambda g, p: opt.update(g, opt.init(p), p)[0])(grads, params)
+    u0, u1 = ups[0.0], ups[wd]
+    for name in ("gnfw", "local", "log_k", "s_mean", "s_std"):
+        assert all(float(jnp.max(jnp.abs(x))) == 0.0 for x in jax.tree.leaves(getattr(u0, name)))
+    # Adam's first step is -lr sign(g): -lr0 × the module's factor
+    for name, f in (("origin", 1.0), ("aggregator", 1.0), ("stochastic", 0.5)):
+        for x in jax.tree.leaves(getattr(u0, name)):
+            np.testing.assert_allclose(np.asarray(x), -f * lr0, rtol=1e-6)
+    # decoupled decay: -lr0 wd W on the Aggregator's and Origin's weight matrices, nothing elsewhere
+    for get in (lambda m: m.aggregator.layers[0].weight, lambda m: m.origin.phi.layers[0].weight):
+        np.testing.assert_allclose(np.asarray(get(u1) - get(u0)), -lr0 * wd * np.asarray(get(params)), rtol=1e-9,
+                                   atol=1e-15)
+    for get in (lambda m: m.aggregator.layers[0].bias, lambda m: m.aggregator.norms[0].weight,
+                lambda m: m.local.phi.layers[0].weight, lambda m: m.stochastic.mlp.layers[0].weight):
+        np.testing.assert_array_equal(np.asarray(get(u1)), np.asarray(get(u0)))
+    with pytest.raises(ValueError, match="module_learning_rates"):
+        pressure_optimizer(10, lr, {"decoder": 1.0})
+    with pytest.raises(ValueError, match="weight_decay"):
+        pressure_optimizer(10, lr, weight_decay=-1.0)
+
+
+def test_shell_means():
+    """Seed 003 §2: 32 linear shells to 2 R200 by default; empty shells interpolated, not zero."""
+    from jaxcluster.fields import shell_means
+
+    x = (np.arange(2000) + 0.5) / 1000  # uniform on [0, 2): shell means of a linear law are its centre values
+    np.testing.assert_allclose(shell_means(x, 3.0 * x, 8), 3.0 * (np.arange(8) + 0.5) / 4, rtol=1e-12)
+    sparse = np.asarray([0.3, 1.0, 1.7])  # 32 shells, 3 filled: the rest interpolate the linear law
+    m = shell_means(sparse, 2.0 * sparse, 32)
+    centre = (np.arange(32) + 0.5) / 16
+    filled = np.isin(np.arange(32), (sparse * 16).astype(int))
+    np.testing.assert_allclose(m[filled], 2.0 * sparse)
+    # empty shells: linear in the shell centres between the filled shells' means, constant beyond the ends
+    c_f = centre[filled]
+    inner = (centre > c_f[0]) & (centre < c_f[-1])
+    np.testing.assert_allclose(m[inner], np.interp(centre[inner], c_f, 2.0 * sparse), rtol=1e-12)
+    assert np.all(m[centre < c_f[0]] == 0.6) and np.allclose(m[centre > c_f[-1]], 3.4)
+    assert not np.any(m == 0.0)
+    assert PressureDeepSets(key=jax.random.key(0)).stochastic.mlp.layers[0].in_features == 32 + 8
+    with pytest.raises(ValueError, match="n_shell"):
+        shell_means(sparse, sparse, 0)
