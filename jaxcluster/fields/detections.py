@@ -266,8 +266,11 @@ def make_detection_cutout_dataset(
                 "halo/lightcone": np.full(keep.size * na, lc, np.int32), "halo/box": np.full(keep.size * na, b, np.int32),
                 "halo/slot": np.repeat(keep, na).astype(np.int32)}
 
+    from ..inference.datasets import pytree_digest  # lazily: the inference package loads distrax
+
     settings = {"theta": theta_list, "key_data": np.asarray(jax.random.key_data(key)).ravel().tolist(),
-                "survey": repr(config), "n_pix": cutout.n_pix, "axes": [int(a) for a in axes], "cr_min": cr_min}
+                "survey": repr(config), "n_pix": cutout.n_pix, "axes": [int(a) for a in axes], "cr_min": cr_min,
+                "painter_digest": pytree_digest((eldl, table))}  # a resume with other weights is refused
     meta = {"synthetic": True, "generator": "jaxcluster.fields.detections.make_detection_cutout_dataset",
             "theta_sim": theta_list, "cr_min": cr_min, "fractions": list(fractions), "seed": seed,
             "cluster_id": "(lightcone * n_boxes + box) * max_sources + slot"} | (metadata or {})

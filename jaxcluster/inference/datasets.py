@@ -53,6 +53,7 @@ caller, e.g. the simulator's settings) and ``jaxcluster_version``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -78,6 +79,7 @@ __all__ = [
     "simulation_keys",
     "generate_dataset",
     "write_chunked",
+    "pytree_digest",
     "Dataset",
     "load_dataset",
 ]
@@ -441,6 +443,23 @@ def _chunk_name(c: int) -> str:
     return f"chunk_{c:06d}.h5"
 
 
+def pytree_digest(tree) -> str:
+    """A fingerprint (SHA-256, hex) of the arrays in a pytree: their tree paths, dtypes, shapes and values.
+
+    Stored with a dataset's settings so that resuming with another simulator
+    (other eLDL weights, emission table, ...) is refused instead of mixing
+    chunks from both. Non-array leaves (functions, static fields) are left
+    out: their reprs can hold memory addresses that differ between runs.
+    """
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if eqx.is_array(leaf):
+            a = np.asarray(leaf)
+            h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def _merge(parts: Path, out: Path, settings: dict, n_chunks: int, merge_chunk_rows: int | None,
            finalize: Callable[[Any], None] | None) -> None:
     """Concatenate every array of the chunk files, in chunk order, into `out` (tmp + rename)."""
@@ -636,7 +655,7 @@ def generate_dataset(
         param_names=list(prior.names), prior_low=list(prior.low), prior_high=list(prior.high),
         prior_log=[bool(v) for v in prior.log], n=int(n), seed=int(seed), design=design,
         chunk_size=int(chunk_size), dtype=str(np.dtype(dtype)), xod_shape=list(shape), metadata=metadata,
-        jaxcluster_version=__version__,
+        simulator_digest=pytree_digest(simulator), jaxcluster_version=__version__,
     )
     n_chunks = -(-int(n) // int(chunk_size))
 

@@ -173,3 +173,26 @@ def test_cli(reference, tmp_path, capsys):
                      "--chunk-size", str(n_dev + 1), "--params", "Omega_m,sigma_8", "--no-progress"])
         assert code == 2 and "chunk_size" in capsys.readouterr().err
     assert main(["dataset", "info", str(tmp_path / "missing.h5")]) == 2
+
+
+def test_resume_with_another_simulator_is_refused(tmp_path):
+    # The simulator's arrays (e.g. eLDL weights) are fingerprinted into the settings:
+    # a restart with other values must not mix its chunks into the first run's.
+    import equinox as eqx
+
+    from jaxcluster.inference.datasets import pytree_digest
+
+    class Scaled(eqx.Module):
+        scale: jax.Array
+
+        def __call__(self, theta, key):
+            return jnp.broadcast_to(self.scale * theta[0], (4, 3, 2))
+
+    a, b = Scaled(jnp.asarray(1.0)), Scaled(jnp.asarray(2.0))
+    assert pytree_digest(a) == pytree_digest(Scaled(jnp.asarray(1.0)))
+    assert pytree_digest(a) != pytree_digest(b)
+    assert pytree_digest(a) != pytree_digest(Scaled(jnp.asarray([1.0])))  # shape counts too
+    out = tmp_path / "d.h5"
+    generate_dataset(a, PRIOR, 8, out, seed=SEED, chunk_size=4, progress=False)
+    with pytest.raises(ValueError, match="other settings"):
+        generate_dataset(b, PRIOR, 8, out, seed=SEED, chunk_size=4, progress=False)
