@@ -74,8 +74,12 @@ def test_subhalo_inside_a_bigger_halo_is_excluded(getkey):
 
 
 @settings(max_examples=5, deadline=None)
-@given(shift=st.tuples(*[st.floats(0.0, BOX)] * 3))
-def test_translation_invariance(mock, shift):
+@given(cells=st.tuples(*[st.integers(0, 63)] * 3))
+def test_translation_invariance(mock, cells):
+    # Whole mesh cells: the CIC density (and so the peak list) then moves exactly
+    # with the particles. A fractional shift re-smooths the density, and a halo
+    # near the detection threshold can appear or vanish (seen: 5 vs 4 halos).
+    shift = tuple(c * BOX / 64 for c in cells)
     pos, _, mass, _ = mock
     finder = SOFinder(BOX, 64, max_halos=16, capacity=16384)
     cat0 = find_halos(pos, None, 1.0, COSMO, finder, mass=mass)
