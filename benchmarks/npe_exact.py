@@ -227,6 +227,19 @@ def stage_nuts_shear(work: Path, model, theta: np.ndarray, x: np.ndarray, post, 
         return run_nuts(model, counts, init, key=key, n_warmup=n_warmup, n_samples=n_samples,
                         target_acceptance_rate=0.9, mass_matrix_pseudo_count=100.0, reparametrisation=shear)
 
+    def run_part(part, label, x_i, init, shear, key, t0):
+        """One NUTS run from `init` through `shear`, saved to `part` (npz) with its diagnostics."""
+        res = jax.block_until_ready(run_one(jnp.asarray(x_i, jnp.float64), jnp.asarray(init), shear, key))
+        d = nuts_diagnostics(res["samples"])
+        np.savez(part, samples=np.asarray(res["samples"]), rhat=np.asarray(d["rhat"]), ess=np.asarray(d["ess"]),
+                 divergences=np.asarray(jnp.sum(res["is_divergent"])),
+                 mean_integration_steps=np.asarray(jnp.mean(res["num_integration_steps"])),
+                 step_size=np.asarray(res["step_size"]), shear_order=np.asarray(shear.order),
+                 shear_scales=np.asarray(shear.scales), seconds=np.asarray(time.perf_counter() - t0))
+        q = dict(np.load(part))
+        print(f"{label}: {float(q['seconds']):.0f} s, ESS {np.round(q['ess'])}, R-hat {np.round(q['rhat'], 4)}, "
+              f"divergences {int(q['divergences'])}, steps {float(q['mean_integration_steps']):.1f}", flush=True)
+
     parts = []
     for i in range(len(theta)):
         part = part_dir / f"xod_{i}.npz"
@@ -236,18 +249,7 @@ def stage_nuts_shear(work: Path, model, theta: np.ndarray, x: np.ndarray, post, 
             u = np.asarray(jax.vmap(lambda t: to_unconstrained(model, t))(jnp.asarray(pilot)))
             shear = fit_shear_map(u)
             init = jnp.asarray(pilot[:n_chains])
-            res = jax.block_until_ready(run_one(jnp.asarray(x[i], jnp.float64), init, shear,
-                                                jax.random.key(4000 + i)))
-            d = nuts_diagnostics(res["samples"])
-            np.savez(part, samples=np.asarray(res["samples"]), rhat=np.asarray(d["rhat"]), ess=np.asarray(d["ess"]),
-                     divergences=np.asarray(jnp.sum(res["is_divergent"])),
-                     mean_integration_steps=np.asarray(jnp.mean(res["num_integration_steps"])),
-                     step_size=np.asarray(res["step_size"]), shear_order=np.asarray(shear.order),
-                     shear_scales=np.asarray(shear.scales), seconds=np.asarray(time.perf_counter() - t0))
-            q = dict(np.load(part))
-            print(f"NUTS (shear) XOD {i}: {float(q['seconds']):.0f} s, ESS {np.round(q['ess'])}, "
-                  f"R-hat {np.round(q['rhat'], 4)}, divergences {int(q['divergences'])}, "
-                  f"steps {float(q['mean_integration_steps']):.1f}", flush=True)
+            run_part(part, f"NUTS (shear) XOD {i}", x[i], init, shear, jax.random.key(4000 + i), t0)
         parts.append(dict(np.load(part)))
     # second pass where the first fell short of min_ess: the shear refitted to the first pass's (exact) draws,
     # chains continued from their last states; the refined run replaces the first one
@@ -259,18 +261,7 @@ def stage_nuts_shear(work: Path, model, theta: np.ndarray, x: np.ndarray, post, 
             prev = parts[i]["samples"]
             u = np.asarray(jax.vmap(lambda t: to_unconstrained(model, t))(jnp.asarray(prev.reshape(-1, prev.shape[-1]))))
             shear = fit_shear_map(u)
-            res = jax.block_until_ready(run_one(jnp.asarray(x[i], jnp.float64), jnp.asarray(prev[:, -1]), shear,
-                                                jax.random.key(5000 + i)))
-            d = nuts_diagnostics(res["samples"])
-            np.savez(part, samples=np.asarray(res["samples"]), rhat=np.asarray(d["rhat"]), ess=np.asarray(d["ess"]),
-                     divergences=np.asarray(jnp.sum(res["is_divergent"])),
-                     mean_integration_steps=np.asarray(jnp.mean(res["num_integration_steps"])),
-                     step_size=np.asarray(res["step_size"]), shear_order=np.asarray(shear.order),
-                     shear_scales=np.asarray(shear.scales), seconds=np.asarray(time.perf_counter() - t0))
-            q = dict(np.load(part))
-            print(f"NUTS (shear refitted) XOD {i}: {float(q['seconds']):.0f} s, ESS {np.round(q['ess'])}, "
-                  f"R-hat {np.round(q['rhat'], 4)}, divergences {int(q['divergences'])}, "
-                  f"steps {float(q['mean_integration_steps']):.1f}", flush=True)
+            run_part(part, f"NUTS (shear refitted) XOD {i}", x[i], prev[:, -1], shear, jax.random.key(5000 + i), t0)
         q = dict(np.load(part))
         q["seconds"] = q["seconds"] + parts[i]["seconds"]  # the first pass counts towards the cost
         parts[i] = q
