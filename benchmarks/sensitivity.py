@@ -86,15 +86,21 @@ def _interleaved(fns: dict, arg, rounds: int, repeats: int) -> dict[str, list[fl
     return out
 
 
-def _signflip_stats(ad, fd, n_flip: int = 20000, seed: int = 0) -> dict:
-    """Worst |mean d| / SE over the columns of d = ad − fd (K, m), |t| of the last column, sign-flip p-value and null 95 %."""
+def _signflip_stats(ad, fd, n_flip: int = 20000, seed: int = 0, count_step: float | None = None) -> dict:
+    """Worst |mean d| / SE over the columns of d = ad − fd (K, m), |t| of the last column, sign-flip p-value and null 95 %.
+
+    count_step: 2h of a hard-histogram FD: the variance of d is floored at var(ad) + |mean ad| / 2h, the Poisson
+    variance of the bin-edge crossings under the null (`jaxcluster.sensitivity.paired_sigma`).
+    """
     import numpy as np
 
-    d = np.asarray(ad, float) - np.asarray(fd, float)
+    ad = np.asarray(ad, float)
+    d = ad - np.asarray(fd, float)
+    var_floor = 0.0 if count_step is None else ad.var(0, ddof=1) + np.abs(ad.mean(0)) / count_step
 
     def tmax(x):  # (..., K, m) → |t| per column, with 0/0 = 0 and x/0 = inf
         m = x.mean(-2)
-        se = x.std(-2, ddof=1) / np.sqrt(x.shape[-2])
+        se = np.sqrt(np.maximum(x.var(-2, ddof=1), var_floor) / x.shape[-2])
         return np.where(np.abs(m) > 0, np.abs(m) / np.where(se > 0, se, 1.0) + np.where(se > 0, 0.0, np.inf), 0.0)
 
     t = tmax(d)
@@ -193,8 +199,12 @@ def main(argv=None) -> dict:
     res["fd_fixed_segmentation_max_rel_diff"] = {n: v["fixed_max_rel_diff"] for n, v in sj.get("finite_differences", {}).items()}
     if (src / "stage_autodiff.npz").exists() and (src / "stage_fd.npz").exists():
         ad, fdz = np.load(src / "stage_autodiff.npz"), np.load(src / "stage_fd.npz")
-        for kind, suffix in (("hard", ""), ("soft_redetect", "_soft_redetected")):
-            st = {n: _signflip_stats(_marginals(ad["jac"][:, a]), _marginals(fdz[kind][:, a])) for a, n in enumerate(PARAM_NAMES)}
+        hs = sj["fd_steps"]
+        for kind, suffix, floor in (("hard", "", True), ("hard", "_sample_variance", False), ("soft_redetect", "_soft_redetected", False)):
+            st = {n: _signflip_stats(_marginals(ad["jac"][:, a]), _marginals(fdz[kind][:, a]),
+                                     count_step=2.0 * hs[n] if floor else None) for a, n in enumerate(PARAM_NAMES)}
+            if suffix:
+                res["fd_agreement_sigma" + suffix] = {n: v["worst"] for n, v in st.items()}
             res["fd_agreement_sigma_total" + suffix] = {n: v["total"] for n, v in st.items()}
             res["fd_agreement_p_value" + suffix] = {n: v["p_value"] for n, v in st.items()}
             res["fd_agreement_null_q95" + suffix] = {n: v["null_q95"] for n, v in st.items()}

@@ -54,7 +54,7 @@ def main(argv=None):
     theta = jc.ThetaSim()
     h = np.asarray(default_steps(0.05, theta))
     config = jc.SurveyConfig(area_deg2=args.area, n_boxes=args.boxes, cell_size=2.0, pixel_arcmin=3.0, n_steps=3,
-                             threshold=2e-9, cr_min=2e-7, max_sources=16, softness=0.05, softness_z=0.01,
+                             threshold=2e-9, cr_min=2e-7, max_sources=16, softness=0.02, softness_z=0.005,
                              cr_edges=np.geomspace(2e-7, 2e-4, 5), hr_edges=np.geomspace(0.03, 1.0, 4),
                              z_edges=np.linspace(0.1, 0.5, 3), omega_m_min=0.3 - 1.01 * h[0], omega_m_max=0.3 + 1.01 * h[0])
     keys = jax.random.split(jax.random.key(0), args.keys)

@@ -28,7 +28,9 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
                                   "--sampler-steps", "10"]),
     ],
 )
-def test_example_runs(script, args):
-    res = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=600)
+def test_example_runs(script, args, tmp_path):
+    # run from a fresh folder: relative outputs (npe_analytic's out/...) never meet a previous run's files
+    res = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True, timeout=600,
+                         cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip()

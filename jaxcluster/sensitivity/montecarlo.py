@@ -58,21 +58,48 @@ def mc_estimate(samples: Float[ArrayLike, "n *shape"], axis: int = 0) -> MCEstim
     return MCEstimate(mean=mean, stderr=jnp.sqrt(var / n), n=n)
 
 
-def paired_sigma(a: Float[ArrayLike, "n *shape"], b: Float[ArrayLike, "n *shape"], floor: float = 0.0) -> Float[Array, "*shape"]:
+def paired_sigma(
+    a: Float[ArrayLike, "n *shape"],
+    b: Float[ArrayLike, "n *shape"],
+    floor: float = 0.0,
+    count_step: float | None = None,
+) -> Float[Array, "*shape"]:
     r"""|mean(a − b)| / SE(a − b) for per-realisation values computed with the same keys.
+
+    **Counting noise** (`count_step`). When b is a finite difference of a
+    histogram, $b_k = ΔN_k / 2h$ with $ΔN_k$ the net number of sources that
+    crossed a bin edge between θ − h and θ + h, crossings are rare events and
+    the sample variance of b is a poor estimate of its variance: it is exactly
+    0 in a bin where no crossing happened in K keys, although crossings occur
+    there at a rate $|E\,b|\,2h$ per key. Under the null ($E\,b = E\,a$)
+    the crossings are Poisson with $\mathrm{Var}\,ΔN_k ≥ |E\,a|\,2h$, so
+    $\mathrm{Var}\,b_k ≥ |\bar a| / 2h$; with `count_step` = 2h the variance
+    of the difference is floored at $s_a^2 + |\bar a|/2h$ (the covariance of a
+    smooth a with rare jumps of b is neglected). Without it a bin with no
+    crossing tests a's mean against its own standard error alone.
 
     Args:
         a: (K, *shape) first estimator per key (e.g. autodiff derivatives).
         b: (K, *shape) second estimator per key (e.g. finite differences).
         floor: added in quadrature to the standard error (e.g. round-off), ≥ 0;
             entries with zero difference and zero error give 0.
+        count_step: 2h of a histogram's finite difference b (above), > 0; None: sample variance only.
 
     Returns:
         (*shape) deviation in units of the Monte-Carlo standard error of the difference.
     """
     if not floor >= 0:
         raise ValueError(f"floor = {floor} is outside its allowed range [0, inf)")
-    d = mc_estimate(jnp.asarray(a) - jnp.asarray(b))
-    se = jnp.sqrt(d.stderr**2 + floor**2)
-    dev = jnp.abs(d.mean)
+    if count_step is not None and not count_step > 0:
+        raise ValueError(f"count_step = {count_step} is outside its allowed range (0, inf)")
+    a = jnp.asarray(a)
+    d = jnp.asarray(a) - jnp.asarray(b)
+    n = d.shape[0]
+    if n < 2:
+        raise ValueError(f"a has {n} realisation(s); the allowed range is >= 2")
+    var = jnp.var(d, axis=0, ddof=1)
+    if count_step is not None:
+        var = jnp.maximum(var, jnp.var(a, axis=0, ddof=1) + jnp.abs(jnp.mean(a, axis=0)) / count_step)
+    se = jnp.sqrt(var / n + floor**2)
+    dev = jnp.abs(jnp.mean(d, axis=0))
     return jnp.where(dev > 0, dev / jnp.where(se > 0, se, 1.0) + jnp.where(se > 0, 0.0, jnp.inf), 0.0)
