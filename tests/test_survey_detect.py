@@ -138,3 +138,55 @@ def test_detection_config_errors_name_the_parameter():
                          (dict(max_sources=10**6), "max_sources")]:
         with pytest.raises(ValueError, match=name):
             DetectionConfig(**kwargs)
+
+
+def test_soft_isophotes_give_the_rim_term_of_the_redetected_derivative():
+    """d CR / d A of a source scaled by A: the re-detected hard measure's mean derivative (mask growing) is
+    matched by the soft isophotes at the fixed mask, and missed by the fixed hard mask (rim term)."""
+    from jaxcluster.survey import dilate_labels, isophote_weights
+
+    rng = np.random.default_rng(0)
+    n, n_src, thr, h = 21, 400, 1.0, 0.02
+    f = np.arange(n) + 0.5
+    structure = np.ones((3, 3))
+
+    def hard(img):  # the isophote of the source: the 8-connected component above thr holding the peak
+        lab, _ = ndimage.label(img > thr, structure=structure)
+        seg = (lab == lab[np.unravel_index(np.argmax(img), img.shape)]).astype(np.int32)
+        return seg, float(np.sum(img * seg))
+
+    profs, amps, segs, fd = [], [], [], []
+    for _ in range(n_src):
+        x, y = rng.uniform(9.5, 11.5, 2)
+        rc, amp = rng.uniform(1.0, 2.0), 10 ** rng.uniform(1.3, 1.8)  # peak 20–60 × thr: isophote radius ~ 3–6 px
+        prof = (1 + ((f[:, None] - x) ** 2 + (f[None, :] - y) ** 2) / rc**2) ** -1.5
+        seg, _ = hard(amp * prof)
+        fd.append((hard(amp * (1 + h) * prof)[1] - hard(amp * (1 - h) * prof)[1]) / (2 * h * amp))
+        profs.append(prof), amps.append(amp), segs.append(seg)
+    profs, amps, segs, fd = jnp.asarray(np.array(profs)), jnp.asarray(amps), jnp.asarray(np.array(segs)), np.array(fd)
+
+    def soft_cr(a, prof, seg, s):
+        img = a * prof
+        return jnp.sum(jnp.where(dilate_labels(seg) == 1, img * isophote_weights(img, thr, s), 0.0))
+
+    fixed = np.sum(np.asarray(profs) * np.asarray(segs), axis=(1, 2))  # d/dA with the mask held: no rim term
+    se = np.std(fd, ddof=1) / np.sqrt(n_src)
+    assert np.mean(fd) - np.mean(fixed) > 5 * se  # the rim term is real and large here
+    for s in (0.03, 0.06):
+        soft = np.asarray(jax.vmap(jax.grad(soft_cr), in_axes=(0, 0, 0, None))(amps, profs, segs, s))
+        d = soft - fd
+        assert abs(np.mean(d)) < 2.5 * np.std(d, ddof=1) / np.sqrt(n_src), s
+        assert abs(np.mean(soft) / np.mean(fd) - 1) < 0.05, s
+
+
+def test_dilate_labels_and_isophote_weights():
+    from jaxcluster.survey import dilate_labels, isophote_weights
+
+    seg = jnp.zeros((6, 7), jnp.int32).at[1, 1].set(1).at[4, 5].set(2).at[4, 4].set(2)
+    out = np.asarray(dilate_labels(seg))
+    ref = np.zeros((6, 7), np.int32)
+    ref[0:3, 0:3] = 1
+    ref[3:6, 3:7] = 2
+    np.testing.assert_array_equal(out, ref)
+    w = np.asarray(isophote_weights(jnp.array([[0.0, 1.0, 10.0, 0.1]]), 1.0, 0.05))
+    np.testing.assert_allclose(w, [[0.0, 0.5, 1.0, 0.0]], atol=1e-8)

@@ -50,6 +50,8 @@ def _parser():
     p.add_argument("--max-sources", type=int, default=16, help="sources kept per box map")
     p.add_argument("--softness", type=float, default=0.02, help="soft-XOD scale in log10 CR, HR [dex]")
     p.add_argument("--softness-z", type=float, default=0.005, help="soft-XOD scale in z")
+    p.add_argument("--isophote-softness", type=float, default=0.05,
+                   help="soft isophotes' scale in log10 pixel count rate [dex]; 0: hard masks (no isophote response)")
     p.add_argument("--keys", type=int, default=6, help="realisations (≥ 2)")
     p.add_argument("--fd-fraction", type=float, default=0.05, help="FD step, fraction of each prior width")
     p.add_argument("--fisher-area", type=float, default=200.0, help="survey area the Fisher matrix is scaled to [deg²]")
@@ -121,7 +123,7 @@ def _run(args) -> int:
         n_steps=args.steps, threshold=args.threshold, cr_min=args.cr_min, max_sources=args.max_sources,
         cr_edges=np.geomspace(args.cr_min, 1e3 * args.cr_min, args.cr_bins + 1),
         hr_edges=np.geomspace(args.hr_min, args.hr_max, args.hr_bins + 1), z_edges=np.linspace(0.1, 0.5, args.z_bins + 1),
-        softness=args.softness, softness_z=args.softness_z,
+        softness=args.softness, softness_z=args.softness_z, isophote_softness=args.isophote_softness or None,
         omega_m_min=om - 1.01 * h[0], omega_m_max=om + 1.01 * h[0],
     )
     keys = jax.random.split(jax.random.key(args.seed), args.keys)

@@ -12,6 +12,15 @@ K keys, with the Monte-Carlo standard error across keys
 
 $$ \widehat{∂λ/∂θ} = \frac1K\sum_k ∂X_k/∂θ, \qquad λ = \frac1K\sum_k X_k . $$
 
+**Isophotes.** With hard masks the fixed segmentation leaves out how the
+isophotes move: a brighter source's rim crosses the threshold and joins it
+in the re-detected pipeline. With `SurveyConfig(isophote_softness=s)` the
+catalogue the soft XOD uses is measured in soft isophotes
+(`survey.detect.isophote_weights` over each source and its one-pixel rim),
+whose derivative holds that rim term, so the mean of $∂X_k/∂θ$ estimates
+the derivative of the mean re-detected measurement (the `jaxcluster
+sensitivity` default, s = 0.05 dex).
+
 The distributions are marginals of the soft XOD (`project`): dN/dz sums
 over CR and HR, the CR distribution over HR and z, the HR distribution over
 CR and z (soft histograms of the sources inside the diagram).
@@ -40,9 +49,12 @@ numbers (the same keys at θ ± h):
   distributions, the total) and through their mean over keys, with the
   standard error of the per-key differences (`montecarlo.paired_sigma`).
   They measure the derivative of the *expected hard counts*, which differs
-  from the fixed-segmentation soft derivative by the segmentation's own
-  response and by the O(softness) smoothing: agreement is expected only
-  within the Monte-Carlo error of K keys, not exactly
+  from the fixed-segmentation soft derivative by what of the segmentation's
+  own response the soft isophotes leave out (sources appearing, merging,
+  splitting) and by the O(softness) smoothing: agreement is expected only
+  within the Monte-Carlo error of K keys, not exactly. The hard FD's bins
+  count edge crossings, rare events whose variance `paired_sigma(...,
+  count_step=2h)` floors at its Poisson value
   (docs/validation/sensitivity.md says what agrees).
 """
 
@@ -288,6 +300,7 @@ def catalogue_tangents(
 
     def cat(t):
         c = simulate_survey(ThetaSim.from_array(t), key, config, eldl=eldl, table=table, segmentation=segmentation).catalogue
+        c = c.soft_measured  # what the soft XOD sees (soft isophotes if the configuration asks for them)
         return c.count_rate, c.z
 
     primal, pull = jax.vjp(cat, theta)

@@ -2,14 +2,24 @@
 
 * `lightcone`: N boxes of equal comoving size along the line of sight; padded mesh + depth mask.
 * `maps`: count rates (2 bands), Compton-y and matter maps, projected and resampled to pixels.
-* `detect`: sep through `jax.pure_callback`, source measurement, the `Catalogue`.
+* `detect`: sep through `jax.pure_callback`, source measurement (hard masks, soft isophotes), the `Catalogue`.
 * `components`: a JAX-native detector (connected components by label propagation).
 * `xod`: hard and soft (differentiable) X-ray observable diagrams.
 * `pipeline`: `SurveyConfig`, `simulate_survey`, `simulate_xod`, `simulate_xod_batch`.
 """
 
 from .components import label_components, match_catalogues, segment_components
-from .detect import DETECTORS, Catalogue, DetectionConfig, measure_sources, relabel_by_flux, segment, segment_sep
+from .detect import (
+    DETECTORS,
+    Catalogue,
+    DetectionConfig,
+    dilate_labels,
+    isophote_weights,
+    measure_sources,
+    relabel_by_flux,
+    segment,
+    segment_sep,
+)
 from .lightcone import BoxLayout, LightconeGeometry, box_layout, los_weights, redshift_at_distance
 from .maps import (
     BoxMaps,
@@ -39,6 +49,7 @@ __all__ = [
     "LightconeGeometry", "BoxLayout", "box_layout", "los_weights", "redshift_at_distance",
     "BoxMaps", "box_maps", "voxel_count_rates", "compton_y_columns", "overlap_lengths", "resampling_weights", "resample",
     "DETECTORS", "DetectionConfig", "Catalogue", "segment", "segment_sep", "measure_sources", "relabel_by_flux",
+    "dilate_labels", "isophote_weights",
     "label_components", "segment_components", "match_catalogues",
     "XODBinning", "hard_xod", "soft_xod", "soft_bin_weights",
     "SurveyConfig", "SurveyResult", "simulate_box", "box_particles", "box_fields", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey",

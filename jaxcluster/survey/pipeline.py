@@ -74,6 +74,11 @@ class SurveyConfig(eqx.Module):
         z_edges: XOD z bin edges (default: 4 equal bins over [z_min, z_max]).
         softness: soft-XOD logistic scale in log10 CR and log10 HR [dex], (0, 1].
         softness_z: soft-XOD logistic scale in z, (0, 1].
+        isophote_softness: if set, the soft XOD measures sources in soft
+            isophotes of this logistic scale in log10 of the pixel count rate
+            [dex], (0, 1], so its derivatives include the growth of the
+            sources' isophotes (`survey.detect`, soft isophotes); None (default):
+            the hard masks.
 
     Raises:
         ValueError: a value outside its range; the message names the parameter and the range.
@@ -89,6 +94,7 @@ class SurveyConfig(eqx.Module):
     cr_min: float = eqx.field(static=True)
     softness: float = eqx.field(static=True)
     softness_z: float = eqx.field(static=True)
+    isophote_softness: float | None = eqx.field(static=True)
 
     def __init__(
         self,
@@ -116,6 +122,7 @@ class SurveyConfig(eqx.Module):
         z_edges: ArrayLike | None = None,
         softness: SupportsFloat = 0.02,
         softness_z: SupportsFloat = 0.005,
+        isophote_softness: SupportsFloat | None = None,
     ):
         self.geometry = LightconeGeometry(area_deg2, z_min, z_max, n_boxes, cell_size, pixel_arcmin,
                                           omega_m_min, omega_m_max)
@@ -134,6 +141,7 @@ class SurveyConfig(eqx.Module):
             raise ValueError(f"cr_min = {cr_min!r} is outside its allowed range (0, 1e6]")
         self.softness = _check("softness", softness, 1e-12, 1.0)
         self.softness_z = _check("softness_z", softness_z, 1e-12, 1.0)
+        self.isophote_softness = None if isophote_softness is None else _check("isophote_softness", isophote_softness, 1e-12, 1.0)
 
     @property
     def area_deg2(self) -> float:
@@ -208,7 +216,8 @@ def simulate_box(
     seg = segmentation
     if seg is None:
         seg = segment(jnp.sum(maps.count_rate, axis=-1), geom, config.detection)
-    cat = measure_sources(seg, maps.count_rate, geom, z, config.detection.max_sources)
+    iso = None if config.isophote_softness is None else (config.detection.pixel_threshold(geom), config.isophote_softness)
+    cat = measure_sources(seg, maps.count_rate, geom, z, config.detection.max_sources, isophote=iso)
     return maps, seg, cat
 
 
@@ -281,13 +290,17 @@ def box_keys(key: PRNGKeyArray, config: SurveyConfig) -> Key[Array, "n_lc n_box"
 
 
 def survey_xods(cat: Catalogue, config: SurveyConfig) -> tuple[Float[Array, "n_cr n_hr n_z"], Float[Array, "n_cr n_hr n_z"]]:
-    """(hard, soft) XODs of a catalogue with any leading axes (all its sources together)."""
-    cr = cat.count_rate_total.reshape(-1)
-    hr = cat.hardness_ratio.reshape(-1)
+    """(hard, soft) XODs of a catalogue with any leading axes (all its sources together).
+
+    The soft XOD uses the soft-isophote count rates where the catalogue has them (`Catalogue.soft_measured`).
+    """
     z = cat.z.reshape(-1)
     valid = cat.valid.reshape(-1)
+    cr, hr = cat.count_rate_total.reshape(-1), cat.hardness_ratio.reshape(-1)
     hard = hard_xod(jax.lax.stop_gradient(cr), jax.lax.stop_gradient(hr), jax.lax.stop_gradient(z), valid,
                     config.binning, config.cr_min)
+    soft_cat = cat.soft_measured
+    cr, hr = soft_cat.count_rate_total.reshape(-1), soft_cat.hardness_ratio.reshape(-1)
     soft = soft_xod(cr, hr, z, valid, config.binning, config.cr_min, config.softness, config.softness_z)
     return hard, soft
 
