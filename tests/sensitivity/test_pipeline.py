@@ -25,9 +25,11 @@ def test_cli_rejects_too_few_keys(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_catalogue_tangents_match_fixed_segmentation_finite_differences():
-    """Forward mode through the whole pipeline (transposed pullbacks) vs central differences, each θ_sim axis."""
-    config = SurveyConfig(**TINY)
+@pytest.mark.parametrize("isophote_softness", [None, 0.05])
+def test_catalogue_tangents_match_fixed_segmentation_finite_differences(isophote_softness):
+    """Forward mode through the whole pipeline (transposed pullbacks) vs central differences, each θ_sim axis;
+    hard masks and soft isophotes."""
+    config = SurveyConfig(**TINY, isophote_softness=isophote_softness)
     table = default_emissivity_table()
     theta = ThetaSim()
     key = jax.random.key(0)
@@ -39,8 +41,12 @@ def test_catalogue_tangents_match_fixed_segmentation_finite_differences():
     np.testing.assert_allclose(np.asarray(val), np.asarray(f(th)), rtol=1e-10)
     assert float(val.sum()) > 1.0
     h = np.array([1e-4, 1e-4, 1e-3, 1e-3, 1e-3, 1e-3])
+    # Soft isophotes weigh the faint rim pixels by 1/softness, and those hang on few particles, whose CIC
+    # weights are piecewise linear: kinks within ±h show at the 0.5 % level (an exact check of the
+    # isophote derivative on smooth maps is in tests/test_survey_detect.py).
+    rtol, atol = (2e-3, 2e-3) if isophote_softness is None else (2e-2, 1e-2)
     for a in range(6):
         e = jnp.zeros(6).at[a].set(h[a])
         fd = (f(th + e) - f(th - e)) / (2 * h[a])
         # central differences: O(h²) truncation; float64 round-off negligible
-        np.testing.assert_allclose(np.asarray(jac[a]), np.asarray(fd), rtol=2e-3, atol=2e-3 * float(jnp.abs(fd).max()) + 1e-12)
+        np.testing.assert_allclose(np.asarray(jac[a]), np.asarray(fd), rtol=rtol, atol=atol * float(jnp.abs(fd).max()) + 1e-12)
