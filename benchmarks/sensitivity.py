@@ -231,7 +231,7 @@ def main(argv=None) -> dict:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps({k: res.get(k) for k in ("grad_over_forward_time", "jacobian_over_forward_time", "fd_agreement_sigma",
-                                              "fd_agreement_p_value", "fd_agreement_sigma_total")}, indent=2))
+                                              "fd_agreement_p_value_sample_variance", "fd_agreement_sigma_total")}, indent=2))
     return res
 
 
