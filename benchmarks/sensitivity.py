@@ -206,7 +206,12 @@ def main(argv=None) -> dict:
     if (src / "stage_autodiff.npz").exists() and (src / "stage_fd.npz").exists():
         ad, fdz = np.load(src / "stage_autodiff.npz"), np.load(src / "stage_fd.npz")
         hs = sj["fd_steps"]
-        for kind, suffix, floor in (("hard", "", True), ("hard", "_sample_variance", False), ("soft_redetect", "_soft_redetected", False)):
+        kinds = [("hard", "", True), ("hard", "_sample_variance", False), ("soft_redetect", "_soft_redetected", False)]
+        if "soft_redetect_half" in fdz.files:  # Richardson: (4 D(h/2) − D(h)) / 3, free of the O(h²) truncation
+            fdz = {k: fdz[k] for k in fdz.files} | {
+                "soft_redetect_richardson": (4.0 * fdz["soft_redetect_half"] - fdz["soft_redetect"]) / 3.0}
+            kinds.append(("soft_redetect_richardson", "_soft_richardson", False))
+        for kind, suffix, floor in kinds:
             st = {n: _signflip_stats(_marginals(ad["jac"][:, a]), _marginals(fdz[kind][:, a]),
                                      count_step=2.0 * hs[n] if floor else None) for a, n in enumerate(PARAM_NAMES)}
             if suffix:

@@ -178,15 +178,20 @@ def _run(args) -> int:
                                                 eldl=eldl, table=table, segmentations=segs)
             hard, soft_re = finite_difference_jacobians(theta, keys, config, h, policy="redetect", both=True,
                                                         eldl=eldl, table=table)
+            # half steps: (4 D(h/2) − D(h)) / 3 removes the O(h²) truncation of the soft FD, 5-20 % at h = 5 %
+            soft_half = finite_difference_jacobians(theta, keys, config, h / 2, policy="redetect", soft=True,
+                                                    eldl=eldl, table=table)
             timings["finite_differences_s"] = time.perf_counter() - t0
-            return {"fixed": fixed, "hard": hard, "soft_redetect": soft_re}
+            return {"fixed": fixed, "hard": hard, "soft_redetect": soft_re, "soft_redetect_half": soft_half}
 
         fd = _stage(out, "fd", fd_stage)
+        if "soft_redetect_half" in fd:  # runs saved before the half steps have none
+            fd["soft_redetect_richardson"] = (4.0 * fd["soft_redetect_half"] - fd["soft_redetect"]) / 3.0
         agree = {}
         for a, name in enumerate(PARAM_NAMES):
             scale = float(np.abs(fd["fixed"][:, a]).max()) or 1.0
             row = dict(fixed_max_rel_diff=float(np.abs(jac_k[:, a] - fd["fixed"][:, a]).max() / scale))
-            for kind in ("hard", "soft_redetect"):
+            for kind in ("hard", "soft_redetect") + (("soft_redetect_richardson",) if "soft_redetect_richardson" in fd else ()):
                 # the hard FD counts bin-edge crossings: its variance is floored at their Poisson variance
                 # (paired_sigma's count_step); the sample-variance-only figure is kept beside it
                 steps = ((f"{kind}_sigma", 2.0 * h[a] if kind == "hard" else None),) + (
