@@ -21,6 +21,7 @@ from .gradients import (
     mc_jacobians,
     project,
     reference_segmentations,
+    richardson,
     soft_xod_fixed,
     xod_sensitivity,
 )
@@ -30,7 +31,7 @@ from .scaling_fit import ScalingFit, bootstrap_fit, fit_scaling_relation
 __all__ = [
     "MCEstimate", "mc_estimate", "paired_sigma",
     "OBSERVABLES", "METHODS", "project", "SurveySensitivity", "default_steps", "mc_jacobians",
-    "CatalogueTangents", "catalogue_tangents", "reference_segmentations", "soft_xod_fixed", "xod_sensitivity", "finite_difference_jacobians",
+    "CatalogueTangents", "catalogue_tangents", "reference_segmentations", "soft_xod_fixed", "xod_sensitivity", "finite_difference_jacobians", "richardson",
     "poisson_fisher", "simulation_fisher",
     "SEED001_CELL", "ScalingBoxConfig", "BoxClusters", "box_clusters",
     "ScalingFit", "fit_scaling_relation", "bootstrap_fit",

@@ -112,7 +112,8 @@ def _run(args) -> int:
     from ..survey import SurveyConfig
     from ..xray import default_emissivity_table
     from .fisher import simulation_fisher
-    from .gradients import OBSERVABLES, default_steps, finite_difference_jacobians, project, reference_segmentations, xod_sensitivity
+    from .gradients import (OBSERVABLES, default_steps, finite_difference_jacobians, project, reference_segmentations, richardson,
+                            xod_sensitivity)
     from .montecarlo import mc_estimate, paired_sigma
 
     out = args.out
@@ -185,25 +186,27 @@ def _run(args) -> int:
             return {"fixed": fixed, "hard": hard, "soft_redetect": soft_re, "soft_redetect_half": soft_half}
 
         fd = _stage(out, "fd", fd_stage)
+        kinds = ["hard", "soft_redetect"]
         if "soft_redetect_half" in fd:  # runs saved before the half steps have none
-            fd["soft_redetect_richardson"] = (4.0 * fd["soft_redetect_half"] - fd["soft_redetect"]) / 3.0
+            fd["soft_redetect_richardson"] = np.asarray(richardson(fd["soft_redetect"], fd["soft_redetect_half"]))
+            kinds.append("soft_redetect_richardson")
+        marginals = ("dndz", "cr", "hr", "total")
         agree = {}
         for a, name in enumerate(PARAM_NAMES):
             scale = float(np.abs(fd["fixed"][:, a]).max()) or 1.0
             row = dict(fixed_max_rel_diff=float(np.abs(jac_k[:, a] - fd["fixed"][:, a]).max() / scale))
-            for kind in ("hard", "soft_redetect") + (("soft_redetect_richardson",) if "soft_redetect_richardson" in fd else ()):
-                # the hard FD counts bin-edge crossings: its variance is floored at their Poisson variance
-                # (paired_sigma's count_step); the sample-variance-only figure is kept beside it
-                steps = ((f"{kind}_sigma", 2.0 * h[a] if kind == "hard" else None),) + (
-                    (("hard_sigma_sample_variance", None),) if kind == "hard" else ())
-                for label, step in steps:
-                    sig = {obs: np.asarray(paired_sigma(project(jac_k[:, a], obs), project(fd[kind][:, a], obs),
-                                                        count_step=step)).tolist()
-                           for obs in ("dndz", "cr", "hr", "total")}
-                    row[label] = sig
-                    row[f"{label}_max"] = float(np.nanmax(np.concatenate([np.ravel(v) for v in sig.values()])))
+            # the hard FD counts bin-edge crossings: its variance is floored at their Poisson variance
+            # (paired_sigma's count_step); the sample-variance-only figure is kept beside it
+            tests = [("hard_sigma", "hard", 2.0 * h[a]), ("hard_sigma_sample_variance", "hard", None)]
+            tests += [(f"{kind}_sigma", kind, None) for kind in kinds[1:]]
+            for label, kind, step in tests:
+                sig = {obs: np.asarray(paired_sigma(project(jac_k[:, a], obs), project(fd[kind][:, a], obs),
+                                                    count_step=step)).tolist() for obs in marginals}
+                row[label] = sig
+                row[f"{label}_max"] = float(np.nanmax(np.concatenate([np.ravel(v) for v in sig.values()])))
+            for kind in kinds:
                 row[f"{kind}_mean"] = {obs: np.asarray(mc_estimate(project(fd[kind][:, a], obs)).mean).tolist()
-                                       for obs in ("dndz", "cr", "hr", "total")}
+                                       for obs in marginals}
             agree[name] = row
         result["finite_differences"] = agree
         result["fd_agreement_sigma"] = {n: agree[n]["hard_sigma_max"] for n in PARAM_NAMES}

@@ -93,13 +93,11 @@ def paired_sigma(
     if count_step is not None and not count_step > 0:
         raise ValueError(f"count_step = {count_step} is outside its allowed range (0, inf)")
     a = jnp.asarray(a)
-    d = jnp.asarray(a) - jnp.asarray(b)
-    n = d.shape[0]
-    if n < 2:
-        raise ValueError(f"a has {n} realisation(s); the allowed range is >= 2")
-    var = jnp.var(d, axis=0, ddof=1)
+    d = mc_estimate(a - jnp.asarray(b))
+    se2 = d.stderr**2
     if count_step is not None:
-        var = jnp.maximum(var, jnp.var(a, axis=0, ddof=1) + jnp.abs(jnp.mean(a, axis=0)) / count_step)
-    se = jnp.sqrt(var / n + floor**2)
-    dev = jnp.abs(jnp.mean(d, axis=0))
+        ea = mc_estimate(a)
+        se2 = jnp.maximum(se2, ea.stderr**2 + jnp.abs(ea.mean) / (count_step * d.n))
+    se = jnp.sqrt(se2 + floor**2)
+    dev = jnp.abs(d.mean)
     return jnp.where(dev > 0, dev / jnp.where(se > 0, se, 1.0) + jnp.where(se > 0, 0.0, jnp.inf), 0.0)

@@ -56,6 +56,7 @@ from __future__ import annotations
 
 from typing import SupportsFloat, SupportsInt
 
+import dataclasses
 import math
 from functools import partial
 
@@ -209,7 +210,7 @@ class Catalogue(eqx.Module):
         """The catalogue with `count_rate_soft` as its count rate (itself if there is none): what the soft XOD sees."""
         if self.count_rate_soft is None:
             return self
-        return Catalogue(count_rate=self.count_rate_soft, xi=self.xi, area=self.area, z=self.z, valid=self.valid)
+        return dataclasses.replace(self, count_rate=self.count_rate_soft, count_rate_soft=None)
 
     @property
     def count_rate_total(self) -> Float[Array, "*b s"]:
