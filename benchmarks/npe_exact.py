@@ -1,7 +1,8 @@
 """The exact check of the neural posteriors: NPE against exact posteriors on the analytic model.
 
     python benchmarks/npe_exact.py [--width 128 --members 4] [--estimators mdn,flow]
-                                   [--stages simulate,nuts,train,nuts_shear,npe] [--work out/npe_exact]
+                                   [--stages simulate,nuts,train,nuts_shear,npe] [--sequential 5000]
+                                   [--work out/npe_exact]
                                    [--out benchmarks/results/npe_exact.json]
 
 **Problem.** The analytic XOD model (`jaxcluster.analytic`) of a 2000 deg²
@@ -28,7 +29,9 @@ prior, so the exact posterior is `analytic.log_posterior`.
    standard errors (`reference_moments`); NPE mean offsets in exact σ and width
    ratios with their Monte-Carlo uncertainty; SBC rank histograms
    (KS p), HPD expected coverage and TARP over the calibration set; seed 001
-   Table 3 figures; figures into ``docs/validation/figures/``.
+   Table 3 figures; figures into ``docs/validation/figures/``; with
+   ``--sequential N``, one truncated sequential round per reference XOD
+   (`stage_sequential`) and its comparison with NUTS.
 
 Targets (issue 8): |Δmean| < 0.2 σ and width ratio within 15 % for Ω_m and
 σ_8; rank-histogram KS p > 0.01 for every parameter over ≥ 200 test XODs.
@@ -372,6 +375,92 @@ def stage_train(args, sims: dict, work: Path, kind: str):
     return post, hist, cfg
 
 
+def _prior_in_box(key, model: AnalyticModel, n: int, box_lo: np.ndarray, box_hi: np.ndarray) -> np.ndarray:
+    """θ from the prior restricted to a box (n, 3): uniform for Ω_m, σ_8; truncated Gaussian for log10 M0."""
+    from scipy import stats
+
+    k1, k2 = jax.random.split(key)
+    u = np.asarray(jax.random.uniform(k1, (n, 2), jnp.float64))
+    flat = box_lo[:2] + (box_hi[:2] - box_lo[:2]) * u
+    m0, sd = float(model.theta0()[2]), NUISANCE_PRIOR_SIGMA["log10_M0"]
+    a, b = (box_lo[2] - m0) / sd, (box_hi[2] - m0) / sd
+    v = np.asarray(jax.random.uniform(k2, (n,), jnp.float64))
+    nuis = m0 + sd * stats.truncnorm.ppf(stats.norm.cdf(a) + v * (stats.norm.cdf(b) - stats.norm.cdf(a)), -np.inf, np.inf)
+    return np.column_stack([flat, nuis])
+
+
+def stage_sequential(args, sims: dict, work: Path, post, cfg, tag: str) -> list:
+    """One truncated sequential round (TSNPE, Deistler et al. 2022) per reference XOD; cached per XOD.
+
+    The amortised q(θ | x_i) defines the truncation: its highest-density region
+    holding all but ε = 10⁻⁴ of its mass (threshold: the ε quantile of ln q over
+    20 000 of its own draws). `--sequential` pairs are drawn from the prior
+    restricted to that region (prior draws inside the draws' bounding box, grown
+    by half its size, kept where ln q ≥ threshold), simulated, pooled with the
+    amortised training pairs that fall inside it, and the posterior is trained
+    on them starting from the amortised weights (`train_posterior(init=...)`).
+    Inside the region the truncated prior is proportional to the prior, so the
+    NPE loss still targets p(θ | x) there, and at x_i the region holds all but
+    ε of the posterior. Returns the refined posteriors.
+    """
+    from jaxcluster.inference import load_posterior, save_posterior, train_posterior
+
+    lo, hi = bounds()
+    model = analytic_problem()
+    log_q = jax.jit(jax.vmap(post.log_prob, in_axes=(0, None)))
+    out = []
+    for i, x_i in enumerate(sims["x_nuts"]):
+        path = work / f"tsnpe_{tag}_{args.sequential}_{i}"
+        if path.with_suffix(".eqx").exists():
+            out.append(load_posterior(path)[0])
+            continue
+        t0 = time.perf_counter()
+        s_i = jnp.asarray(summary(x_i[None])[0], jnp.float32)
+        key = jax.random.fold_in(jax.random.key(args.seed + 7), i)
+        d = np.asarray(post.sample(jax.random.fold_in(key, 0), s_i, 20000), np.float64)
+        threshold = np.quantile(np.asarray(log_q(jnp.asarray(d, jnp.float32), s_i)), 1e-4)
+        span = d.max(0) - d.min(0)
+        box_lo, box_hi = np.maximum(d.min(0) - 0.5 * span, lo), np.minimum(d.max(0) + 0.5 * span, hi)
+        kept, tries, j = [], 0, 0
+        while sum(len(k) for k in kept) < args.sequential:
+            th = _prior_in_box(jax.random.fold_in(key, 10 + j), model, 4 * args.sequential, box_lo, box_hi)
+            inside = np.asarray(log_q(jnp.asarray(th, jnp.float32), s_i)) >= threshold
+            kept.append(th[inside])
+            tries, j = tries + len(th), j + 1
+        theta_new = np.concatenate(kept)[:args.sequential]
+        x_new = simulate(jax.random.fold_in(key, 1), model, jnp.asarray(theta_new))
+        old = sims["theta_train"]
+        in_old = np.all((old >= box_lo) & (old <= box_hi), axis=1)
+        in_old[in_old] = np.asarray(log_q(jnp.asarray(old[in_old], jnp.float32), s_i)) >= threshold
+        theta = np.concatenate([theta_new, old[in_old]])
+        x = np.concatenate([x_new, sims["x_train"][in_old]])
+        refined, hist = train_posterior(theta, summary(x), lo, hi, cfg, key=jax.random.fold_in(key, 2),
+                                        names=NAMES, init=post)
+        save_posterior(path, refined, cfg)
+        info = dict(n_new=int(len(theta_new)), n_old_inside=int(in_old.sum()), acceptance=len(theta_new) / tries,
+                    box_lo=box_lo.tolist(), box_hi=box_hi.tolist(), epochs=hist["epochs"],
+                    best_val_loss=hist["best_val_loss"], seconds=time.perf_counter() - t0)
+        path.with_suffix(".round.json").write_text(json.dumps(info))
+        print(f"TSNPE XOD {i}: {info['n_new']} new + {info['n_old_inside']} old pairs, "
+              f"{info['epochs']} epochs, {info['seconds']:.0f} s", flush=True)
+        out.append(refined)
+    return out
+
+
+def _against_nuts(npe_ref: np.ndarray, mom: dict) -> dict:
+    """NPE draws (n_xod, n, d) against NUTS moments: offsets in σ, width ratios, and their Monte-Carlo errors."""
+    m_q, s_q, n_q = npe_ref.mean(1), npe_ref.std(1), npe_ref.shape[1]
+    offset, ratio = (m_q - mom["mean"]) / mom["std"], s_q / mom["std"]
+    off_err = np.sqrt(mom["mcse_mean"] ** 2 + s_q**2 / n_q) / mom["std"]
+    ratio_err = ratio * np.sqrt((mom["mcse_std"] / mom["std"]) ** 2 + 1.0 / (2 * n_q))
+    return dict(mean_offset_in_sigma=offset.tolist(), width_ratio_npe_over_reference=ratio.tolist(),
+                mean_offset_uncertainty_in_sigma=off_err.tolist(), width_ratio_uncertainty=ratio_err.tolist(),
+                means_within_0p2_sigma_count=f"{int(np.sum(np.abs(offset[:, :2]) < 0.2))}/{offset[:, :2].size}",
+                widths_within_15pct_count=f"{int(np.sum(np.abs(ratio[:, :2] - 1) < 0.15))}/{ratio[:, :2].size}",
+                max_abs_offset_cosmo=float(np.max(np.abs(offset[:, :2]))),
+                max_abs_width_error_cosmo=float(np.max(np.abs(ratio[:, :2] - 1))))
+
+
 def compare(args, sims: dict, nuts: dict, work: Path, nuts_file: Path | None = None) -> dict:
     """Stages 3-4: train the NPE, compare with NUTS, calibrate on the test set, figures, JSON."""
     from jaxcluster.inference import (
@@ -489,6 +578,23 @@ def compare(args, sims: dict, nuts: dict, work: Path, nuts_file: Path | None = N
                              tarp_max_deviation=float(tp["max_abs_deviation"])),
             table3=t3,
         )
+        if args.sequential and nuts is not None:
+            tag = f"{kind}_m{args.members}_w{args.width}" + (f"_extra{args.n_extra}" if args.n_extra else "")
+            refined = stage_sequential(args, sims, work, post, cfg, tag)
+            seq_draws = np.stack([np.asarray(q.sample(jax.random.fold_in(key, 3), jnp.asarray(s, jnp.float32),
+                                                      args.n_ref_draws), np.float64)
+                                  for q, s in zip(refined, s_ref)])
+            rounds = [json.loads((work / f"tsnpe_{tag}_{args.sequential}_{i}.round.json").read_text())
+                      for i in range(len(s_ref))]
+            results[kind]["sequential"] = dict(
+                method="TSNPE: one round per reference XOD, prior truncated to the amortised posterior's "
+                       "1 - 1e-4 HPD region, fine-tuned from the amortised weights",
+                pairs_per_round=args.sequential, rounds=rounds, against_nuts=_against_nuts(seq_draws, mom))
+            for i in range(min(2, len(s_ref))):
+                corner_plot({"NUTS": nuts_flat[i], f"NPE ({kind})": npe_ref[i], f"TSNPE ({kind})": seq_draws[i]},
+                            LABELS, truth=sims["theta_nuts"][i], path=fig_dir / f"npe_{kind}_tsnpe_vs_exact_{i}.png")
+            plt.close("all")
+            print("TSNPE", json.dumps(results[kind]["sequential"]["against_nuts"]), flush=True)
         targets = dict(mean_within_0p2_sigma=bool(np.all(np.abs(offset[:, :2]) < 0.2)),
                        width_within_15pct=bool(np.all(np.abs(ratio[:, :2] - 1) < 0.15)),
                        ks_p_above_0p01=bool(np.all(rh["ks_pvalue"] > 0.01)),
@@ -541,6 +647,8 @@ def main(argv=None) -> dict:
     p.add_argument("--nuts-chains", type=int, default=4, help="chains per XOD of the sheared NUTS reference")
     p.add_argument("--nuts-shear-samples", type=int, default=500, help="draws per chain, sheared NUTS reference")
     p.add_argument("--n-importance", type=int, default=4096, help="importance samples per reference XOD")
+    p.add_argument("--sequential", type=int, default=0,
+                   help="pairs of one truncated sequential round (TSNPE) per reference XOD; 0: none")
     p.add_argument("--stages", default="simulate,nuts,train,npe")
     p.add_argument("--work", default="out/npe_exact")
     p.add_argument("--figures", default="docs/validation/figures")

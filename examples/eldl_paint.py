@@ -46,7 +46,7 @@ def main(argv=None):
         n_e, T = model(pos, th, args.z, *geometry)
         return jnp.sum(n_e**2 * jnp.sqrt(T)), (n_e, T)
 
-    (e_ldl, (n_e, T)), grads = jax.value_and_grad(emissivity, has_aux=True)(theta)
+    (e_ldl, (n_e, T)), grads = jax.jit(jax.value_and_grad(emissivity, has_aux=True))(theta)
     n_true = np.asarray(truth.n_e[0]) / mean_electron_density()
     e_true = n_true**2 * np.sqrt(np.asarray(truth.T_keV[0]))
     e_pred = np.asarray(n_e) ** 2 * np.sqrt(np.asarray(T))

@@ -193,37 +193,64 @@ def _mean_loss(field, model, boxes, mask, n, z_fixed, idx=None):
     return jnp.mean(losses)
 
 
+def _with_params(model, where, p):
+    """`model` with the arrays of its sub-module `where(model)` replaced by `p`."""
+    static = eqx.filter(where(model), eqx.is_inexact_array, inverse=True)
+    return eqx.tree_at(where, model, eqx.combine(p, static))
+
+
+# The compiled steps live at module level, with the model, data and masks as arguments
+# (only `where`, `field` and the floats are static): a resumed run, a second stage of the
+# same field or a test's repeated call reuses one compilation instead of re-tracing closures.
+
+
+@eqx.filter_jit
+def _val_loss(p, model, where, field, data, mask, n, z_fixed):
+    return _mean_loss(field, _with_params(model, where, p), data, mask, n, z_fixed)
+
+
+# Backtracking (Armijo) rather than optax's default zoom line search: the L1
+# loss with ReLU outputs is not smooth, and the strong-Wolfe search stalls
+# there for tens of evaluations per iteration.
+_LBFGS = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=12, decrease_factor=0.5,
+                                                                       store_grad=True))
+
+
+@eqx.filter_jit
+def _lbfgs_step(p, state, model, where, field, data, mask, n, z_fixed):
+    def fn(q):  # optax keeps the line-search value in the default float
+        return _mean_loss(field, _with_params(model, where, q), data, mask, n, z_fixed).astype(jnp.result_type(float))
+
+    # optax's line search mixes int32 and int64 counters: allow it under strict promotion.
+    with jax.numpy_dtype_promotion("standard"):
+        value, grad = optax.value_and_grad_from_state(fn)(p, state=state)
+        updates, state = _LBFGS.update(grad, state, p, value=value, grad=grad, value_fn=fn)
+    return optax.apply_updates(p, updates), state, value
+
+
+def _adam(learning_rate):
+    return optax.chain(optax.clip_by_global_norm(1.0), optax.adam(learning_rate))
+
+
+@eqx.filter_jit
+def _adam_step(p, state, model, where, field, data, idx, mask, n, z_fixed, learning_rate):
+    loss, grad = jax.value_and_grad(lambda q: _mean_loss(field, _with_params(model, where, q), data, mask, n, z_fixed, idx))(p)
+    with jax.numpy_dtype_promotion("standard"):  # optax's counters, as in _lbfgs_step
+        updates, state = _adam(learning_rate).update(grad, state, p)
+    return optax.apply_updates(p, updates), state, loss
+
+
 def _fit_lbfgs(stage, model, where, field, boxes, config, ckpt_dir, progress) -> tuple[ExtendedLDL, dict]:
     """Full-batch L-BFGS on the sub-module `where(model)`; best validation iterate kept."""
     from tqdm.auto import tqdm
 
     train_mask = slab_mask(boxes.mesh_shape, config.validation_fraction)
     val_mask = slab_mask(boxes.mesh_shape, config.validation_fraction, validation=True)
-    params, static = eqx.partition(where(model), eqx.is_inexact_array)
-
-    def f(p, data):
-        loss = _mean_loss(field, eqx.tree_at(where, model, eqx.combine(p, static)), data, train_mask,
-                          config.smoothing_n, config.base_redshift)
-        return loss.astype(jnp.result_type(float))  # optax keeps the line-search value in the default float
-
-    @eqx.filter_jit
-    def val_loss(p, data):
-        return _mean_loss(field, eqx.tree_at(where, model, eqx.combine(p, static)), data, val_mask, config.smoothing_n,
-                          config.base_redshift)
-
-    # Backtracking (Armijo) rather than optax's default zoom line search: the L1
-    # loss with ReLU outputs is not smooth, and the strong-Wolfe search stalls
-    # there for tens of evaluations per iteration.
-    opt = optax.lbfgs(linesearch=optax.scale_by_backtracking_linesearch(max_backtracking_steps=12, decrease_factor=0.5, store_grad=True))
-
-    @eqx.filter_jit
-    def step(p, state, data):
-        fn = lambda q: f(q, data)
-        # optax's line search mixes int32 and int64 counters: allow it under strict promotion.
-        with jax.numpy_dtype_promotion("standard"):
-            value, grad = optax.value_and_grad_from_state(fn)(p, state=state)
-            updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=fn)
-        return optax.apply_updates(p, updates), state, value
+    params = eqx.filter(where(model), eqx.is_inexact_array)
+    sn, z = config.smoothing_n, config.base_redshift
+    step = lambda p, state, data: _lbfgs_step(p, state, model, where, field, data, train_mask, sn, z)  # noqa: E731
+    val_loss = lambda p, data: _val_loss(p, model, where, field, data, val_mask, sn, z)  # noqa: E731
+    opt = _LBFGS
 
     carry = (params, opt.init(params), params, jnp.asarray(0), jnp.asarray(jnp.inf, dtype=jnp.float32))
     path = ckpt_dir / f"{stage}.eqx"
@@ -245,7 +272,7 @@ def _fit_lbfgs(stage, model, where, field, boxes, config, ckpt_dir, progress) ->
         bar.set_postfix(loss=f"{float(value):.4g}")
         bar.update(1)
     bar.close()
-    return eqx.tree_at(where, model, eqx.combine(best, static)), {"best_validation": float(best_val), "history": history}
+    return _with_params(model, where, best), {"best_validation": float(best_val), "history": history}
 
 
 def _fit_adam(stage, model, where, field, boxes, config, ckpt_dir, progress, z_fixed) -> tuple[ExtendedLDL, dict]:
@@ -254,21 +281,12 @@ def _fit_adam(stage, model, where, field, boxes, config, ckpt_dir, progress, z_f
 
     train_mask = slab_mask(boxes.mesh_shape, config.validation_fraction)
     val_mask = slab_mask(boxes.mesh_shape, config.validation_fraction, validation=True)
-    params, static = eqx.partition(where(model), eqx.is_inexact_array)
-    opt = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(config.learning_rate))
-    rebuild = lambda p: eqx.tree_at(where, model, eqx.combine(p, static))
-
-    @eqx.filter_jit
-    def step(p, state, data, idx):
-        loss, grad = jax.value_and_grad(
-            lambda q: _mean_loss(field, rebuild(q), data, train_mask, config.smoothing_n, z_fixed, idx))(p)
-        with jax.numpy_dtype_promotion("standard"):  # optax's counters, as in _fit_lbfgs
-            updates, state = opt.update(grad, state, p)
-        return optax.apply_updates(p, updates), state, loss
-
-    @eqx.filter_jit
-    def val_loss(p, data):
-        return _mean_loss(field, rebuild(p), data, val_mask, config.smoothing_n, z_fixed)
+    params = eqx.filter(where(model), eqx.is_inexact_array)
+    sn, lr = config.smoothing_n, jnp.asarray(config.learning_rate)
+    opt = _adam(config.learning_rate)
+    step = lambda p, state, data, idx: _adam_step(p, state, model, where, field, data, idx, train_mask, sn, z_fixed, lr)  # noqa: E731
+    val_loss = lambda p, data: _val_loss(p, model, where, field, data, val_mask, sn, z_fixed)  # noqa: E731
+    rebuild = lambda p: _with_params(model, where, p)  # noqa: E731
 
     zero = jnp.asarray(0)
     carry = (params, opt.init(params), params, zero, jnp.asarray(jnp.inf, dtype=jnp.float32), zero)

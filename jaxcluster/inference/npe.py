@@ -470,6 +470,7 @@ def train_posterior(
     key: PRNGKeyArray,
     names: Sequence[str] | None = None,
     progress: bool = False,
+    init: NeuralPosterior | None = None,
 ) -> tuple[NeuralPosterior, dict]:
     """Fit q(θ | x) to simulated pairs (module docstring: sbi's recipe).
 
@@ -482,6 +483,10 @@ def train_posterior(
         key: PRNG key for the split, initialisation and shuffling (keyword-only).
         names: parameter names (stored with the posterior).
         progress: show a tqdm bar over epochs.
+        init: continue from this posterior (a sequential round, e.g. on pairs drawn from a
+            truncated prior): its weights, parameter map and summary scaling are kept, so the
+            new pairs refine it rather than restart it. Must match `config`'s estimator,
+            width and ensemble size, and `lo`, `hi` and the summary size.
 
     Returns:
         (posterior, history): the best-validation `NeuralPosterior` and a dict with
@@ -515,8 +520,12 @@ def train_posterior(
     shift, scale = y[tr].mean(0), y[tr].std(0) + 1e-8
     x_shift, x_scale = x[tr].mean(0), x[tr].std(0)
     x_scale = np.where(x_scale > 1e-8, x_scale, 1.0)  # a constant summary entry (e.g. an empty bin) stays 0
-    space = ParameterSpace(lo, hi, shift, scale)
-    post = build_posterior(config, space, x_shift, x_scale, names, key=k_init)
+    if init is None:
+        space = ParameterSpace(lo, hi, shift, scale)
+        post = build_posterior(config, space, x_shift, x_scale, names, key=k_init)
+    else:
+        _check_init(init, config, lo, hi, x.shape[1], k_init)
+        post, space, x_shift, x_scale = init, init.space, np.asarray(init.x_shift), np.asarray(init.x_scale)
 
     u = jax.vmap(space.to_u)(jnp.asarray(theta, _F32))
     s = jnp.asarray((x - x_shift) / x_scale, _F32)
@@ -553,6 +562,22 @@ def train_posterior(
                    epoch_seconds=float(np.median(times[1:])) if len(times) > 1 else float(times[0]),
                    first_epoch_seconds=float(times[0]))
     return post, history
+
+
+def _check_init(init: NeuralPosterior, config: TrainConfig, lo, hi, n_summary: int, key) -> None:
+    """`init` must be what `config` would build, on the same prior box and summary size."""
+    like = build_posterior(config, init.space, np.zeros(n_summary), np.ones(n_summary), init.names, key=key)
+    like, mine = eqx.filter(like, eqx.is_array), eqx.filter(init, eqx.is_array)
+    same = jax.tree.structure(like) == jax.tree.structure(mine) and all(
+        a.shape == b.shape for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(mine)))
+    if not same:
+        raise ValueError("init must be a posterior of config's estimator, width, depth and n_members, "
+                         f"trained on summaries of {n_summary} entries")
+    box = ParameterSpace(lo, hi)
+    if not (np.array_equal(np.asarray(init.space.lo), np.asarray(box.lo))
+            and np.array_equal(np.asarray(init.space.hi), np.asarray(box.hi))):
+        raise ValueError(f"init's prior box [{np.asarray(init.space.lo)}, {np.asarray(init.space.hi)}] differs from "
+                         f"lo, hi = [{np.asarray(lo)}, {np.asarray(hi)}]")
 
 
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:

@@ -28,7 +28,7 @@ from jaxcluster.xray import count_rate
 def test_mass_limited_counts_against_scipy():
     cosmo = Cosmology()
     z_edges = (0.1, 0.3, 0.5)
-    ours = np.asarray(halo_counts(cosmo, z_edges, 14.0, 15.5, 100.0, "500c"))
+    ours = np.asarray(jax.jit(lambda c: halo_counts(c, z_edges, 14.0, 15.5, 100.0, "500c"))(cosmo))
     mf = jax.jit(lambda z: mass_function(cosmo, jnp.logspace(14.0, 15.5, 801), z, "500c"))
     lnM = np.log(np.logspace(14.0, 15.5, 801))
     omega = 100.0 * (math.pi / 180) ** 2
@@ -64,10 +64,11 @@ def test_count_rate_conversion_matches_xray_stage(tables):
 
 def test_xod_shape_convergence_and_positivity(tables):
     cosmo, sr = Cosmology(), ScalingRelations()
-    lam = expected_xod(cosmo, sr, tables)
+    xod = eqx.filter_jit(expected_xod)  # eagerly, each of ~600 primitives would compile on its own
+    lam = xod(cosmo, sr, tables)
     assert lam.shape == XODBinning().shape == (8, 6, 4)
     assert bool(jnp.all(lam >= 0)) and 50 < float(lam.sum()) < 500  # 200 deg², CR > 0.02
-    fine = expected_xod(cosmo, sr, tables, SurveySpec(n_mass=96, n_z_per_bin=10, n_gh=11, n_sigma_knots=0))
+    fine = xod(cosmo, sr, tables, SurveySpec(n_mass=96, n_z_per_bin=10, n_gh=11, n_sigma_knots=0))
     big = fine > 1.0
     np.testing.assert_allclose(lam[big], fine[big], rtol=2e-3)
 

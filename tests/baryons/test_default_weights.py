@@ -47,12 +47,13 @@ def test_default_eldl_is_differentiable_in_theta(unseen):
     model = default_eldl()
     boxes = load_training_boxes(unseen, 0.21)
 
+    @jax.jit
     def total(a_sn1):
         th = ThetaSim(0.3, 0.8, a_sn1, 1.0, 1.0, 1.0)
         n_e, T = model(boxes.pos[0], th, 0.21, boxes.box_size, boxes.mesh_shape)
         return jnp.log(jnp.sum(n_e**2 * jnp.sqrt(T)))
 
-    g = float(jax.grad(total)(jnp.asarray(1.0)))
+    g = float(jax.jit(jax.grad(total))(jnp.asarray(1.0)))
     h = 1e-3
     fd = (float(total(jnp.asarray(1.0 + h))) - float(total(jnp.asarray(1.0 - h)))) / (2 * h)
     assert np.isfinite(g) and g == pytest.approx(fd, rel=0.05, abs=1e-4)

@@ -2,6 +2,7 @@
 
 import math
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,7 +41,7 @@ def _empty(n=4):
 def test_mean_electron_density_of_diffuse_gas(getkey):
     """Without halos the mean comoving n_e is Ω_b ρ_c0 / (μ_e m_p), computed here with astropy."""
     pos = jax.random.uniform(getkey(), (N**3, 3), dtype=jnp.float32) * BOX
-    gas = synthetic_gas(pos, _empty(), FID, 0.2, getkey(), (BOX,) * 3, (N,) * 3, cosmo=COSMO)
+    gas = eqx.filter_jit(synthetic_gas)(pos, _empty(), FID, 0.2, getkey(), (BOX,) * 3, (N,) * 3, cosmo=COSMO)
     H0 = 67.11 * u.km / u.s / u.Mpc
     rho_c0 = 3 * H0**2 / (8 * math.pi * const.G)
     n_e = (0.049 * rho_c0 * (1 + 0.76) / 2 / const.m_p).to(u.cm**-3).value
@@ -54,7 +55,8 @@ def test_mean_electron_density_of_diffuse_gas(getkey):
 def test_painted_halo_conserves_the_profile_mass(box):
     pos, cat, truth = box
     model = SyntheticGasModel(sigma_core_env=0.0, sigma_core_random=0.0, sigma_fgas=0.0, sigma_T=0.0)
-    gas = synthetic_gas(pos, cat, FID, 0.0, jax.random.key(0), (BOX,) * 3, (N,) * 3, model, cosmo=COSMO, subsample=3)
+    gas = eqx.filter_jit(synthetic_gas)(pos, cat, FID, 0.0, jax.random.key(0), (BOX,) * 3, (N,) * 3, model, cosmo=COSMO,
+                                        subsample=3)
     i = int(np.argmax(np.asarray(cat.M200c)))
     centre, R = np.asarray(cat.pos[i]), float(cat.R200c[i])
     cell = BOX / N

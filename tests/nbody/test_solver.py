@@ -31,7 +31,7 @@ def test_zeldovich_plane_wave_is_exact_before_shell_crossing():
     a0 = 0.1
     pos0 = q + g.D1(a0) * psi
     p0 = g.G1(COSMO, a0) * psi
-    run = lambda n: nbody(pos0, p0, COSMO, cfg, step_grid(a0, 1.0, n))  # noqa: E731
+    run = lambda n: jax.jit(lambda x, v: nbody(x, v, COSMO, cfg, step_grid(a0, 1.0, n)))(pos0, p0)  # noqa: E731
     expected = q + psi  # D₁(1) = 1
     few, many = run(3), run(30)
     err = lambda r: float(jnp.max(jnp.abs(r.pos[-1] - expected)) / amp)  # noqa: E731
@@ -49,8 +49,7 @@ def test_largest_scales_grow_linearly(getkey):
     g = growth_table(COSMO)
     delta_lin = linear_field(white_noise(getkey(), cfg.particle_shape), COSMO, cfg)
     a0 = 0.05
-    pos, p = lpt(delta_lin, COSMO, g, cfg, a0, order=2)
-    res = jax.jit(lambda x, v: nbody(x, v, COSMO, cfg, step_grid(a0, 1.0, 10)))(pos, p)
+    res = jax.jit(lambda d: nbody(*lpt(d, COSMO, g, cfg, a0, order=2), COSMO, cfg, step_grid(a0, 1.0, 10)))(delta_lin)
     box = (L, L, L)
     d_final = compensate_cic(_density(res.pos[-1], cfg))  # undo the painting window
     _, P_final, _ = power_spectrum(d_final, box)
@@ -86,8 +85,8 @@ def test_snapshots_equal_separate_runs(getkey):
     g = growth_table(COSMO)
     pos, p = lpt(linear_field(white_noise(getkey(), cfg.particle_shape), COSMO, cfg), COSMO, g, cfg, 0.1)
     grid = step_grid(0.1, 1.0, 6, snapshots=[0.5])
-    both = nbody(pos, p, COSMO, cfg, grid, snapshots=np.array([0.5, 1.0]))
-    first = nbody(pos, p, COSMO, cfg, grid[grid <= 0.5])
+    both = jax.jit(lambda x, v: nbody(x, v, COSMO, cfg, grid, snapshots=np.array([0.5, 1.0])))(pos, p)
+    first = jax.jit(lambda x, v: nbody(x, v, COSMO, cfg, grid[grid <= 0.5]))(pos, p)
     np.testing.assert_allclose(both.pos[0], first.pos[-1], rtol=1e-12, atol=1e-10)
     np.testing.assert_allclose(both.a, [0.5, 1.0])
 
@@ -119,8 +118,9 @@ def test_vmap_over_cosmologies_equals_separate_runs(getkey):
     cfg = PMConfig(32.0, (8, 8, 8))
     noise = white_noise(getkey(), cfg.particle_shape)
     oms, s8s = jnp.array([0.25, 0.35]), jnp.array([0.75, 0.85])
-    batched = jax.vmap(_loss, in_axes=(None, 0, 0, None))(noise, oms, s8s, cfg)
-    single = [_loss(noise, oms[i], s8s[i], cfg) for i in range(2)]
+    loss = jax.jit(lambda om, s8: _loss(noise, om, s8, cfg))  # jitted: eager dispatch compiles every primitive
+    batched = jax.jit(jax.vmap(loss))(oms, s8s)
+    single = [loss(oms[i], s8s[i]) for i in range(2)]
     np.testing.assert_allclose(batched, single, rtol=1e-10)
 
 
@@ -162,7 +162,8 @@ def test_float32_pipeline_keeps_float32(adjoint):
             pos, p = lpt(linear_field(white_noise(jax.random.key(0), cfg.particle_shape), c, cfg), c, g, cfg, 0.1)
             return nbody(pos, p, c, cfg, step_grid(0.1, 1.0, 3), growth=g, adjoint=adjoint)
 
-        res = run(cosmo.sigma_8)
+        # jitted: eagerly, each primitive would compile on its own (~550 compiles, ~25 s)
+        res = jax.jit(run)(cosmo.sigma_8)
         assert res.pos.dtype == jnp.float32 and res.p.dtype == jnp.float32
-        grad = jax.grad(lambda s8: jnp.sum(run(s8).pos[-1] ** 2))(cosmo.sigma_8)
+        grad = jax.jit(jax.grad(lambda s8: jnp.sum(run(s8).pos[-1] ** 2)))(cosmo.sigma_8)
         assert grad.dtype == jnp.float32 and bool(jnp.isfinite(grad))
