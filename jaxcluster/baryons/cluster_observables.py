@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
@@ -47,6 +48,11 @@ def _radial_quadrature(lo, hi):
     ln_r = np.log(lo) + u * (_X_GL + 1.0)
     r = np.exp(ln_r)
     return r, 4.0 * math.pi * r**3 * u * _W_GL
+
+
+# One compiled profile (numbers passed as arrays, so no value recompiles it): eagerly, each call
+# of `cluster_observables` dispatched its few hundred primitives one by one.
+_gas_profile = eqx.filter_jit(halo_gas_profile)
 
 
 def cluster_observables(
@@ -82,7 +88,8 @@ def cluster_observables(
     length_cm = a * R200c / h * MPC_CM
     for name, lo, hi in (("all", 1e-3 * x500, x500), ("exc", 0.15 * x500, x500)):
         x, w = _radial_quadrature(lo, hi)
-        n_e, T = halo_gas_profile(model, jnp.asarray(x), M200c, R200c, cosmo, theta, z, deviates)
+        n_e, T = _gas_profile(model, jnp.asarray(x), jnp.asarray(M200c), jnp.asarray(R200c), cosmo, theta,
+                              jnp.asarray(z), tuple(jnp.asarray(d, dtype=float) for d in deviates))
         n_phys = np.asarray(n_e) / a**3  # comoving → physical
         dv = w * length_cm**3
         em = n_phys**2 / NE_OVER_NH * dv

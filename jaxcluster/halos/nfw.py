@@ -9,6 +9,7 @@ finder and by the synthetic gas model for the dark-matter structure of halos.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -35,6 +36,8 @@ def nfw_enclosed_fraction(x: Float[ArrayLike, "*x"], c: Float[ArrayLike, "*#x"])
     return nfw_mu(jnp.asarray(c) * x) / nfw_mu(c)
 
 
+# jit: eagerly, the loop body (a closure over c) would be traced and compiled anew on every call.
+@functools.partial(jax.jit, static_argnames=("delta_ratio", "n_iter"))
 def nfw_radius_ratio(c: Float[ArrayLike, "*c"], delta_ratio: float, n_iter: int = 40) -> Float[Array, "*c"]:
     r"""$x_Δ = R_Δ / R_{200c}$ where the mean enclosed density is `delta_ratio` × 200 ρ_c.
 

@@ -132,9 +132,10 @@ def test_unit_mapping(setup):
     config, cosmo, growth, delta_lin, pos, p = setup
     cell = config.cell_size
     with _jaxpm_promotion():
-        f_jaxpm = jpm.pm_forces(pos / cell, mesh_shape=config.mesh_shape).reshape(-1, 3)
+        # jitted: eagerly, every jaxpm primitive would compile on its own (~300 compiles)
+        f_jaxpm = jax.jit(lambda x: jpm.pm_forces(x, mesh_shape=config.mesh_shape))(pos / cell).reshape(-1, 3)
         q_cell = (config.lattice() / cell).reshape(*config.particle_shape, 3)
-        dx, vel, _ = jpm.lpt(_jaxpm_cosmology(), delta_lin, particles=q_cell, a=A_INIT, order=1)
+        dx, vel, _ = jax.jit(lambda d, q: jpm.lpt(_jaxpm_cosmology(), d, particles=q, a=A_INIT, order=1))(delta_lin, q_cell)
     f_ours = pm_force(pos, config) / cell
     np.testing.assert_allclose(f_jaxpm, f_ours, rtol=0, atol=1e-10 * float(jnp.max(jnp.abs(f_ours))))
 
