@@ -437,7 +437,7 @@ def stage_sequential(args, sims: dict, work: Path, post, cfg, tag: str) -> list:
         refined, hist = train_posterior(theta, summary(x), lo, hi, cfg, key=jax.random.fold_in(key, 2),
                                         names=NAMES, init=post)
         save_posterior(path, refined, cfg)
-        info = dict(n_new=int(len(theta_new)), n_old_inside=int(in_old.sum()), acceptance=len(theta_new) / tries,
+        info = dict(n_new=int(len(theta_new)), n_old_inside=int(in_old.sum()), n_prior_draws_in_box=tries,
                     box_lo=box_lo.tolist(), box_hi=box_hi.tolist(), epochs=hist["epochs"],
                     best_val_loss=hist["best_val_loss"], seconds=time.perf_counter() - t0)
         path.with_suffix(".round.json").write_text(json.dumps(info))
