@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ..nbody.mesh import gradient_kernel, paint_cic, read_cic, rfft_wavevectors
+from ..nbody.mesh import gradient_kernel, paint_cic, read_cic, read_gradient, rfft_wavevectors
 
 __all__ = [
     "DENSITY_FLOOR",
@@ -371,6 +371,9 @@ class DisplacementLayer(eqx.Module):
         kvec = rfft_wavevectors(shape, dtype=dtype)  # rad per cell
         cells = [b / n for b, n in zip(box, shape)]
         phi_k = _radial_operator(self.filter, shape, cells, dtype).astype(source_k.dtype) * source_k
+        if self.gradient == "fd4":  # the stencil on φ: one inverse FFT instead of three (as a PM force)
+            grad_cells = read_gradient(jnp.fft.irfftn(phi_k, s=shape), pos / cell[None, :])
+            return self.alpha.astype(dtype) * grad_cells / cell[None, :]
         comps = [
             jnp.fft.irfftn(1j * (gradient_kernel(ki, self.gradient) / c).astype(source_k.dtype) * phi_k, s=shape)
             for ki, c in zip(kvec, cells)

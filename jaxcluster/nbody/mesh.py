@@ -30,6 +30,7 @@ __all__ = [
     "gradient_kernel",
     "force_from_density",
     "read_force",
+    "read_gradient",
 ]
 
 def _check_pos(pos):
@@ -327,7 +328,7 @@ def force_from_density(
     """
     if gradient == "fd4":
         nx, ny, nz = mesh_shape
-        return jnp.stack([f[:nx, :ny, :nz] for f in _fd4_force_padded(_potential(delta_k, mesh_shape))], axis=-1)
+        return -jnp.stack([f[:nx, :ny, :nz] for f in _fd4_gradient_padded(_potential(delta_k, mesh_shape))], axis=-1)
     kvec, inv_k2 = _inverse_k2(mesh_shape, jnp.real(delta_k).dtype)
     # φ_k = −δ_k / k², F_k = −i k φ_k = i k δ_k / k².
     comps = [
@@ -350,8 +351,8 @@ def _potential(delta_k, mesh_shape):
     return jnp.fft.irfftn(-(inv_k2.astype(delta_k.dtype) * delta_k), s=mesh_shape)
 
 
-def _fd4_force_padded(phi):
-    """−fd4 ∇φ as three wrap-padded (nx+1, ny+1, nz+1) meshes, straight from one padded copy of φ.
+def _fd4_gradient_padded(phi):
+    """fd4 ∇φ [per cell] as three wrap-padded (nx+1, ny+1, nz+1) meshes, straight from one padded copy of φ.
 
     The fd4 symbol i(8 sin k − sin 2k)/6 is the 4-point central difference
     [8(φ₊₁ − φ₋₁) − (φ₊₂ − φ₋₂)]/12 in real space, so one inverse FFT of φ
@@ -367,9 +368,21 @@ def _fd4_force_padded(phi):
         idx[axis] = slice(2 + s, 3 + s + shape[axis])
         return p[tuple(idx)]
 
-    return tuple(
-        -(8.0 * (shifted(a, 1) - shifted(a, -1)) - (shifted(a, 2) - shifted(a, -2))) / 12.0 for a in range(3)
-    )
+    return tuple((8.0 * (shifted(a, 1) - shifted(a, -1)) - (shifted(a, 2) - shifted(a, -2))) / 12.0 for a in range(3))
+
+
+def read_gradient(
+    phi: Float[Array, "nx ny nz"],
+    pos: Float[Array, "n_ptcl 3"],
+) -> Float[Array, "n_ptcl 3"]:
+    r"""The 4-point finite-difference gradient of a periodic mesh field, read at `pos` (mesh-cell units) with CIC.
+
+    Equal to round-off to `read_cic` of `jnp.fft.irfftn` of $i\,g_\mathrm{fd4}(k)\,\hat φ$ on each
+    axis (`gradient_kernel(k, "fd4")`), but from φ itself: one inverse FFT where the Fourier form
+    needs three, and no (nx, ny, nz, 3) gradient mesh. Units: φ per cell.
+    """
+    _check_pos(pos)
+    return jnp.stack(_read_padded(_fd4_gradient_padded(phi), pos, phi.shape), axis=-1)
 
 
 def read_force(
@@ -387,5 +400,4 @@ def read_force(
     mesh_shape = tuple(mesh_shape)
     if gradient != "fd4":
         return read_cic(force_from_density(delta_k, mesh_shape, gradient), pos)
-    _check_pos(pos)
-    return jnp.stack(_read_padded(_fd4_force_padded(_potential(delta_k, mesh_shape)), pos, mesh_shape), axis=-1)
+    return -read_gradient(_potential(delta_k, mesh_shape), pos)

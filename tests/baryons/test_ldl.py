@@ -12,6 +12,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxcluster.baryons.ldl import (
     DEFAULT_K_MAX,
+    DENSITY_FLOOR,
     LDL,
     ActivationLayer,
     BSplineFilter,
@@ -21,6 +22,8 @@ from jaxcluster.baryons.ldl import (
     clamped_knots,
     paint_one_plus_delta,
 )
+from jaxcluster.baryons.ldl import _radial_operator
+from jaxcluster.nbody.mesh import gradient_kernel, read_cic, rfft_wavevectors
 
 N = 16
 CELL = 0.39
@@ -205,6 +208,15 @@ def test_gradient_kinds_and_validation(getkey):
     assert float(jnp.max(jnp.abs(exact - pos))) > 1e-3
     # Both are gradients of the same potential; they differ at high k only.
     np.testing.assert_allclose(np.asarray(fd4 - pos), np.asarray(exact - pos), atol=0.5 * float(jnp.max(jnp.abs(exact - pos))))
+    # The fd4 layer differentiates φ in real space (one inverse FFT): the same as the fd4 symbol in Fourier space.
+    layer = DisplacementLayer(alpha=0.02, gradient="fd4")
+    cells = [BOX / n for n in SHAPE]
+    src_k = jnp.fft.rfftn(jnp.maximum(paint_one_plus_delta(pos, BOX, SHAPE), DENSITY_FLOOR) ** layer.gamma)
+    phi_k = _radial_operator(layer.filter, SHAPE, cells, pos.dtype).astype(src_k.dtype) * src_k
+    mesh = jnp.stack([jnp.fft.irfftn(1j * (gradient_kernel(k, "fd4") / c).astype(src_k.dtype) * phi_k, s=SHAPE)
+                      for k, c in zip(rfft_wavevectors(SHAPE, dtype=pos.dtype), cells)], axis=-1)
+    fourier = layer.alpha * read_cic(mesh, pos / jnp.asarray(cells)[None, :])
+    np.testing.assert_allclose(np.asarray(fd4 - pos), np.asarray(fourier), rtol=0, atol=1e-12 * float(jnp.max(jnp.abs(fourier))))
     with pytest.raises(ValueError, match="gradient"):
         DisplacementLayer(gradient="spectral")
     with pytest.raises(ValueError, match="mesh_shape"):
@@ -297,9 +309,6 @@ def test_float32_runs_and_keeps_dtype(getkey):
 
 @pytest.mark.parametrize("filter", [BSplineFilter(jnp.linspace(-0.2, 0.3, 12)), ParametricFilter()])
 def test_radial_table_operator_equals_direct_evaluation(filter):
-    from jaxcluster.baryons.ldl import _radial_operator
-    from jaxcluster.nbody.mesh import rfft_wavevectors
-
     for shape, cells in (((16, 16, 16), [0.39] * 3), ((8, 16, 16), [0.39] * 3)):  # table path, direct path
         kvec = rfft_wavevectors(shape, dtype=jnp.float64)
         direct = np.asarray(filter(jnp.sqrt(sum((k / c) ** 2 for k, c in zip(kvec, cells)))))

@@ -102,7 +102,9 @@ def test_mdn_recovers_linear_gaussian_posterior(trained, getkey):
     assert np.all(np.abs(s.mean(0) - mean) < 0.3 * sd), ((s.mean(0) - mean) / sd)
     np.testing.assert_allclose(s.std(0), sd, rtol=0.12)
     corr = np.corrcoef(s.T)[0, 1]
-    assert abs(corr - cov[0, 1] / (sd[0] * sd[1])) < 0.08, corr
+    # exact −0.17; the fit's own error is up to 0.09 (it moves with the float round-off of training,
+    # e.g. XLA's optimisation level); a posterior without the correlation misses by 0.17
+    assert abs(corr - cov[0, 1] / (sd[0] * sd[1])) < 0.11, corr
     mi = post.marginal_intervals(getkey(), jnp.asarray(x0, jnp.float32), n=20000)
     np.testing.assert_allclose(mi["upper"] - mi["lower"], 2 * 0.9945 * sd, rtol=0.12)
 
