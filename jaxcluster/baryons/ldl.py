@@ -323,7 +323,8 @@ class DisplacementLayer(eqx.Module):
     and floored at `DENSITY_FLOOR`; ∇ is taken in Fourier space as $i\mathbf k$
     [h Mpc⁻¹] (`gradient="exact"`, zero on each axis's Nyquist plane, where
     $i k$ would break Hermitian symmetry) or with the 4-point finite-difference
-    symbol (`"fd4"`); the k = 0 mode has no gradient. The three displacement
+    symbol (`"fd4"`, applied as the real-space stencil on the potential like the PM
+    force: one inverse FFT instead of three); the k = 0 mode has no gradient. The three displacement
     components are read back at the particles with CIC.
 
     Attributes:
