@@ -505,14 +505,12 @@ def compare(args, sims: dict, nuts: dict, work: Path, nuts_file: Path | None = N
                                      reference_mean=m_r.tolist(), reference_std=s_r.tolist())
         if nuts is not None:
             # Monte-Carlo errors: NUTS (MCSE from its ESS) and the NPE's own n_ref_draws independent draws
-            n_q = npe_ref.shape[1]
-            off_err = np.sqrt(mom["mcse_mean"] ** 2 + s_q**2 / n_q) / mom["std"]
-            ratio_err = (s_q / mom["std"]) * np.sqrt((mom["mcse_std"] / mom["std"]) ** 2 + 1.0 / (2 * n_q))
+            errors = _against_nuts(npe_ref, mom)
             comparisons["nuts"].update(
                 nuts_mcse_mean_in_sigma=(mom["mcse_mean"] / mom["std"]).tolist(),
                 nuts_mcse_std_relative=(mom["mcse_std"] / mom["std"]).tolist(),
-                npe_draws=int(n_q), mean_offset_uncertainty_in_sigma=off_err.tolist(),
-                width_ratio_uncertainty=ratio_err.tolist())
+                npe_draws=int(npe_ref.shape[1]),
+                **{k: errors[k] for k in ("mean_offset_uncertainty_in_sigma", "width_ratio_uncertainty")})
         ref_name = "nuts" if nuts is not None else "importance"
         m_n, s_n = refs[ref_name]
         offset = (m_q - m_n) / s_n

@@ -516,14 +516,14 @@ def train_posterior(
     k_split, k_init, k_train = jax.random.split(key, 3)
     order = np.asarray(jax.random.permutation(k_split, n))
     tr, va = order[n_val:], order[:n_val]
-    y = np.asarray(jax.vmap(space0.to_y)(jnp.asarray(theta, _F32)), np.float64)
-    shift, scale = y[tr].mean(0), y[tr].std(0) + 1e-8
-    x_shift, x_scale = x[tr].mean(0), x[tr].std(0)
-    x_scale = np.where(x_scale > 1e-8, x_scale, 1.0)  # a constant summary entry (e.g. an empty bin) stays 0
-    if init is None:
+    if init is None:  # standardise θ (in y space) and x with the training split's statistics
+        y = np.asarray(jax.vmap(space0.to_y)(jnp.asarray(theta, _F32)), np.float64)
+        shift, scale = y[tr].mean(0), y[tr].std(0) + 1e-8
+        x_shift, x_scale = x[tr].mean(0), x[tr].std(0)
+        x_scale = np.where(x_scale > 1e-8, x_scale, 1.0)  # a constant summary entry (e.g. an empty bin) stays 0
         space = ParameterSpace(lo, hi, shift, scale)
         post = build_posterior(config, space, x_shift, x_scale, names, key=k_init)
-    else:
+    else:  # a sequential round keeps the first round's standardisation
         _check_init(init, config, lo, hi, x.shape[1], k_init)
         post, space, x_shift, x_scale = init, init.space, np.asarray(init.x_shift), np.asarray(init.x_scale)
 
