@@ -215,6 +215,8 @@ class ExtendedLDL(eqx.Module):
         n_displacements: int = 2,
         width: int = 64,
         depth: int = 2,
+        gradient: str = "exact",
+        source_stride: int = 1,
     ) -> ExtendedLDL:
         """Near-identity base LDLs (`LDL.init`, deterministic) and zero-output hypernetworks.
 
@@ -225,9 +227,12 @@ class ExtendedLDL(eqx.Module):
             n_displacements: displacement layers per LDL.
             width: hypernetwork hidden-layer width.
             depth: hypernetwork hidden-layer count.
+            gradient: displacement gradient of both LDLs, "exact" or "fd4" (`ldl.DisplacementLayer`).
+            source_stride: source sub-sampling of both LDLs' displacement layers (`ldl.DisplacementLayer`).
         """
-        n_e_base = LDL.init(None, filter, n_displacements)
-        T_base = LDL.init(None, filter, n_displacements)
+        kw = dict(gradient=gradient, source_stride=source_stride)
+        n_e_base = LDL.init(None, filter, n_displacements, **kw)
+        T_base = LDL.init(None, filter, n_displacements, **kw)
         k_n, *k_T = jax.random.split(key, 1 + len(redshifts))
         n_e_net = Hypernetwork(n_ldl_params(n_e_base), key=k_n, width=width, depth=depth, scale=ldl_param_scales(n_e_base))
         T_nets = tuple(Hypernetwork(n_ldl_params(T_base), key=k, width=width, depth=depth, scale=ldl_param_scales(T_base))

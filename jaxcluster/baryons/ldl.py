@@ -43,6 +43,7 @@ from ..nbody.mesh import gradient_kernel, paint_cic, read_cic, read_gradient, rf
 __all__ = [
     "DENSITY_FLOOR",
     "DEFAULT_K_MAX",
+    "GRADIENTS",
     "bspline_basis",
     "clamped_knots",
     "paint_one_plus_delta",
@@ -53,6 +54,9 @@ __all__ = [
     "ActivationLayer",
     "LDL",
 ]
+
+GRADIENTS = ("exact", "fd4")
+"""The displacement layer's gradient operators (`DisplacementLayer`)."""
 
 DENSITY_FLOOR = 1e-10
 """Floor on 1 + δ before a power is taken (empty cells): keeps (1+δ)^γ and its gradients finite."""
@@ -322,22 +326,37 @@ class DisplacementLayer(eqx.Module):
     1 + δ is painted from the current particles (`paint_one_plus_delta`, mean 1)
     and floored at `DENSITY_FLOOR`; ∇ is taken in Fourier space as $i\mathbf k$
     [h Mpc⁻¹] (`gradient="exact"`, zero on each axis's Nyquist plane, where
-    $i k$ would break Hermitian symmetry) or with the 4-point finite-difference
-    symbol (`"fd4"`, applied as the real-space stencil on the potential like the PM
-    force: one inverse FFT instead of three); the k = 0 mode has no gradient. The three displacement
+    $i k$ would break Hermitian symmetry) or as the 4-point finite difference
+    of the potential $φ = \mathcal F^{-1}(\hat O \hat f)$ in real space
+    (`"fd4"`, like the PM force: one inverse FFT instead of three; on a
+    50 h⁻¹ Mpc PM box at 128³ its displacements correlate with the exact
+    ones at 0.998); the k = 0 mode has no gradient. The three displacement
     components are read back at the particles with CIC.
+
+    **Source sub-sampling** (`source_stride` s > 1): 1 + δ of the source is
+    painted from every s-th particle (`pos[::s]`, normalised to mean 1), the
+    displacement still applied to all. Painting is the costly step of a layer
+    (a scatter); the source enters through a potential, Ô/k², so its shot
+    noise is suppressed on the scales the displacement reads (on that PM box,
+    s = 7 gives displacements correlated at 1.000 with s = 1, rms within
+    0.1 %; `benchmarks/eldl.py` times it). Take s odd: for
+    particles stored in lattice order on a power-of-two lattice an odd
+    stride picks a uniform sheared sub-lattice of 1/s of them, an even one
+    whole planes.
 
     Attributes:
         gamma: source exponent γ (eq. 1).
         alpha: amplitude α [h⁻¹ Mpc]² / [Ô] (eq. 3).
         filter: the radial operator Ô(k).
         gradient: "exact" (default) or "fd4" (static).
+        source_stride: paint the source from every `source_stride`-th particle (static, ≥ 1; default 1: all).
     """
 
     gamma: Float[Array, ""]
     alpha: Float[Array, ""]
     filter: AbstractRadialFilter
     gradient: str = eqx.field(static=True)
+    source_stride: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -345,16 +364,20 @@ class DisplacementLayer(eqx.Module):
         alpha: Float[ArrayLike, ""] = 0.0,
         filter: AbstractRadialFilter | None = None,
         gradient: str = "exact",
+        source_stride: int = 1,
     ):
         dtype = jnp.result_type(float)
         self.gamma = jnp.asarray(gamma, dtype=dtype)
         self.alpha = jnp.asarray(alpha, dtype=dtype)
         self.filter = BSplineFilter() if filter is None else filter
         self.gradient = gradient
+        self.source_stride = source_stride
 
     def __check_init__(self):
-        if self.gradient not in ("exact", "fd4"):
-            raise ValueError(f"gradient must be 'exact' or 'fd4', got {self.gradient!r}")
+        if self.gradient not in GRADIENTS:
+            raise ValueError(f"gradient must be one of {GRADIENTS}, got {self.gradient!r}")
+        if not isinstance(self.source_stride, int) or self.source_stride < 1:
+            raise ValueError(f"source_stride must be an integer >= 1, got {self.source_stride!r}")
 
     def displacement(
         self,
@@ -367,7 +390,7 @@ class DisplacementLayer(eqx.Module):
         box, shape = _grid(box_size, mesh_shape)
         dtype = pos.dtype
         cell = _cell(box, shape, dtype)
-        source = _pow_floor(paint_one_plus_delta(pos, box, shape), self.gamma)
+        source = _pow_floor(paint_one_plus_delta(pos[:: self.source_stride], box, shape), self.gamma)
         source_k = jnp.fft.rfftn(source)
         kvec = rfft_wavevectors(shape, dtype=dtype)  # rad per cell
         cells = [b / n for b, n in zip(box, shape)]
@@ -467,6 +490,8 @@ class LDL(eqx.Module):
         *,
         alpha: float = 1e-3,
         b1: float = 1.0,
+        gradient: str = "exact",
+        source_stride: int = 1,
     ) -> LDL:
         """A near-identity start: γ = 1, small α, Ô = 1/k² (B-spline) or Dai & Seljak's smooth cut, b0 = 0, b1, μ = 1.
 
@@ -482,6 +507,8 @@ class LDL(eqx.Module):
             alpha: initial |α|: the B-spline layers start at α (dimensionless, potential
                 flow), the parametric ones at −α [h⁻¹ Mpc]² (density-gradient flow).
             b1: initial b1 (units of the output field).
+            gradient: the displacement layers' gradient, "exact" or "fd4" (`DisplacementLayer`).
+            source_stride: the displacement layers' source sub-sampling (`DisplacementLayer`).
         """
         if filter not in ("bspline", "parametric"):
             raise ValueError(f"filter must be 'bspline' or 'parametric', got {filter!r}")
@@ -504,7 +531,7 @@ class LDL(eqx.Module):
                 a = a * (1.0 + 0.1 * jax.random.normal(ka, (), dtype=dtype))
                 if filter == "bspline":
                     filt = BSplineFilter(0.01 * jax.random.normal(kc, (filt.coeffs.size,), dtype=dtype))
-            layers.append(DisplacementLayer(gamma=gamma, alpha=a, filter=filt))
+            layers.append(DisplacementLayer(gamma=gamma, alpha=a, filter=filt, gradient=gradient, source_stride=source_stride))
         return cls(tuple(layers), ActivationLayer(b0=0.0, b1=b1, mu=1.0))
 
     def displace(

@@ -47,7 +47,7 @@ from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology
 from ..io.runs import load_run
 from ..params import PARAM_NAMES, ThetaSim
 from .eldl import ExtendedLDL, ldl_params
-from .ldl import LDL, ActivationLayer, paint_one_plus_delta
+from .ldl import GRADIENTS, LDL, ActivationLayer, paint_one_plus_delta
 from .loss import T_loss, n_e_loss, slab_mask
 from .synthetic import _RHO_TO_NE
 
@@ -474,6 +474,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lh", type=Path, required=True, help="LH-like set directory")
     parser.add_argument("--out", type=Path, required=True, help="output directory: eldl.eqx, eldl.json, checkpoints/")
     parser.add_argument("--filter", choices=("bspline", "parametric"), default="bspline", help="Fourier operator")
+    parser.add_argument("--gradient", choices=GRADIENTS, default="exact",
+                        help="displacement gradient: exact (Fourier, seed 001) or fd4 (real-space stencil, one inverse FFT)")
+    parser.add_argument("--source-stride", type=int, default=1,
+                        help="paint each displacement layer's source from every N-th particle (odd N; 1: all)")
     parser.add_argument("--base-iterations", type=int, default=TrainingConfig.base_iterations)
     parser.add_argument("--epochs", type=int, default=TrainingConfig.hyper_epochs, help="hypernetwork epochs (at most)")
     parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
@@ -485,6 +489,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
+        if args.source_stride < 1:
+            raise ValueError(f"--source-stride = {args.source_stride} must be >= 1")
         for name in ("max_cv_boxes", "max_lh_boxes"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} = {getattr(args, name)} must be >= 1")
@@ -501,8 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     jax.config.update("jax_enable_x64", True)  # float64 cosmology tables; fields stay float32
     from .weights import save_eldl
 
-    structure = {"filter": args.filter, "redshifts": list(redshifts)}
-    model = ExtendedLDL.init(jax.random.key(args.seed), filter=args.filter, redshifts=redshifts)
+    structure = {"filter": args.filter, "redshifts": list(redshifts), "gradient": args.gradient,
+                 "source_stride": args.source_stride}
+    model = ExtendedLDL.init(jax.random.key(args.seed), filter=args.filter, redshifts=redshifts, gradient=args.gradient,
+                             source_stride=args.source_stride)
     t0 = time.time()
     model, metrics = train_eldl(args.cv, args.lh, args.out, model, config, progress=not args.no_progress,
                                 max_cv_boxes=args.max_cv_boxes, max_lh_boxes=args.max_lh_boxes)

@@ -237,3 +237,23 @@ def test_hypernetwork_output_scales_follow_the_parameter_kinds(setup):
     np.testing.assert_allclose(np.asarray(net(u)), scales * np.asarray(raw), rtol=1e-6, atol=1e-15)
     with pytest.raises(ValueError, match="positive floats"):
         Hypernetwork(3, key=jax.random.key(0), scale=(1.0, 0.0, 1.0))
+
+
+def test_layer_structure_is_saved_with_the_weights(tmp_path, getkey):
+    # The displacement layers' gradient and source sub-sampling are static: the weights' JSON
+    # carries them (`ExtendedLDL.init` arguments), and loading rebuilds the same painter.
+    from jaxcluster.baryons.weights import load_eldl, save_eldl
+
+    structure = {"redshifts": [0.1, 0.3], "gradient": "fd4", "source_stride": 3}
+    model = ExtendedLDL.init(getkey(), redshifts=(0.1, 0.3), gradient="fd4", source_stride=3)
+    model = eqx.tree_at(lambda m: [d.alpha for d in m.n_e_base.displacements + m.T_base.displacements], model,
+                        [jnp.asarray(a) for a in (0.02, 0.01, 0.03, 0.015)])
+    save_eldl(tmp_path / "w.eqx", model, structure, {"note": "test"})
+    loaded, info = load_eldl(tmp_path / "w.eqx")
+    for ldl in (loaded.n_e_base, loaded.T_base):
+        assert {(d.gradient, d.source_stride) for d in ldl.displacements} == {("fd4", 3)}
+    pos = _particles(getkey()).astype(jnp.float32)
+    theta = ThetaSim(Omega_m=0.35, A_AGN1=2.0)
+    for a, b in zip(_call(model, pos, theta, 0.2), _call(loaded, pos, theta, 0.2)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(a))))
+    assert info["structure"]["source_stride"] == 3

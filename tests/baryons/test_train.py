@@ -65,13 +65,15 @@ def test_stage_resumes_exactly_from_its_checkpoint(sets, tmp_path, kind):
 def test_cli_trains_all_stages_and_weights_round_trip(sets, tmp_path, capsys):
     out = tmp_path / "run"
     args = ["--cv", str(sets / "cv"), "--lh", str(sets / "lh"), "--out", str(out), "--base-iterations", "2",
-            "--epochs", "1", "--batch-size", "2", "--no-progress"]
+            "--epochs", "1", "--batch-size", "2", "--no-progress", "--gradient", "fd4", "--source-stride", "3"]
     assert main(args) == 0
     info = json.loads((out / "eldl.json").read_text())
     assert info["structure"]["redshifts"] == [0.21, 0.33]
+    assert (info["structure"]["gradient"], info["structure"]["source_stride"]) == ("fd4", 3)
     assert set(info["metadata"]["best_validation_loss"]) == {"base_n_e", "base_T", "net_n_e", "net_T_z0.210", "net_T_z0.330"}
     assert info["metadata"]["lh_spec"]["spec"]["kind"] == "lh"
     model, _ = load_eldl(out / "eldl.eqx")
+    assert {(d.gradient, d.source_stride) for d in model.T_base.displacements} == {("fd4", 3)}
     # A rerun finds every stage done and reproduces the same weights.
     assert main(args) == 0
     again, _ = load_eldl(out / "eldl.eqx")
@@ -82,6 +84,8 @@ def test_cli_trains_all_stages_and_weights_round_trip(sets, tmp_path, capsys):
     assert np.all(np.isfinite(np.asarray(n_e))) and np.all(np.asarray(T) >= 0)
     assert main(["--cv", str(tmp_path / "none"), "--lh", str(sets / "lh"), "--out", str(out)]) == 2
     assert "--cv" in capsys.readouterr().err
+    assert main(["--cv", str(sets / "cv"), "--lh", str(sets / "lh"), "--out", str(out), "--source-stride", "0"]) == 2
+    assert "--source-stride" in capsys.readouterr().err
 
 
 def test_weights_round_trip_and_errors(tmp_path):
