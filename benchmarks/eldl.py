@@ -6,6 +6,11 @@ r"""eLDL painter: cost against a PM step, and the validation of seed 001 §3 on 
 a 128³ mesh in 50 h⁻¹ Mpc, float32. The PM step is the difference of two
 jit-ed `nbody` runs of 12 and 4 steps, divided by 8 (so start-up and the
 first force cancel). Median of three interleaved repetitions after a warm-up.
+The same painter is also timed with cheaper displacement layers
+(`layer_variants`: the fd4 gradient, and the source painted from every 7th
+particle), with the shipped parameters; their cluster figures and
+`displacement_fidelity` (each variant's displacement operator against the
+exact, unstrided one on a held-out PM box) say what the saving costs.
 
 **Validation** (`--cv`, `--lh`: a synthetic training set; held out = boxes the
 shipped weights were not trained on, read from their metadata):
@@ -59,6 +64,7 @@ import jaxcluster as jc
 from jaxcluster.baryons.synthetic import SyntheticGasModel, synthetic_gas
 from jaxcluster.baryons.train import mean_electron_density
 from jaxcluster.baryons.validation import cluster_count_rates, cluster_deviations, voxel_deviations
+from jaxcluster.baryons.ldl import DisplacementLayer
 from jaxcluster.baryons.weights import load_eldl
 from jaxcluster.baryons.training_sets import stored_halos
 from jaxcluster.cosmology import RHO_CRIT0_MSUN_H2_MPC3
@@ -90,6 +96,20 @@ def _median_times(fns: dict, reps: int) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+# The displacement layers' cost options (`ldl.DisplacementLayer`): the shipped structure first.
+LAYER_VARIANTS = {"exact_stride1": ("exact", 1), "fd4_stride1": ("fd4", 1), "fd4_stride7": ("fd4", 7)}
+
+
+def with_layers(model, gradient: str, source_stride: int):
+    """`model` with every displacement layer rebuilt with this gradient and source sub-sampling (same parameters)."""
+    def rebuild(leaf):
+        if isinstance(leaf, DisplacementLayer):
+            return DisplacementLayer(leaf.gamma, leaf.alpha, leaf.filter, gradient, source_stride)
+        return leaf
+
+    return jax.tree_util.tree_map(rebuild, model, is_leaf=lambda x: isinstance(x, DisplacementLayer))
+
+
 def timing(model, n_side: int, reps: int) -> dict:
     box = 50.0 * n_side / 128
     config = jc.PMConfig(box_size=box, particle_shape=(n_side,) * 3, mesh_shape=(n_side,) * 3)
@@ -101,11 +121,39 @@ def timing(model, n_side: int, reps: int) -> dict:
     runs = {n: jax.jit(lambda x, q, n=n: jc.run_nbody(x, q, cosmo, config, jc.step_grid(0.5, 0.8, n), growth=growth).pos)
             for n in (4, 12)}
     theta = jc.ThetaSim()
-    paint = jax.jit(lambda x: model(x, theta, 0.21, box, config.mesh_shape))
-    t = _median_times({"pm_4": lambda: runs[4](pos, p), "pm_12": lambda: runs[12](pos, p), "paint": lambda: paint(pos)}, reps)
+    fns = {"pm_4": lambda: runs[4](pos, p), "pm_12": lambda: runs[12](pos, p)}
+    for name, (grad, stride) in LAYER_VARIANTS.items():
+        f = jax.jit(lambda x, m=with_layers(model, grad, stride): m(x, theta, 0.21, box, config.mesh_shape))
+        fns[name] = lambda f=f: f(pos)
+    t = _median_times(fns, reps)
     step = (t["pm_12"] - t["pm_4"]) / 8
-    return dict(n_side=n_side, paint_seconds=t["paint"], pm_step_seconds=step, pm_4_steps_seconds=t["pm_4"],
-                pm_12_steps_seconds=t["pm_12"], paint_time_over_pm_step=t["paint"] / step, target_max=3.0)
+    shipped = _shipped_variant(model)
+    variants = {name: dict(gradient=g, source_stride=s, paint_seconds=t[name], paint_time_over_pm_step=t[name] / step)
+                for name, (g, s) in LAYER_VARIANTS.items()}
+    return dict(n_side=n_side, paint_seconds=t[shipped], pm_step_seconds=step, pm_4_steps_seconds=t["pm_4"],
+                pm_12_steps_seconds=t["pm_12"], paint_time_over_pm_step=t[shipped] / step, target_max=3.0,
+                shipped_layers=shipped, layer_variants=variants)
+
+
+def _shipped_variant(model) -> str:
+    d = model.n_e_base.displacements[0]
+    for name, (g, s) in LAYER_VARIANTS.items():
+        if (d.gradient, d.source_stride) == (g, s):
+            return name
+    raise SystemExit(f"shipped layers ({d.gradient}, stride {d.source_stride}) are not in LAYER_VARIANTS")
+
+
+def displacement_fidelity(box: "Box") -> dict:
+    """Each variant's displacement operator (α = 1, γ = 1, Ô = 1/k²) against the exact, unstrided one, on one PM box."""
+    ref = None
+    out = {}
+    for name, (grad, stride) in LAYER_VARIANTS.items():
+        layer = DisplacementLayer(alpha=1.0, gradient=grad, source_stride=stride)
+        d = np.asarray(jax.jit(lambda x, layer=layer: layer.displacement(x, box.box, box.shape))(box.pos), np.float64)
+        if ref is None:
+            ref = d
+        out[name] = dict(corr=float(np.corrcoef(d.ravel(), ref.ravel())[0, 1]), rms_ratio=float(d.std() / ref.std()))
+    return dict(box=box.name, against="exact_stride1", variants=out)
 
 
 # ------------------------------------------------------------------ validation
@@ -359,6 +407,11 @@ def main(argv=None) -> dict:
     cond, cl = cluster_validation(model, cv, base=False)
     base, _ = cluster_validation(model, cv, base=True)
     print(f"clusters: dev corr {cond['dev_corr']:.3f}, CR error {cond['err_dex_std']:.3f} dex (n = {cond['n']})", flush=True)
+    # The cheaper layers with the shipped parameters (trained with the shipped layers, not retrained).
+    for name, (g, st) in LAYER_VARIANTS.items():
+        v, _ = cluster_validation(with_layers(model, g, st), cv, base=False)
+        t["layer_variants"][name]["clusters_z021_shipped_parameters"] = dict(dev_corr=v["dev_corr"], err_dex_std=v["err_dex_std"])
+    fidelity = displacement_fidelity(cv[0])
     vp, vox = voxel_and_power(model, cv)
     other_z = {}
     for z in (0.1, 0.47):
@@ -380,6 +433,7 @@ def main(argv=None) -> dict:
         voxel_dev_corr=vp["stats"]["dev_corr"],
         targets=dict(cluster_dev_corr_min=0.88, cluster_cr_err_dex_max=0.12, paint_time_over_pm_step_max=3.0),
         timing=t,
+        displacement_fidelity=fidelity,
         held_out=dict(cv=[b.name for b in cv], n_clusters=cond["n"], M200c_min=M_MIN, rho_over_rho_c_min=RHO_MIN),
         clusters_z021=dict(conditioned=cond, base=base),
         clusters_other_z=other_z,
