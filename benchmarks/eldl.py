@@ -41,8 +41,9 @@ shipped weights were not trained on, read from their metadata):
 Writes `benchmarks/results/eldl.json` and, with `--figures DIR`, the PNGs of
 `docs/validation/eldl.md`.
 
-Usage: `python benchmarks/eldl.py --cv DIR --lh DIR [--weights FILE] [--figures DIR] [--quick]`
-(`--quick`: timing on 64³, two CV boxes, four LH boxes; writes eldl_quick.json).
+Usage: `python benchmarks/eldl.py --cv DIR --lh DIR [--weights FILE] [--figures DIR] [--quick] [--out NAME]`
+(`--quick`: timing on 64³, two CV boxes, four LH boxes; writes eldl_quick.json;
+`--out`: another results file, e.g. for weights other than the shipped ones).
 """
 
 from __future__ import annotations
@@ -395,6 +396,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--weights", type=Path, default=None, help="eLDL .eqx (default: the shipped weights)")
     ap.add_argument("--figures", type=Path, default=None)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None, help="results file name (default eldl.json, eldl_quick.json with --quick)")
     args = ap.parse_args(argv)
     weights = args.weights or Path(jc.baryons.weights.__file__).parent.parent / "data" / "eldl_default.eqx"
     model, meta = load_eldl(weights)
@@ -449,7 +451,7 @@ def main(argv=None) -> dict:
         python=platform.python_version(),
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     )
-    path = ROOT / "results" / ("eldl_quick.json" if args.quick else "eldl.json")
+    path = ROOT / "results" / (args.out or ("eldl_quick.json" if args.quick else "eldl.json"))
     path.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {path}")
     return result
