@@ -339,7 +339,7 @@ class DisplacementLayer(eqx.Module):
     (a scatter); the source enters through a potential, Ô/k², so its shot
     noise is suppressed on the scales the displacement reads (on that PM box,
     s = 7 gives displacements correlated at 1.000 with s = 1, rms within
-    0.1 %; `benchmarks/eldl.py` times it). Take s odd: for
+    0.2 %; `benchmarks/eldl.py` times it). Take s odd: for
     particles stored in lattice order on a power-of-two lattice an odd
     stride picks a uniform sheared sub-lattice of 1/s of them, an even one
     whole planes.
