@@ -11,9 +11,9 @@ stored truth, as the deviation correlation and the per-cluster error of
   set by the dark matter, so this bounds what any painter of the dark
   matter can reach on this truth (``truth_repainted`` checks the repaint
   reproduces the stored truth);
-* ``n_e_smoothed_power_law``: n_e = b₁ (G_σ ∗ (1+δ))^μ with the *true* T,
+* ``n_e_smoothed_power_law``: n_e = ReLU(b₁ (G_σ ∗ (1+δ))^μ − b₀) with the *true* T,
   σ the Gaussian smoothing [h⁻¹ Mpc]: the best local power law of the
-  dark matter (b₁, μ fitted as `train.warm_start` does, on the training
+  dark matter (`train.fit_activation`, as the warm start, on the training
   slabs of the first two CV boxes);
 * ``n_e_ldl_scan``: the n_e LDL with both displacement layers at one (γ, α),
   Ô = 1/k², fd4, the activation refitted on the displaced density; true T;
@@ -41,9 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eldl as bench  # noqa: E402  (the held-out boxes and count rates of the eLDL benchmark)
 
 from jaxcluster.baryons.ldl import LDL, ActivationLayer, BSplineFilter, DisplacementLayer, paint_one_plus_delta  # noqa: E402
-from jaxcluster.baryons.loss import slab_mask  # noqa: E402
 from jaxcluster.baryons.synthetic import SyntheticGasModel, synthetic_gas  # noqa: E402
-from jaxcluster.baryons.train import load_training_boxes  # noqa: E402
+from jaxcluster.baryons.train import fit_activation, load_training_boxes  # noqa: E402
 from jaxcluster.baryons.training_sets import TrainingSetSpec  # noqa: E402
 from jaxcluster.baryons.validation import cluster_deviations  # noqa: E402
 from jaxcluster.nbody.mesh import rfft_wavevectors  # noqa: E402
@@ -57,27 +56,6 @@ LDL_SCAN = [(1.0, a) for a in (0.0, -0.003, 0.003, 0.01)] + [(0.5, a) for a in (
 def _figures(M, cr_true, cr_pred) -> dict:
     st, _, _ = cluster_deviations(M, cr_true, cr_pred)
     return dict(dev_corr=st.dev_corr, err_dex_std=st.err_dex_std, err_dex_mean=st.err_dex_mean, n=st.n)
-
-
-def _power_law(x, y, w, field):
-    """b₀, b₁, μ of `train.warm_start`: a weighted log–log line over the brightest voxels."""
-    bright = w >= np.quantile(w, 0.999 if field == "n_e" else 0.99)
-    mu, log_b1 = np.polyfit(np.log(x[bright]), np.log(y[bright]), 1, w=np.sqrt(w[bright] / w[bright].sum()))
-    b1 = float(np.exp(log_b1))
-    b0 = b1 * float(np.quantile(x[bright], 0.2)) ** mu if field == "n_e" else 0.0
-    return b0, b1, float(mu)
-
-
-def _fit(train_boxes, densities, field):
-    mask = np.asarray(slab_mask(train_boxes.mesh_shape, 0.2))
-    x, y, w = [], [], []
-    for i, d in enumerate(densities):
-        n, T = np.asarray(train_boxes.n_e[i], np.float64), np.asarray(train_boxes.T_keV[i], np.float64)
-        target = n if field == "n_e" else T
-        ok = mask & (d > 0) & (target > 0)
-        x.append(d[ok]), y.append(target[ok])
-        w.append((n**2 * np.sqrt(np.maximum(T, 0)) * np.asarray(train_boxes.rho_dm[i], np.float64))[ok])
-    return _power_law(*(np.concatenate(v) for v in (x, y, w)), field)
 
 
 def main(argv=None) -> dict:
@@ -121,10 +99,10 @@ def main(argv=None) -> dict:
     rows = []
     for sigma in SIGMAS:
         dens = lambda d: np.asarray(smooth(d, jnp.float32(sigma)), np.float64)  # noqa: E731
-        b0, b1, mu = _fit(train, [dens(d) for d in opd_train], "n_e")
-        cp = [b.cluster_cr(b.count_rate(b1 * np.maximum(dens(d), 1e-10) ** mu * bench.N_E_MEAN, b.T))[b.clusters]
+        act = fit_activation([dens(d) for d in opd_train], train, "n_e")
+        cp = [b.cluster_cr(b.count_rate(np.asarray(act(jnp.asarray(dens(d)))) * bench.N_E_MEAN, b.T))[b.clusters]
               for b, d in zip(held, opd_held)]
-        rows.append(dict(sigma=sigma, mu=mu, **_figures(M, ct, np.concatenate(cp))))
+        rows.append(dict(sigma=sigma, mu=float(act.mu), **_figures(M, ct, np.concatenate(cp))))
         print(rows[-1], flush=True)
     out["n_e_smoothed_power_law"] = rows
 
@@ -135,15 +113,13 @@ def main(argv=None) -> dict:
             layers = tuple(DisplacementLayer(gamma=gamma, alpha=alpha, filter=BSplineFilter(), gradient="fd4")
                            for _ in range(2))
             moved = jax.jit(lambda x, box, shp, l=layers: LDL(l, ActivationLayer())(x, box, shp), static_argnums=(1, 2))
-            b0, b1, mu = _fit(train, [np.asarray(moved(train.pos[i], train.box_size, shape), np.float64)
-                                      for i in range(train.n_box)], field)
-            act = ActivationLayer(b0=b0, b1=b1, mu=mu)
+            act = fit_activation((moved(train.pos[i], train.box_size, shape) for i in range(train.n_box)), train, field)
             cp = []
             for b in held:
                 f = np.asarray(act(moved(b.pos, b.box, shape)), np.float64)
                 cr = b.count_rate(f * bench.N_E_MEAN, b.T) if field == "n_e" else b.count_rate(b.n_e, f)
                 cp.append(b.cluster_cr(cr)[b.clusters])
-            rows.append(dict(field=field, gamma=gamma, alpha=alpha, mu=mu, **_figures(M, ct, np.concatenate(cp))))
+            rows.append(dict(field=field, gamma=gamma, alpha=alpha, mu=float(act.mu), **_figures(M, ct, np.concatenate(cp))))
             print(rows[-1], flush=True)
     out["n_e_ldl_scan"] = [r for r in rows if r["field"] == "n_e"]
     out["T_power_law"] = [r for r in rows if r["field"] == "T"][0]

@@ -33,7 +33,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import equinox as eqx
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, Float
+from jaxtyping import Array, ArrayLike, Float
 
 from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology
 from ..io.runs import load_run
@@ -52,8 +52,8 @@ from .loss import T_loss, n_e_loss, slab_mask
 from .synthetic import _RHO_TO_NE
 
 __all__ = [
-    "TrainingConfig", "TrainingBoxes", "load_training_boxes", "mean_electron_density", "warm_start", "train_eldl",
-    "evaluate_eldl",
+    "TrainingConfig", "TrainingBoxes", "load_training_boxes", "mean_electron_density", "warm_start", "fit_activation",
+    "train_eldl", "evaluate_eldl",
 ]
 
 
@@ -352,18 +352,38 @@ def warm_start(ldl: LDL, boxes: TrainingBoxes, field: str, validation_fraction: 
 
     The loss lives in a few hundred cluster-core voxels (97 % of the
     n_e² T^½ ρ_DM weight of a 50 h⁻¹ Mpc box in its 100 brightest voxels).
-    A weighted least-squares line in log–log over the brightest 0.1 % of
-    training voxels (1 % for T) gives b₁ and μ; for n_e, b₀ puts the
-    threshold at the 20th percentile of their dark-matter density, so
-    fainter voxels start at zero; α = 0. From the near-identity start, or
-    with a displacement already on, the first L-BFGS steps fell into the
+    The activation is `fit_activation` on the CIC density of the particles,
+    and α = 0. From the near-identity start, or with a displacement already
+    on, the first L-BFGS steps fell into the
     all-zero output (loss 3.06×10⁴ against 1.9×10⁴ for this start on the
     synthetic CV set), from which a ReLU cannot recover.
     """
+    densities = (paint_one_plus_delta(boxes.pos[i], boxes.box_size, boxes.mesh_shape) for i in range(boxes.n_box))
+    ldl = eqx.tree_at(lambda m: m.activation, ldl, fit_activation(densities, boxes, field, validation_fraction))
+    zero = [jnp.zeros_like(d.alpha) for d in ldl.displacements]
+    return eqx.tree_at(lambda m: [d.alpha for d in m.displacements], ldl, zero)
+
+
+def fit_activation(
+    densities: Iterable[Float[ArrayLike, "nx ny nz"]], boxes: TrainingBoxes, field: str, validation_fraction: float = 0.2
+) -> ActivationLayer:
+    """The activation ReLU(b₁ (1+δ)^μ − b₀) that best maps given densities to the true field, by least squares in log.
+
+    A weighted least-squares line in log–log over the brightest 0.1 % of
+    training voxels (1 % for T; weight n_e² T^½ ρ_DM) gives b₁ and μ; for
+    n_e, b₀ puts the threshold at the 20th percentile of their density, so
+    fainter voxels start at zero; for T, b₀ = 0.
+
+    Args:
+        densities: one (nx, ny, nz) 1 + δ per box of `boxes`, in order (any iterable; e.g. of displaced particles).
+        boxes: the truth (n_e, T_keV, rho_dm) the densities belong to.
+        field: "n_e" or "T".
+        validation_fraction: voxels of the validation slab are left out (`slab_mask`).
+    """
     train = np.asarray(slab_mask(boxes.mesh_shape, validation_fraction))
     x, y, w = [], [], []
-    for i in range(boxes.n_box):
-        opd = np.asarray(paint_one_plus_delta(boxes.pos[i], boxes.box_size, boxes.mesh_shape), dtype=np.float64)
+    for i, density in enumerate(densities):
+        opd = np.asarray(density, dtype=np.float64)
         n, T = np.asarray(boxes.n_e[i], np.float64), np.asarray(boxes.T_keV[i], np.float64)
         target = n if field == "n_e" else T
         ok = train & (opd > 0) & (target > 0)
@@ -375,9 +395,7 @@ def warm_start(ldl: LDL, boxes: TrainingBoxes, field: str, validation_fraction: 
     mu, log_b1 = np.polyfit(np.log(x[bright]), np.log(y[bright]), 1, w=np.sqrt(w[bright] / w[bright].sum()))
     b1 = float(np.exp(log_b1))
     b0 = b1 * float(np.quantile(x[bright], 0.2)) ** mu if field == "n_e" else 0.0
-    ldl = eqx.tree_at(lambda m: m.activation, ldl, ActivationLayer(b0=b0, b1=b1, mu=float(mu)))
-    zero = [jnp.zeros_like(d.alpha) for d in ldl.displacements]
-    return eqx.tree_at(lambda m: [d.alpha for d in m.displacements], ldl, zero)
+    return ActivationLayer(b0=b0, b1=b1, mu=float(mu))
 
 
 def train_eldl(
@@ -489,9 +507,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
-        if args.source_stride < 1:
-            raise ValueError(f"--source-stride = {args.source_stride} must be >= 1")
-        for name in ("max_cv_boxes", "max_lh_boxes"):
+        for name in ("source_stride", "max_cv_boxes", "max_lh_boxes"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} = {getattr(args, name)} must be >= 1")
         config = TrainingConfig(base_iterations=args.base_iterations, hyper_epochs=args.epochs,

@@ -4,11 +4,12 @@ import json
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxcluster.baryons import ExtendedLDL
-from jaxcluster.baryons.train import TrainingConfig, _fit_adam, _fit_lbfgs, load_training_boxes, main
+from jaxcluster.baryons.train import TrainingConfig, _fit_adam, _fit_lbfgs, fit_activation, load_training_boxes, main
 from jaxcluster.baryons.training_sets import cv_spec, generate_training_set, lh_spec
 from jaxcluster.baryons.weights import load_eldl, save_eldl
 
@@ -35,6 +36,21 @@ def test_training_boxes_are_normalised(sets):
     assert 0.5 < float(boxes.n_e.mean()) < 2.0  # n_e in units of the cosmic mean
     with pytest.raises(ValueError, match="no training files"):
         load_training_boxes(sets / "lh", 0.5)
+
+
+def test_fit_activation_recovers_a_power_law(sets):
+    # Truth made an exact power law of a given density: the fit returns its b1 and mu
+    # (and for n_e puts the threshold b0 at the 20th percentile of the brightest densities).
+    boxes = load_training_boxes(sets / "cv", 0.21)
+    rng = np.random.default_rng(0)
+    dens = [np.exp(rng.normal(0.0, 1.5, boxes.mesh_shape)) for _ in range(boxes.n_box)]
+    truth = eqx.tree_at(lambda b: (b.n_e, b.T_keV), boxes,
+                        (jnp.asarray(np.stack([3.0 * d**1.5 for d in dens]), jnp.float32),
+                         jnp.asarray(np.stack([2.0 * d**0.7 for d in dens]), jnp.float32)))
+    for field, b1, mu in (("n_e", 3.0, 1.5), ("T", 2.0, 0.7)):
+        act = fit_activation(iter(dens), truth, field)
+        assert float(act.b1) == pytest.approx(b1, rel=1e-4) and float(act.mu) == pytest.approx(mu, abs=1e-4)
+        assert (float(act.b0) > 0) == (field == "n_e")
 
 
 @pytest.mark.parametrize("kind", ["lbfgs", "adam"])

@@ -145,4 +145,3 @@ def test_read_force_equals_read_of_force_mesh(gradient):
     g_ref = jax.grad(lambda d, x: jnp.vdot(read_cic(force_from_density(d, shape, gradient), x), cot), argnums=(0, 1))(delta_k, pos)
     for a, b in zip(g, g_ref):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
-
