@@ -43,7 +43,7 @@ import eldl as bench  # noqa: E402  (the held-out boxes and count rates of the e
 from jaxcluster.baryons.ldl import LDL, ActivationLayer, BSplineFilter, DisplacementLayer, paint_one_plus_delta  # noqa: E402
 from jaxcluster.baryons.synthetic import SyntheticGasModel, synthetic_gas  # noqa: E402
 from jaxcluster.baryons.train import fit_activation, load_training_boxes  # noqa: E402
-from jaxcluster.baryons.training_sets import TrainingSetSpec  # noqa: E402
+from jaxcluster.baryons.training_sets import stored_spec  # noqa: E402
 from jaxcluster.baryons.validation import cluster_deviations  # noqa: E402
 from jaxcluster.nbody.mesh import rfft_wavevectors  # noqa: E402
 
@@ -63,9 +63,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--cv", type=Path, required=True)
     ap.add_argument("--held-out", default="4,5,6,7", help="CV sample numbers to evaluate on")
     args = ap.parse_args(argv)
-    stored = json.loads((args.cv / "spec.json").read_text())
-    spec = TrainingSetSpec(**{**stored["spec"], "redshifts": tuple(stored["spec"]["redshifts"])})
-    gas_model = SyntheticGasModel(**stored["model"])
+    spec, gas_model = stored_spec(args.cv)
     ids = [int(i) for i in args.held_out.split(",")]
     held = [bench.Box(args.cv / f"CV_{i}" / f"z{Z:.3f}.h5") for i in ids]
     train = load_training_boxes(args.cv, Z, 2)

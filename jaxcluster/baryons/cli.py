@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--n-side", type=int, default=None,
                      help="particles per side = voxels per side of the fields (default: cv 128, lh 64)")
     gen.add_argument("--box", type=float, default=None, help="box side [h⁻¹ Mpc] (default: cv 50, lh 25)")
+    gen.add_argument("--gas-core-subsample", type=int, default=None,
+                     help="profile samples per cell and axis in the 3³ cells around each halo centre (default 8; "
+                     "2 resumes sets made before this option existed)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     conv = sub.add_parser(
         "convert-camels", help="turn real CAMELS simulations into an eLDL training set",
@@ -76,6 +79,7 @@ def _check(args) -> dict:
         "--steps": ("steps", "n_steps", lambda v: v >= 1, "must be >= 1"),
         "--n-side": ("n_side", "n_side", lambda v: v >= 8, "must be >= 8"),
         "--box": ("box", "box_size", lambda v: v > 0 and v != float("inf"), "must be a finite number > 0 [h⁻¹ Mpc]"),
+        "--gas-core-subsample": ("gas_core_subsample", "gas_core_subsample", lambda v: v >= 1, "must be >= 1"),
     }
     overrides = {}
     for option, (attr, field, ok, need) in rules.items():

@@ -54,6 +54,7 @@ __all__ = ["SyntheticGasModel", "SyntheticGas", "HaloDeviates", "synthetic_gas",
 _K_B_KEV_PER_K = 8.617333262e-8
 # ρ [h² M☉ Mpc⁻³] → n_e [cm⁻³] needs h², M☉ in grams, Mpc in cm and μ_e m_p.
 _RHO_TO_NE = SOLAR_MASS_G / MPC_CM**3 / (MU_E * PROTON_MASS_G)
+_HALO_BATCH = 8  # halos whose profiles are evaluated at once (memory)
 
 
 class SyntheticGasModel(eqx.Module):
@@ -248,6 +249,7 @@ def synthetic_gas(
     cosmo: Cosmology | None = None,
     r_paint: float = 3.0,
     subsample: int = 2,
+    core_subsample: int = 8,
 ) -> SyntheticGas:
     r"""Paint synthetic (n_e, T) on a mesh from dark-matter particles and their halos.
 
@@ -265,6 +267,9 @@ def synthetic_gas(
         r_paint: largest comoving radius a profile is painted to [h⁻¹ Mpc]
             (static; beyond it the diffuse gas takes over).
         subsample: profile samples per cell and axis (cell averages of n_e and n_e T).
+        core_subsample: samples per cell and axis in the 3³ cells around each
+            halo's centre, where the cusp and the core deviate vary within a
+            cell (static; `subsample` there reproduces a single level).
 
     Returns:
         `SyntheticGas` with comoving n_e [cm⁻³] and mass-weighted T [keV].
@@ -273,8 +278,8 @@ def synthetic_gas(
     shape = tuple(int(n) for n in np.broadcast_to(np.asarray(mesh_shape), (3,)))
     if pos.ndim != 2 or pos.shape[-1] != 3:
         raise ValueError(f"pos must have shape (n_ptcl, 3), got {pos.shape}")
-    if subsample < 1:
-        raise ValueError(f"subsample = {subsample} must be >= 1")
+    if subsample < 1 or core_subsample < 1:
+        raise ValueError(f"subsample = {subsample} and core_subsample = {core_subsample} must be >= 1")
     if not 0 < r_paint <= min(box) / 2:
         raise ValueError(f"r_paint = {r_paint} must lie in (0, min(box_size)/2] h⁻¹ Mpc")
     dtype = pos.dtype
@@ -305,34 +310,47 @@ def synthetic_gas(
     w = int(math.ceil(r_paint / min(b / n for b, n in zip(box, shape))))
     offs = jnp.arange(-w, w + 1, dtype=jnp.int32)
     cube = jnp.stack(jnp.meshgrid(offs, offs, offs, indexing="ij"), -1).reshape(-1, 3)  # (C, 3)
-    sub = (jnp.arange(subsample, dtype=dtype) + 0.5) / subsample - 0.5
-    sub = jnp.stack(jnp.meshgrid(sub, sub, sub, indexing="ij"), -1).reshape(-1, 3)  # (S, 3) in cells
     shape_arr = jnp.asarray(shape, dtype=jnp.int32)
     rho_mean = cosmo.Omega_m.astype(dtype) * RHO_CRIT0_MSUN_H2_MPC3  # comoving [h² M☉ Mpc⁻³ = h⁻¹ M☉ (h⁻¹ Mpc)⁻³]
+    # The 3³ central cells of the cube (row-major in `cube`), averaged over core_subsample³ points.
+    near = np.asarray([((i + w) * (2 * w + 1) + (j + w)) * (2 * w + 1) + (k + w)
+                       for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)])
 
     def one_halo(centre, M200c, R200c, valid, d_core, d_fgas, d_T):
         # Voxel i is centred on the CIC node i·cell, as `paint_cic` and `voxelise_gas` assign.
         c_cell = jnp.round(centre / cell).astype(jnp.int32)
         idx = c_cell[None, :] + cube  # (C, 3)
-        pts = (idx.astype(dtype)[:, None, :] + sub[None, :, :]) * cell[None, None, :]  # (C, S, 3)
-        r = jnp.sqrt(jnp.sum((pts - centre[None, None, :]) ** 2, -1))
         R = jnp.where(valid, R200c, 1.0)
         M = jnp.where(valid, M200c, 1e14)
-        x = r / R
-        n_e, T = halo_gas_profile(model, x, M, R, cosmo, theta, z, (d_core, d_fgas, d_T))
-        wt = jnp.where((r < r_paint) & valid, _taper(x, model.x_trunc), 0.0)
-        # The smooth NFW halo the tracing compares the dark matter with, in units of the mean.
         c = concentration_duffy08(M, z)
-        y = jnp.maximum(c * x, 1e-2)
-        rho_nfw = M * c**3 / (4.0 * math.pi * R**3 * nfw_mu(c)) / (y * (1.0 + y) ** 2) / rho_mean
-        return (
-            jnp.mod(idx, shape_arr[None, :]), jnp.mean(n_e * wt, -1), jnp.mean(n_e * wt * T, -1),
-            jnp.mean(wt, -1), jnp.mean(rho_nfw * wt, -1),
-        )
+
+        def cell_means(cells, s):
+            """Averages over s³ points in each of `cells` (K, 3): n_e w, n_e T w, w, ρ_NFW w."""
+            u = (jnp.arange(s, dtype=dtype) + 0.5) / s - 0.5
+            u = jnp.stack(jnp.meshgrid(u, u, u, indexing="ij"), -1).reshape(-1, 3)  # (S, 3) in cells
+            pts = (cells.astype(dtype)[:, None, :] + u[None, :, :]) * cell[None, None, :]  # (K, S, 3)
+            r = jnp.sqrt(jnp.sum((pts - centre[None, None, :]) ** 2, -1))
+            x = r / R
+            n_e, T = halo_gas_profile(model, x, M, R, cosmo, theta, z, (d_core, d_fgas, d_T))
+            wt = jnp.where((r < r_paint) & valid, _taper(x, model.x_trunc), 0.0)
+            # The smooth NFW halo the tracing compares the dark matter with, in units of the mean.
+            y = jnp.maximum(c * x, 1e-2)
+            rho_nfw = M * c**3 / (4.0 * math.pi * R**3 * nfw_mu(c)) / (y * (1.0 + y) ** 2) / rho_mean
+            return jnp.stack([jnp.mean(n_e * wt, -1), jnp.mean(n_e * wt * T, -1), jnp.mean(wt, -1),
+                              jnp.mean(rho_nfw * wt, -1)])
+
+        means = cell_means(idx, subsample)
+        if core_subsample != subsample:
+            means = means.at[:, near].set(cell_means(idx[near], core_subsample))
+        return (jnp.mod(idx, shape_arr[None, :]), *means)
 
     paint = halos.valid & (halos.M200c >= model.min_mass)
-    idx, n_h, nT_h, w_h, rho_h = jax.vmap(one_halo)(
-        halos.pos.astype(dtype), halos.M200c.astype(dtype), halos.R200c.astype(dtype), paint, dev.core, dev.fgas, dev.T
+    # Halos in batches: each holds (2w+1)³ subsample³ profile samples (at 0.39 h⁻¹ Mpc cells and
+    # subsample 6, a million), so evaluating all at once would need gigabytes.
+    idx, n_h, nT_h, w_h, rho_h = jax.lax.map(
+        lambda args: one_halo(*args),
+        (halos.pos.astype(dtype), halos.M200c.astype(dtype), halos.R200c.astype(dtype), paint, dev.core, dev.fgas, dev.T),
+        batch_size=_HALO_BATCH,
     )
     flat = (idx[..., 0] * shape[1] + idx[..., 1]) * shape[2] + idx[..., 2]  # (H, C)
     size = math.prod(shape)

@@ -59,6 +59,7 @@ __all__ = [
     "SampleFields",
     "simulate_sample",
     "generate_training_set",
+    "stored_spec",
 ]
 
 TABLE1_REDSHIFTS: tuple[float, ...] = (0.1, 0.15, 0.21, 0.27, 0.33, 0.40, 0.47, 0.54)
@@ -84,6 +85,10 @@ class TrainingSetSpec:
             the defaults hold 2–3× the most found in 64³ and 128³ boxes at the
             prior's edge (Ω_m = 0.5, σ_8 = 1).
         max_neighbours: most particles within r_max of a peak (see `SOFinder`).
+        gas_core_subsample: profile samples per cell and axis in the 3³ cells
+            around each halo centre (`synthetic_gas`'s `core_subsample`). Sets
+            made before it existed used 2 (one level); at 2 their `spec.json`
+            stamp leaves it out, so they still resume.
     """
 
     kind: str
@@ -97,6 +102,7 @@ class TrainingSetSpec:
     max_halos: int = 64
     capacity: int = 131072
     max_neighbours: int = 65536
+    gas_core_subsample: int = 8
 
     def __post_init__(self):
         if self.kind not in ("cv", "lh"):
@@ -109,6 +115,8 @@ class TrainingSetSpec:
             raise ValueError(f"redshifts {self.redshifts} must be non-empty and lie in [0, z_init = {self.z_init})")
         if self.n_steps < 1:
             raise ValueError(f"n_steps = {self.n_steps} must be >= 1")
+        if self.gas_core_subsample < 1:
+            raise ValueError(f"gas_core_subsample = {self.gas_core_subsample} must be >= 1")
 
     @property
     def config(self) -> PMConfig:
@@ -207,7 +215,8 @@ def simulate_sample(
         halos = find_halos(wrapped, mom, a, cosmo, finder)
         counts = paint_cic(wrapped / cell, jnp.ones(x.shape[0], dtype=x.dtype), shape)
         rho_dm = counts * (math.prod(shape) / x.shape[0]) * rho_mean
-        gas = synthetic_gas(wrapped, halos, theta, z, k, config.box_size, shape, model, cosmo=cosmo)
+        gas = synthetic_gas(wrapped, halos, theta, z, k, config.box_size, shape, model, cosmo=cosmo,
+                            core_subsample=spec.gas_core_subsample)
         return wrapped, rho_dm, gas.n_e, gas.T_keV, halos
 
     zs = jnp.asarray(spec.redshifts, dtype=jnp.float32)
@@ -237,8 +246,18 @@ def _sample_paths(out: Path, spec: TrainingSetSpec, i: int) -> list[Path]:
 
 
 def _spec_json(spec: TrainingSetSpec, model: SyntheticGasModel) -> str:
-    return json.dumps({"spec": dataclasses.asdict(spec), "model": {k: float(v) for k, v in vars(model).items()}},
-                      sort_keys=True)
+    fields = dataclasses.asdict(spec)
+    if fields["gas_core_subsample"] == 2:  # the one-level sampling of sets made before the field existed
+        del fields["gas_core_subsample"]
+    return json.dumps({"spec": fields, "model": {k: float(v) for k, v in vars(model).items()}}, sort_keys=True)
+
+
+def stored_spec(out_dir: str | os.PathLike) -> tuple[TrainingSetSpec, SyntheticGasModel]:
+    """The spec and gas model a training set on disk was generated with (its `spec.json`)."""
+    stored = json.loads((Path(out_dir) / "spec.json").read_text())
+    fields = {"gas_core_subsample": 2, **stored["spec"]}  # sets from before the field: one level
+    fields["redshifts"] = tuple(fields["redshifts"])
+    return TrainingSetSpec(**fields), SyntheticGasModel(**stored["model"])
 
 
 def _write_sample(out: Path, spec: TrainingSetSpec, i: int, theta: ThetaSim, fields: SampleFields, meta: dict):

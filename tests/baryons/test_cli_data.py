@@ -48,7 +48,7 @@ def test_generate_lh_writes_a_loadable_set(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("args", "named"),
     [(["--n", "0"], "--n"), (["--steps", "0"], "--steps"), (["--n-side", "4"], "--n-side"),
-     (["--box", "-1"], "--box"), (["--n", "x"], "--n")],
+     (["--box", "-1"], "--box"), (["--n", "x"], "--n"), (["--gas-core-subsample", "0"], "--gas-core-subsample")],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, named):
     out = tmp_path / "never"

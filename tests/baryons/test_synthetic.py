@@ -76,6 +76,30 @@ def test_painted_halo_conserves_the_profile_mass(box):
     assert 1.0 < float(gas.T_keV.max()) < 6.0
 
 
+@pytest.mark.parametrize("shift", [0.0, 0.45])
+def test_core_cells_are_sampled_finely(box, shift):
+    """The emission measure Σ n_e² of a cuspy halo: two-level sampling equals 8³ points everywhere.
+
+    With 2³ points per cell throughout (the single level of earlier sets) the
+    central cell's average depends on where the centre falls between the
+    sample points: here it is 60 % too high with the centre on a node.
+    """
+    pos, cat, _ = box
+    model = SyntheticGasModel(sigma_core_env=0.0, sigma_core_random=0.0, sigma_fgas=0.0, sigma_T=0.0, beta_trace=0.0)
+    d = jnp.asarray([shift, 0.37 * shift, 0.0], jnp.float32) * (BOX / N)  # a sub-cell shift of everything
+    cat = eqx.tree_at(lambda c: c.pos, cat, cat.pos + d[None, :])
+    paint = eqx.filter_jit(synthetic_gas)
+
+    def emission(subsample, core_subsample):
+        gas = paint(pos + d[None, :], cat, FID, 0.0, jax.random.key(0), (BOX,) * 3, (N,) * 3, model, cosmo=COSMO,
+                    subsample=subsample, core_subsample=core_subsample)
+        return float(jnp.sum(gas.n_e**2))
+
+    fine = emission(8, 8)
+    assert emission(2, 8) == pytest.approx(fine, rel=0.01)
+    assert abs(emission(2, 2) / fine - 1) > 0.1
+
+
 def test_feedback_directions_and_strengths():
     model = SyntheticGasModel()
     M = jnp.asarray(10**13.5)
@@ -136,5 +160,7 @@ def test_bad_arguments(box):
         synthetic_gas(pos, cat, FID, 0.2, jax.random.key(0), (BOX,) * 3, (N,) * 3, r_paint=20.0)
     with pytest.raises(ValueError, match="subsample"):
         synthetic_gas(pos, cat, FID, 0.2, jax.random.key(0), (BOX,) * 3, (N,) * 3, subsample=0)
+    with pytest.raises(ValueError, match="core_subsample"):
+        synthetic_gas(pos, cat, FID, 0.2, jax.random.key(0), (BOX,) * 3, (N,) * 3, core_subsample=0)
     with pytest.raises(Exception, match="pos"):  # jaxtyping's check (under the test hook) or ours
         synthetic_gas(pos[:, :2], cat, FID, 0.2, jax.random.key(0), (BOX,) * 3, (N,) * 3)

@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxcluster.baryons.synthetic import SyntheticGasModel
 from jaxcluster.baryons.training_sets import (
+    _spec_json,
     TrainingSetSpec,
     cv_spec,
     generate_training_set,
@@ -21,6 +23,7 @@ from jaxcluster.baryons.training_sets import (
     lh_spec,
     simulate_sample,
     stored_halos,
+    stored_spec,
     training_set_parameters,
 )
 from jaxcluster.io import load_run, read_camels_params
@@ -53,6 +56,19 @@ def test_specs_match_table1_and_are_deterministic():
         TrainingSetSpec(kind="xx", n_samples=1, box_size=25.0, n_side=64)
     with pytest.raises(ValueError, match="redshifts"):
         lh_spec(1, redshifts=(7.0,))
+
+
+def test_spec_stamp_keeps_sets_made_before_the_core_sampling_resumable(tmp_path):
+    """A set made with one-level gas sampling (2) has no `gas_core_subsample` in its stamp; new sets do."""
+    model = SyntheticGasModel()
+    old = lh_spec(4, gas_core_subsample=2)
+    assert "gas_core_subsample" not in _spec_json(old, model)
+    assert '"gas_core_subsample": 8' in _spec_json(lh_spec(4), model)
+    for spec in (old, lh_spec(4), lh_spec(4, gas_core_subsample=5)):
+        (tmp_path / "spec.json").write_text(_spec_json(spec, model))
+        assert stored_spec(tmp_path) == (spec, model)
+    with pytest.raises(ValueError, match="gas_core_subsample"):
+        lh_spec(1, gas_core_subsample=0)
 
 
 def _tiny_fields(spec, i):
