@@ -11,6 +11,10 @@ stored truth, as the deviation correlation and the per-cluster error of
   set by the dark matter, so this bounds what any painter of the dark
   matter can reach on this truth (``truth_repainted`` checks the repaint
   reproduces the stored truth);
+* ``truth_one_level_sampling``: the truth repainted with 2³ sample points in
+  every cell (`gas_core_subsample = 2`, the sets made before the two-level
+  sampling) against the stored truth: how far the under-sampled cores moved
+  each cluster's count rate;
 * ``n_e_smoothed_power_law``: n_e = ReLU(b₁ (G_σ ∗ (1+δ))^μ − b₀) with the *true* T,
   σ the Gaussian smoothing [h⁻¹ Mpc]: the best local power law of the
   dark matter (`train.fit_activation`, as the warm start, on the training
@@ -41,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import eldl as bench  # noqa: E402  (the held-out boxes and count rates of the eLDL benchmark)
 
 from jaxcluster.baryons.ldl import LDL, ActivationLayer, BSplineFilter, DisplacementLayer, paint_one_plus_delta  # noqa: E402
-from jaxcluster.baryons.synthetic import SyntheticGasModel, synthetic_gas  # noqa: E402
+from jaxcluster.baryons.synthetic import synthetic_gas  # noqa: E402
 from jaxcluster.baryons.train import fit_activation, load_training_boxes  # noqa: E402
 from jaxcluster.baryons.training_sets import stored_spec  # noqa: E402
 from jaxcluster.baryons.validation import cluster_deviations  # noqa: E402
@@ -72,16 +76,17 @@ def main(argv=None) -> dict:
     ct = np.concatenate(truth)
     out: dict = {}
 
-    # The truth repainted, and without its random deviates (the key of `simulate_sample`).
+    # The truth repainted; without its random deviates; and sampled as the sets before the two-level core sampling.
     z_index = list(spec.redshifts).index(Z)
-    for name, model in (("truth_repainted", gas_model),
-                        ("truth_without_random_deviates", dataclasses.replace(gas_model, sigma_core_random=0.0, sigma_fgas=0.0,
-                                                                              sigma_T=0.0))):
+    no_random = dataclasses.replace(gas_model, sigma_core_random=0.0, sigma_fgas=0.0, sigma_T=0.0)
+    for name, model, core in (("truth_repainted", gas_model, spec.gas_core_subsample),
+                              ("truth_without_random_deviates", no_random, spec.gas_core_subsample),
+                              ("truth_one_level_sampling", gas_model, 2)):
         cp = []
         for i, b in zip(ids, held):
             key = jax.random.split(jax.random.split(jax.random.key(spec.ic_seed(i)))[1], len(spec.redshifts))[z_index]
-            gas = jax.jit(lambda p, h, k, m=model, b=b: synthetic_gas(p, h, b.theta, jnp.float32(b.z), k, b.box, b.shape, m,
-                                                                      cosmo=b.cosmo))(b.pos, b.halos, key)
+            gas = jax.jit(lambda p, h, k, m=model, b=b, c=core: synthetic_gas(
+                p, h, b.theta, jnp.float32(b.z), k, b.box, b.shape, m, cosmo=b.cosmo, core_subsample=c))(b.pos, b.halos, key)
             cp.append(b.cluster_cr(b.count_rate(np.asarray(gas.n_e), np.asarray(gas.T_keV)))[b.clusters])
         out[name] = _figures(M, ct, np.concatenate(cp))
         print(name, out[name], flush=True)
