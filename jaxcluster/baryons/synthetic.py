@@ -345,8 +345,8 @@ def synthetic_gas(
         return (jnp.mod(idx, shape_arr[None, :]), *means)
 
     paint = halos.valid & (halos.M200c >= model.min_mass)
-    # Halos in batches: each holds (2w+1)³ subsample³ profile samples (at 0.39 h⁻¹ Mpc cells and
-    # subsample 6, a million), so evaluating all at once would need gigabytes.
+    # Halos in batches: each holds (2w+1)³ subsample³ + 3³ core_subsample³ profile samples (at
+    # 0.39 h⁻¹ Mpc cells, 53,000), and a catalogue holds up to hundreds of halos.
     idx, n_h, nT_h, w_h, rho_h = jax.lax.map(
         lambda args: one_halo(*args),
         (halos.pos.astype(dtype), halos.M200c.astype(dtype), halos.R200c.astype(dtype), paint, dev.core, dev.fgas, dev.T),

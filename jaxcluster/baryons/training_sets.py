@@ -63,6 +63,7 @@ __all__ = [
 ]
 
 TABLE1_REDSHIFTS: tuple[float, ...] = (0.1, 0.15, 0.21, 0.27, 0.33, 0.40, 0.47, 0.54)
+_ONE_LEVEL_CORE_SUBSAMPLE = 2  # the gas sampling of sets made before `gas_core_subsample` existed
 _HALO_FIELDS = ("pos", "vel", "M200c", "R200c", "M500c", "R500c", "M200m", "R200m", "n200c", "offset", "infall", "valid")
 
 
@@ -247,7 +248,7 @@ def _sample_paths(out: Path, spec: TrainingSetSpec, i: int) -> list[Path]:
 
 def _spec_json(spec: TrainingSetSpec, model: SyntheticGasModel) -> str:
     fields = dataclasses.asdict(spec)
-    if fields["gas_core_subsample"] == 2:  # the one-level sampling of sets made before the field existed
+    if fields["gas_core_subsample"] == _ONE_LEVEL_CORE_SUBSAMPLE:  # their stamps did not have it
         del fields["gas_core_subsample"]
     return json.dumps({"spec": fields, "model": {k: float(v) for k, v in vars(model).items()}}, sort_keys=True)
 
@@ -255,7 +256,7 @@ def _spec_json(spec: TrainingSetSpec, model: SyntheticGasModel) -> str:
 def stored_spec(out_dir: str | os.PathLike) -> tuple[TrainingSetSpec, SyntheticGasModel]:
     """The spec and gas model a training set on disk was generated with (its `spec.json`)."""
     stored = json.loads((Path(out_dir) / "spec.json").read_text())
-    fields = {"gas_core_subsample": 2, **stored["spec"]}  # sets from before the field: one level
+    fields = {"gas_core_subsample": _ONE_LEVEL_CORE_SUBSAMPLE, **stored["spec"]}
     fields["redshifts"] = tuple(fields["redshifts"])
     return TrainingSetSpec(**fields), SyntheticGasModel(**stored["model"])
 

@@ -82,7 +82,7 @@ def test_core_cells_are_sampled_finely(box, shift):
 
     With 2³ points per cell throughout (the single level of earlier sets) the
     central cell's average depends on where the centre falls between the
-    sample points: here it is 60 % too high with the centre on a node.
+    sample points: here it is 68 % too high with the centre on a node.
     """
     pos, cat, _ = box
     model = SyntheticGasModel(sigma_core_env=0.0, sigma_core_random=0.0, sigma_fgas=0.0, sigma_T=0.0, beta_trace=0.0)
