@@ -39,8 +39,8 @@ lands in the same one of train / validation / test, deterministic in a seed
 (seed 002 §3.1).
 
 **Storage**: one HDF5 file (format ``jaxcluster-cutouts`` v1, layout in
-`save_cutouts`), written by the resumable chunk writer of the inference
-datasets (`jaxcluster.inference.datasets.write_chunked`: one chunk file per
+`save_cutouts`), written by the resumable chunk writer of
+`jaxcluster.io` (`jaxcluster.io.write_chunked`: one chunk file per
 box while a build runs, merged at the end; a killed build resumes).
 `write_cutout_dataset` builds any set chunk by chunk; `make_cutout_dataset`
 a *synthetic* set around the halos of the PM boxes + synthetic gas model
@@ -446,7 +446,7 @@ def save_cutouts(
 ) -> None:
     """Write cutouts held in memory to one HDF5 file (overwriting `path`), through the dataset writer.
 
-    The file is written by `jaxcluster.inference.datasets.write_chunked` as
+    The file is written by `jaxcluster.io.write_chunked` as
     one chunk (so never half a file: chunk, merge and rename), the same
     writer the chunked builders (`write_cutout_dataset`) use.
 
@@ -459,7 +459,7 @@ def save_cutouts(
         /halo/<name>     (n, ...) halo or detection properties (M200c, R200c, pos, z, ...)
         /normalisation   lo, hi, floor (c,); attr log (c,)
     """
-    from ..inference.datasets import write_chunked
+    from ..io.campaign import write_chunked
 
     maps = np.asarray(maps, dtype=np.float32)
     n = maps.shape[0]
@@ -509,13 +509,13 @@ def write_cutout_dataset(
     channels: tuple[str, ...] = CHANNELS,
     progress: bool = False,
 ) -> CutoutSet:
-    """Build a cutout set chunk by chunk with the inference issue's resumable writer, then split and normalise.
+    """Build a cutout set chunk by chunk with the resumable chunked writer of `jaxcluster.io`, then split and normalise.
 
     Chunk c (a box, a lightcone box, ...) is ``make_chunk(c)``: a dict of
     ``maps`` (k, c, n_pix, n_pix), ``cluster_id`` (k,) (unique across chunks;
     repeated for the projections of one cluster), ``axis`` (k,) and any
     ``halo/<name>`` (k, ...) arrays. Chunks go to ``out_path.parts/`` and are
-    merged when all are present (`jaxcluster.inference.datasets.write_chunked`):
+    merged when all are present (`jaxcluster.io.write_chunked`):
     a killed build rerun with the same arguments computes only the missing
     chunks. On the merged set the splits are drawn by cluster
     (`split_by_cluster`: all projections of a cluster in one split) and the
@@ -543,7 +543,7 @@ def write_cutout_dataset(
         ValueError: no cutout in any chunk, an empty training split, or a partial
             build at `out_path` made with other settings.
     """
-    from ..inference.datasets import write_chunked
+    from ..io.campaign import write_chunked
 
     logs = [bool(log)] * len(channels) if isinstance(log, bool) else [bool(v) for v in log]
     extra = {"fractions": [float(f) for f in fractions], "split_seed": int(seed), "log": logs} | (settings or {})

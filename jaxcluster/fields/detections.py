@@ -23,7 +23,7 @@ three axes (axis 2 is the survey's line of sight). `survey_box_detections`
 re-simulates one box from its key (the same particles, maps, segmentation
 and catalogue as `simulate_survey`), and `make_detection_cutout_dataset`
 stores the cutouts of every box of a survey with the chunked, resumable
-writer of the inference datasets (one chunk per lightcone box), split by
+writer of `jaxcluster.io` (one chunk per lightcone box), split by
 cluster (every projection of one detection in one split) and normalised
 globally (`write_cutout_dataset`).
 
@@ -266,7 +266,7 @@ def make_detection_cutout_dataset(
                 "halo/lightcone": np.full(keep.size * na, lc, np.int32), "halo/box": np.full(keep.size * na, b, np.int32),
                 "halo/slot": np.repeat(keep, na).astype(np.int32)}
 
-    from ..inference.datasets import pytree_digest  # lazily: the inference package loads distrax
+    from ..io.chunks import pytree_digest
 
     settings = {"theta": theta_list, "key_data": np.asarray(jax.random.key_data(key)).ravel().tolist(),
                 "survey": repr(config), "n_pix": cutout.n_pix, "axes": [int(a) for a in axes], "cr_min": cr_min,

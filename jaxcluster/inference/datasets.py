@@ -23,29 +23,28 @@ from (seed, i) alone (the simulator key is `fold_in(fold_in(key(seed), 1), i)`),
 and chunk boundaries are fixed by `chunk_size`, so a run that was killed and
 resumed writes the same bits as an uninterrupted one.
 
-**Devices.** A chunk of `chunk_size` samples is split over a 1-D device mesh
-(`jax.shard_map`, no communication); each device `vmap`s its share
-(``batch_mode="vmap"``) or runs it one sample after another (``"map"``, for
-simulators too large to batch, such as the survey pipeline). The last, short
-chunk is padded (with repeats, dropped afterwards) so that one compiled
-program serves every chunk.
+**Devices and processes.** A chunk of `chunk_size` samples is computed as
+micro-batches of `batch_size` samples, one `vmap` each (``batch_mode="map"``:
+one sample at a time, for simulators too large to batch, such as the survey
+pipeline), spread over a 1-D device mesh (`jax.shard_map`, no
+communication). The last, short chunk is padded with repeats (dropped
+afterwards) so that one compiled program serves every chunk. A chunk's bits
+depend on (seed, chunk index) and the settings only, never on the device
+count or the process that computed it.
 
-**Files: why a folder of chunk files during the run.** HDF5 is not journaled:
-a process killed while it writes into a file can leave the file unreadable,
-losing everything. So while the run is in progress every chunk is written to
-its own small HDF5 file in ``OUT.parts/`` (written to a temporary name, then
-renamed: a rename is atomic, so a chunk file is either complete or absent),
-next to ``OUT.parts/meta.json`` holding the run's settings. A kill loses at
-most the chunk in flight; a restart with the same settings checks
-``meta.json``, skips the chunks present and computes the others. When all
-are present they are merged into the single file ``OUT`` (again through a
-temporary name and a rename) and the parts folder is removed. This writer,
-`write_chunked`, takes any chunk function returning named arrays; the
-cutout datasets of `jaxcluster.fields` go through it too.
+**Files and workers.** The set is a `jaxcluster.io.Campaign`: while it is
+made, every chunk is its own HDF5 file in ``OUT.parts/`` (whole or absent,
+with a checksum), next to ``meta.json`` holding the settings; a kill loses
+at most the chunk in flight, and a restart with the same settings (a
+different one is refused, naming the difference) computes only what is
+missing. Any number of processes may work on one output at once (SLURM
+array tasks, Dask workers: `jaxcluster.engines`); they claim chunks, never
+write one twice, and the last one merges the chunks into the single file
+``OUT`` (`jaxcluster.io.chunks`).
 
 **Layout of the merged file:** datasets ``theta`` (n, d) float64 and ``xod``
 (n, n_cr, n_hr, n_z) float32; attributes ``param_names``, ``prior_low``,
-``prior_high``, ``prior_log``, ``n``, ``seed``, ``design``, ``chunk_size``,
+``prior_high``, ``prior_log``, ``n``, ``seed``, ``design``, ``chunk_size``, ``batch_size``,
 ``dtype`` (the simulator's float dtype), ``metadata`` (a JSON string from the
 caller, e.g. the simulator's settings) and ``jaxcluster_version``.
 `load_dataset` reads it back.
@@ -53,11 +52,9 @@ caller, e.g. the simulator's settings) and ``jaxcluster_version``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -69,6 +66,9 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, ArrayLike, Float, Key, PRNGKeyArray
 
+from ..io.campaign import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, Campaign, merge_campaign, run_worker, write_chunked
+from ..io.chunks import parts_dir, pytree_digest
+
 __all__ = [
     "DESIGNS",
     "BoxPrior",
@@ -77,7 +77,9 @@ __all__ = [
     "unit_design",
     "sample_parameters",
     "simulation_keys",
+    "dataset_campaign",
     "generate_dataset",
+    "merge_dataset",
     "write_chunked",
     "pytree_digest",
     "Dataset",
@@ -392,7 +394,13 @@ def _fold_range(key, idx):
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(idx)
 
 
-def _chunk_runner(mesh: Mesh, batch_mode: str):
+def _chunk_runner(mesh: Mesh):
+    """Jitted (micro-batches (m, b, …) sharded over the mesh) → XODs; each device `lax.map`s its micro-batches.
+
+    A micro-batch of b samples is one `vmap` of width b whatever the device
+    count, so a sample's bits do not depend on how many devices (or which
+    process) computed its chunk; more devices only shorten each one's map.
+    """
     (name,) = mesh.axis_names
     spec = PartitionSpec(name)
 
@@ -400,10 +408,12 @@ def _chunk_runner(mesh: Mesh, batch_mode: str):
     def run(dynamic, static, theta, key_data):
         def local(dyn, th, kd):
             sim = eqx.combine(dyn, static)
-            keys = jax.random.wrap_key_data(kd)
-            if batch_mode == "vmap":
-                return jax.vmap(sim)(th, keys)
-            return jax.lax.map(lambda a: sim(*a), (th, keys))
+
+            def micro(args):
+                t, k = args
+                return jax.vmap(sim)(t, jax.random.wrap_key_data(k))
+
+            return jax.lax.map(micro, (th, kd))
 
         return jax.shard_map(local, mesh=mesh, in_specs=(PartitionSpec(), spec, spec), out_specs=spec,
                              check_vma=False)(dynamic, theta, key_data)
@@ -411,173 +421,128 @@ def _chunk_runner(mesh: Mesh, batch_mode: str):
     return run
 
 
-def _parts_dir(path: Path) -> Path:
-    return path.with_name(path.name + ".parts")
-
-
-def _atomic_json(path: Path, obj) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True))
-    os.replace(tmp, path)
-
-
-def _fsync_replace(tmp: Path, path: Path) -> None:
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _write_chunk(path: Path, index: int, arrays: dict[str, np.ndarray]) -> None:
-    """One chunk file: its index and one dataset per array (``a/b`` names make groups); tmp + fsync + rename."""
-    import h5py
-
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.attrs["chunk"] = index
-        for k, v in arrays.items():
-            f.create_dataset(k, data=v)
-    _fsync_replace(tmp, path)
-
-
-def _chunk_name(c: int) -> str:
-    return f"chunk_{c:06d}.h5"
-
-
-def pytree_digest(tree) -> str:
-    """A fingerprint (SHA-256, hex) of the arrays in a pytree: their tree paths, dtypes, shapes and values.
-
-    Stored with a dataset's settings so that resuming with another simulator
-    (other eLDL weights, emission table, ...) is refused instead of mixing
-    chunks from both. Non-array leaves (functions, static fields) are left
-    out: their reprs can hold memory addresses that differ between runs.
-    """
-    h = hashlib.sha256()
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if eqx.is_array(leaf):
-            a = np.asarray(leaf)
-            h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()
-
-
-def _merge(parts: Path, out: Path, settings: dict, n_chunks: int, merge_chunk_rows: int | None,
-           finalize: Callable[[Any], None] | None) -> None:
-    """Concatenate every array of the chunk files, in chunk order, into `out` (tmp + rename)."""
-    import h5py
-
-    files = [parts / _chunk_name(c) for c in range(n_chunks)]
-    layout: dict[str, tuple[tuple[int, ...], np.dtype]] = {}
-    rows = []
-    for path in files:  # shapes first: the merged datasets are made at their final size
-        with h5py.File(path, "r") as g:
-            names = []
-            g.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
-            lengths = {g[k].shape[0] for k in names}
-            if len(lengths) > 1:
-                raise ValueError(f"{path}: arrays of different lengths {sorted(lengths)}")
-            rows.append(lengths.pop() if lengths else 0)
-            for k in names:
-                layout.setdefault(k, (g[k].shape[1:], g[k].dtype))
-    n = sum(rows)
-    tmp = out.with_name(out.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        dsets = {}
-        for k, (shape, dtype) in layout.items():
-            chunks = (max(1, min(n, merge_chunk_rows)), *shape) if merge_chunk_rows and n else None
-            dsets[k] = f.create_dataset(k, (n, *shape), dtype=dtype, chunks=chunks)
-        start = 0
-        for path, m in zip(files, rows):
-            with h5py.File(path, "r") as g:
-                for k, d in dsets.items():
-                    if k in g:
-                        d[start:start + m] = g[k][...]
-                    elif m:
-                        raise ValueError(f"{path} has no array {k!r}, which other chunks have")
-            start += m
-        for k, v in settings.items():
-            f.attrs[k] = json.dumps(v) if isinstance(v, dict) else v
-        if finalize is not None:
-            finalize(f)
-    _fsync_replace(tmp, out)
-
-
-def write_chunked(
+def dataset_campaign(
+    simulator: Callable[[Float[Array, " d"], PRNGKeyArray], Float[Array, "n_cr n_hr n_z"]],
+    prior: BoxPrior,
+    n: int,
     out: str | os.PathLike,
-    settings: dict,
-    n_chunks: int,
-    make_chunk: Callable[[int], dict[str, np.ndarray]],
     *,
-    finalize: Callable[[Any], None] | None = None,
-    merge_chunk_rows: int | None = None,
-    chunk_rows: Sequence[int] | None = None,
-    progress: bool = False,
-    unit: str = "chunk",
-) -> Path:
-    """The resumable chunked writer behind `generate_dataset` (and the cutout datasets of `jaxcluster.fields`).
+    seed: int = 0,
+    design: str = "random",
+    chunk_size: int = 256,
+    batch_mode: str = "vmap",
+    batch_size: int | None = None,
+    mesh: Mesh | None = None,
+    metadata: dict | None = None,
+) -> Campaign:
+    """The (θ, XOD) training set as a `jaxcluster.io.Campaign`: settings, chunks and their computation.
 
-    Chunk c is ``make_chunk(c)``, a dict of numpy arrays sharing their first
-    (row) length (names with ``/`` land in groups), written to
-    ``out.parts/chunk_{c:06d}.h5`` (tmp + rename: whole or absent). A rerun
-    with the same `settings` skips the chunks present; when all are there,
-    each array is concatenated over the chunks in chunk order into `out`
-    (tmp + rename), the settings become its attributes (dict values as JSON
-    strings), ``finalize(h5py.File)`` may add datasets or attributes
-    computed on the whole set (e.g. splits, normalisations) before the
-    rename, and ``out.parts/`` is removed. `make_chunk` must be a
-    deterministic function of c for the resumed file to equal an
-    uninterrupted one.
+    Chunk c holds samples ``c·chunk_size … (c+1)·chunk_size − 1``; it is
+    computed as micro-batches of `batch_size` samples (one `vmap` each), the
+    micro-batches spread over the devices of `mesh`. Its bits depend on
+    (seed, c) and the settings only, not on the process or the number of
+    devices that computes it, so any number of workers can share the
+    campaign (`jaxcluster.io.run_worker`, `jaxcluster.engines`).
 
-    Args:
-        out: the merged HDF5 path.
-        settings: JSON-serialisable settings; stored in ``meta.json`` and in `out`,
-            compared on resume (all keys but ``jaxcluster_version``).
-        n_chunks: number of chunks, ≥ 1.
-        make_chunk: chunk index → dict of arrays.
-        finalize: called on the merged file (open for writing) before its rename.
-        merge_chunk_rows: HDF5 chunk length along the rows of the merged datasets (None: contiguous).
-        chunk_rows: rows per chunk, for the progress bar only (default 1 per chunk).
-        progress: show a tqdm bar.
-        unit: the bar's unit.
-
-    Returns:
-        The path of the merged file (returned at once if it exists with the same settings).
+    Args: as `generate_dataset`.
 
     Raises:
-        ValueError: `out` or a partial run at `out` made with other settings.
+        ValueError: a bad argument (named, with its allowed range).
     """
-    from tqdm.auto import tqdm
+    from .. import __version__
+    from ..nbody.sharding import device_mesh
 
-    if not (isinstance(n_chunks, (int, np.integer)) and n_chunks >= 1):
-        raise ValueError(f"n_chunks = {n_chunks!r} is outside its allowed range: an integer >= 1")
-    json.dumps(settings)  # fails early (TypeError) if not serialisable
+    _check_design(design)
+    if batch_mode not in ("vmap", "map"):
+        raise ValueError(f"batch_mode = {batch_mode!r} is not allowed; choose from ('vmap', 'map')")
+    if not (isinstance(n, (int, np.integer)) and 1 <= n < 2**31):
+        raise ValueError(f"n = {n!r} is outside its allowed range: an integer in [1, 2**31)")
+    if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**31):
+        raise ValueError(f"seed = {seed!r} is outside its allowed range: an integer in [0, 2**31)")
+    if not (isinstance(chunk_size, (int, np.integer)) and chunk_size >= 1):
+        raise ValueError(f"chunk_size = {chunk_size!r} is outside its allowed range: an integer >= 1")
+    if batch_size is None:
+        batch_size = 1 if batch_mode == "map" else min(int(chunk_size), 32)
+    if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1 and chunk_size % batch_size == 0):
+        raise ValueError(f"batch_size = {batch_size!r} is outside its allowed range: a positive divisor of "
+                         f"chunk_size = {chunk_size}")
+    if batch_mode == "map" and batch_size != 1:
+        raise ValueError(f"batch_size = {batch_size} is outside its allowed range for batch_mode='map': 1")
+    mesh = device_mesh("batch") if mesh is None else mesh
+    if len(mesh.axis_names) != 1:
+        raise ValueError(f"mesh must be 1-D, got axes {mesh.axis_names}")
+    n_dev = int(mesh.devices.size)
+    metadata = {} if metadata is None else dict(metadata)
+    json.dumps(metadata)  # fails early (TypeError) if not serialisable
+
+    theta_all = sample_parameters(prior, int(n), int(seed), design)
+    dtype = jnp.result_type(float)
+    runner = _chunk_runner(mesh)
+    dynamic, static = eqx.partition(simulator, eqx.is_array)
+    # one evaluation shape-checks the simulator and fixes the XOD shape (no simulation)
+    shape = jax.eval_shape(simulator, jnp.asarray(theta_all[0], dtype), jax.random.key(0)).shape
+    if len(shape) != 3:
+        raise ValueError(f"the simulator must return an (n_cr, n_hr, n_z) XOD, got shape {shape}")
+    settings = dict(
+        param_names=list(prior.names), prior_low=list(prior.low), prior_high=list(prior.high),
+        prior_log=[bool(v) for v in prior.log], n=int(n), seed=int(seed), design=design,
+        chunk_size=int(chunk_size), batch_size=int(batch_size), dtype=str(np.dtype(dtype)), xod_shape=list(shape),
+        metadata=metadata, simulator_digest=pytree_digest(simulator), jaxcluster_version=__version__,
+    )
+    n_chunks = -(-int(n) // int(chunk_size))
+    n_micro = int(chunk_size) // int(batch_size)
+    n_micro_padded = -(-n_micro // n_dev) * n_dev  # whole repeated micro-batches fill idle devices
+
+    def make_chunk(c: int) -> dict[str, np.ndarray]:
+        start, stop = c * chunk_size, min((c + 1) * chunk_size, n)
+        # padded rows repeat the last sample, padded micro-batches the last micro-batch: dropped below
+        rows = np.concatenate([np.arange(start, stop), np.full(start + chunk_size - stop, stop - 1)])
+        rows = rows.reshape(n_micro, batch_size)
+        rows = np.concatenate([rows, np.repeat(rows[-1:], n_micro_padded - n_micro, axis=0)])
+        theta = jnp.asarray(theta_all[rows], dtype)
+        key_data = jax.random.key_data(simulation_keys(int(seed), start, start + chunk_size))
+        key_data = key_data[jnp.asarray(np.minimum(rows, stop - 1) - start)]
+        xod = np.asarray(runner(dynamic, static, theta, key_data), dtype=np.float32)
+        return {"theta": theta_all[start:stop], "xod": xod.reshape(-1, *shape)[: stop - start]}
+
+    return _campaign(Path(out), settings, make_chunk)
+
+
+def _finalize(f) -> None:
+    f.attrs["format_version"] = _FORMAT_VERSION
+
+
+def _campaign(out: Path, settings: dict, make_chunk) -> Campaign:
+    n, chunk_size = int(settings["n"]), int(settings["chunk_size"])
+    n_chunks = -(-n // chunk_size)
+    return Campaign(out, settings, n_chunks, make_chunk, finalize=_finalize, merge_chunk_rows=chunk_size,
+                    chunk_rows=tuple(min(chunk_size, n - c * chunk_size) for c in range(n_chunks)), unit="XOD")
+
+
+def merge_dataset(out: str | os.PathLike) -> Path:
+    """Merge a dataset whose chunks are all present (made by any workers), verifying their checksums.
+
+    The settings come from the chunk folder's ``meta.json``; the merged file
+    is the one an uninterrupted single-process run writes.
+
+    Raises:
+        ValueError: no partial dataset at `out`.
+        FileNotFoundError: chunks are missing (counted in the message).
+        CorruptChunks: chunk files failed their checksum (moved aside; run generate again).
+    """
     out = Path(out)
     if out.exists():
-        _check_same(out, settings)
         return out
-    parts = _parts_dir(out)
-    parts.mkdir(parents=True, exist_ok=True)
-    meta_path = parts / "meta.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v and k != "jaxcluster_version"}
-        if diff:
-            raise ValueError(f"{parts} holds a partial dataset made with other settings {diff}; "
-                             f"remove it or pick another --out")
-    else:
-        _atomic_json(meta_path, settings)
-    for tmp in parts.glob("*.tmp"):  # a chunk being written when the run was killed
-        tmp.unlink()
-    rows = [1] * n_chunks if chunk_rows is None else [int(r) for r in chunk_rows]
-    todo = [c for c in range(n_chunks) if not (parts / _chunk_name(c)).exists()]
-    with tqdm(total=sum(rows), initial=sum(rows) - sum(rows[c] for c in todo), unit=unit, disable=not progress,
-              desc=out.name) as bar:
-        for c in todo:
-            arrays = {k: np.asarray(v) for k, v in make_chunk(c).items()}
-            _write_chunk(parts / _chunk_name(c), c, arrays)
-            bar.update(rows[c])
-    _merge(parts, out, settings, n_chunks, merge_chunk_rows, finalize)
-    shutil.rmtree(parts)
-    return out
+    parts = parts_dir(out)
+    if not (parts / "meta.json").exists():
+        raise ValueError(f"no partial dataset at {out} ({parts}/meta.json does not exist)")
+    meta = json.loads((parts / "meta.json").read_text())
+    settings = {k: v for k, v in meta.items() if k not in ("n_chunks", "n_rows")}
+
+    def no_compute(c):
+        raise RuntimeError("merge_dataset computes nothing")
+
+    return merge_campaign(_campaign(out, settings, no_compute))
 
 
 def generate_dataset(
@@ -590,15 +555,24 @@ def generate_dataset(
     design: str = "random",
     chunk_size: int = 256,
     batch_mode: str = "vmap",
+    batch_size: int | None = None,
     mesh: Mesh | None = None,
     metadata: dict | None = None,
     progress: bool = True,
-) -> Path:
-    """Simulate n (θ, XOD) pairs into the HDF5 file `out`, resuming an interrupted run.
+    order: Sequence[int] | None = None,
+    task: str = "",
+    lease_s: float = DEFAULT_LEASE_S,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    wait: bool = True,
+) -> Path | None:
+    """Simulate n (θ, XOD) pairs into the HDF5 file `out`, resuming an interrupted run, beside any other workers.
 
     See the module docstring for the design, keys and file layout. Calling
     it again with the same settings after a kill continues where the run
-    stopped; calling it on a finished file returns at once.
+    stopped; calling it on a finished file returns at once. Several
+    processes (SLURM array tasks, Dask workers, a second call by mistake)
+    may work on the same `out` at once: they share the chunks through
+    claims and never write one twice (`jaxcluster.io.campaign`).
 
     Args:
         simulator: `(theta (d,), key) -> xod (n_cr, n_hr, n_z)`, jit- and vmap-able
@@ -608,83 +582,38 @@ def generate_dataset(
         out: output HDF5 path; ``out.parts/`` holds the chunks while the run is in progress.
         seed: dataset seed (θ and simulator keys derive from it and the sample index).
         design: ``"random"`` or ``"latin_hypercube"``.
-        chunk_size: samples per chunk (a kill loses at most one), a multiple of the device count.
-        batch_mode: ``"vmap"`` (batch each device's share) or ``"map"`` (one sample at a time).
-        mesh: 1-D device mesh (default: all devices).
+        chunk_size: samples per chunk (a kill loses at most one chunk), ≥ 1.
+        batch_mode: ``"vmap"`` (micro-batches of `batch_size` samples) or ``"map"``
+            (one sample at a time: simulators too large to batch, such as the survey).
+        batch_size: samples per `vmap` (default min(chunk_size, 32); 1 for ``"map"``),
+            a divisor of `chunk_size`.
+        mesh: 1-D device mesh the micro-batches are spread over (default: all devices).
         metadata: JSON-serialisable description of the simulator, stored in the file
             and compared on resume.
         progress: show a tqdm progress bar.
+        order: chunks this process visits first (its SLURM array share,
+            `jaxcluster.engines.ArrayTask.order`); then the rest.
+        task: this worker's label, recorded in claims and chunk files.
+        lease_s: seconds without a heartbeat after which a chunk's claim is taken over.
+        max_attempts: failures of a chunk after which it is given up, ≥ 1.
+        wait: stay until the file is merged (False: leave when nothing is left to claim).
 
     Returns:
-        The path of the merged file.
+        The path of the merged file, or None if this worker left before the merge (``wait=False``).
 
     Raises:
         ValueError: a bad argument, or an existing (partial) dataset at `out` made with
             other settings.
+        RuntimeError: chunks failed `max_attempts` times (see ``jaxcluster dataset status``).
     """
-    from .. import __version__
-    from ..nbody.sharding import device_mesh
-
-    _check_design(design)
-    if batch_mode not in ("vmap", "map"):
-        raise ValueError(f"batch_mode = {batch_mode!r} is not allowed; choose from ('vmap', 'map')")
-    if not (isinstance(n, (int, np.integer)) and 1 <= n < 2**31):
-        raise ValueError(f"n = {n!r} is outside its allowed range: an integer in [1, 2**31)")
-    if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**31):
-        raise ValueError(f"seed = {seed!r} is outside its allowed range: an integer in [0, 2**31)")
-    mesh = device_mesh("batch") if mesh is None else mesh
-    if len(mesh.axis_names) != 1:
-        raise ValueError(f"mesh must be 1-D, got axes {mesh.axis_names}")
-    n_dev = int(mesh.devices.size)
-    if not (isinstance(chunk_size, (int, np.integer)) and chunk_size >= 1 and chunk_size % n_dev == 0):
-        raise ValueError(f"chunk_size = {chunk_size!r} is outside its allowed range: a positive multiple of "
-                         f"the device count {n_dev}")
-    metadata = {} if metadata is None else dict(metadata)
-    json.dumps(metadata)  # fails early (TypeError) if not serialisable
-
-    out = Path(out)
-    theta_all = sample_parameters(prior, int(n), int(seed), design)
-    dtype = jnp.result_type(float)
-    runner = _chunk_runner(mesh, batch_mode)
-    dynamic, static = eqx.partition(simulator, eqx.is_array)
-    # one evaluation shape-checks the simulator and fixes the XOD shape (no simulation)
-    shape = jax.eval_shape(simulator, jnp.asarray(theta_all[0], dtype), jax.random.key(0)).shape
-    if len(shape) != 3:
-        raise ValueError(f"the simulator must return an (n_cr, n_hr, n_z) XOD, got shape {shape}")
-    settings = dict(
-        param_names=list(prior.names), prior_low=list(prior.low), prior_high=list(prior.high),
-        prior_log=[bool(v) for v in prior.log], n=int(n), seed=int(seed), design=design,
-        chunk_size=int(chunk_size), dtype=str(np.dtype(dtype)), xod_shape=list(shape), metadata=metadata,
-        simulator_digest=pytree_digest(simulator), jaxcluster_version=__version__,
-    )
-    n_chunks = -(-int(n) // int(chunk_size))
-
-    def make_chunk(c: int) -> dict[str, np.ndarray]:
-        start, stop = c * chunk_size, min((c + 1) * chunk_size, n)
-        pad = np.concatenate([np.arange(start, stop), np.full(start + chunk_size - stop, stop - 1)])
-        theta = jnp.asarray(theta_all[pad], dtype)
-        key_data = jax.random.key_data(simulation_keys(int(seed), start, start + chunk_size))
-        if stop - start < chunk_size:  # padded rows repeat the last sample
-            key_data = key_data[jnp.asarray(pad - start)]
-        xod = np.asarray(runner(dynamic, static, theta, key_data), dtype=np.float32)[: stop - start]
-        return {"theta": theta_all[start:stop], "xod": xod}
-
-    def finalize(f) -> None:
-        f.attrs["format_version"] = _FORMAT_VERSION
-
-    return write_chunked(out, settings, n_chunks, make_chunk, finalize=finalize, merge_chunk_rows=int(chunk_size),
-                         chunk_rows=[min(chunk_size, n - c * chunk_size) for c in range(n_chunks)],
-                         progress=progress, unit="XOD")
-
-
-def _check_same(out: Path, settings: dict) -> None:
-    import h5py
-
-    with h5py.File(out, "r") as f:
-        old = {k: _attr(f.attrs[k], k) for k in f.attrs if k in settings}
-    diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v and k != "jaxcluster_version"}
-    if diff:
-        raise ValueError(f"{out} exists and was made with other settings {diff}; remove it or pick another --out")
+    campaign = dataset_campaign(simulator, prior, n, out, seed=seed, design=design, chunk_size=chunk_size,
+                                batch_mode=batch_mode, batch_size=batch_size, mesh=mesh, metadata=metadata)
+    report = run_worker(campaign, order=order, task=task, lease_s=lease_s, max_attempts=max_attempts, wait=wait,
+                        progress=progress)
+    if report.failed:
+        raise RuntimeError(f"{out}: chunks {report.failed[:10]} failed {max_attempts} times; their tracebacks are "
+                           f"in {parts_dir(out)}/failed/ (`jaxcluster dataset status {out}`)")
+    return report.out
 
 
 def _attr(v, key: str):
@@ -737,7 +666,7 @@ def load_dataset(path: str | os.PathLike, start: int = 0, stop: int | None = Non
 
     path = Path(path)
     if not path.exists():
-        hint = " (the run is unfinished: run the same generate command again to resume)" if _parts_dir(path).exists() else ""
+        hint = " (the run is unfinished: run the same generate command again to resume)" if parts_dir(path).exists() else ""
         raise ValueError(f"dataset {path} does not exist{hint}")
     with h5py.File(path, "r") as f:
         if "theta" not in f or "xod" not in f:

@@ -1,5 +1,12 @@
-"""File formats: Gadget/AREPO snapshots, CAMELS parameter tables, and our own run files."""
+"""Files: Gadget/AREPO snapshots, CAMELS parameter tables, our run files, and chunked campaign outputs.
 
+The chunked-output layer (`chunks`, `claims`, `campaign`) is general storage:
+the (θ, XOD) sets of `jaxcluster.inference` and the cutout sets of
+`jaxcluster.fields` both write through it.
+"""
+
+from .campaign import Campaign, CampaignStatus, WorkerReport, campaign_status, merge_campaign, run_chunk, run_worker, write_chunked
+from .chunks import ChunkStore, CorruptChunks, array_digest, merge_chunks, parts_dir, pytree_digest
 from .camels import CAMELS_COLUMNS, CamelsTable, read_camels_params, write_camels_params
 from .runs import RunData, load_run, save_run
 from .snapshots import (
@@ -20,4 +27,6 @@ __all__ = [
     "mean_molecular_weight", "temperature_keV", "voxelise_gas", "pm_initial_state",
     "RunData", "save_run", "load_run",
     "CAMELS_COLUMNS", "CamelsTable", "read_camels_params", "write_camels_params",
+    "Campaign", "CampaignStatus", "WorkerReport", "campaign_status", "merge_campaign", "run_chunk", "run_worker",
+    "write_chunked", "ChunkStore", "CorruptChunks", "array_digest", "merge_chunks", "parts_dir", "pytree_digest",
 ]

@@ -198,7 +198,7 @@ def _stored_boxes(tmp_path, n_boxes):
 def test_cutout_build_resumes_after_a_kill(tmp_path, monkeypatch):
     """A build stopped after two boxes resumes with the other three only, and equals an uninterrupted build bit for bit."""
     import jaxcluster.fields.cutouts as cutouts_mod
-    from jaxcluster.inference import datasets
+    from jaxcluster.io.chunks import ChunkStore
 
     data = tmp_path / "data"
     data.mkdir()
@@ -222,8 +222,9 @@ def test_cutout_build_resumes_after_a_kill(tmp_path, monkeypatch):
     assert sorted(p.name for p in parts.glob("chunk_*.h5")) == ["chunk_000000.h5", "chunk_000001.h5"] and not out.exists()
 
     monkeypatch.setattr(cutouts_mod, "halo_cutouts", real_cut)
-    written, real_write = [], datasets._write_chunk
-    monkeypatch.setattr(datasets, "_write_chunk", lambda path, *a: (written.append(path.name), real_write(path, *a)))
+    written, real_write = [], ChunkStore.publish
+    monkeypatch.setattr(ChunkStore, "publish",
+                        lambda self, c, *a: (written.append(self.chunk_path(c).name), real_write(self, c, *a))[1])
     got = make_cutout_dataset(out, [data], **kw)
     assert written == ["chunk_000002.h5", "chunk_000003.h5", "chunk_000004.h5"] and not parts.exists()
     for field in ("maps", "cluster_id", "axis", "split"):
