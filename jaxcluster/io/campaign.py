@@ -259,7 +259,13 @@ def run_worker(
     if _finished(campaign):
         report.out = campaign.out
         return report
-    store = campaign.store()
+    try:
+        store = campaign.store()
+    except FileNotFoundError:
+        if _finished(campaign):  # merged (and its folder removed) while we joined
+            report.out = campaign.out
+            return report
+        raise
     store.remove_stale_temporaries()
     poll_s = min(lease_s / 8, 5.0) if poll_s is None else float(poll_s)
     first = list(range(campaign.n_chunks)) if order is None else [int(c) for c in order]
@@ -273,9 +279,16 @@ def run_worker(
         while True:
             busy = False
             for c in visit:
+                if campaign.out.exists():  # merged by another worker meanwhile
+                    break
                 if store.done(c) or (not raise_errors and len(store.failures(c)) >= max_attempts):
                     continue
-                state = _attempt(store, campaign, c, task, lease_s, report, raise_errors)
+                try:
+                    state = _attempt(store, campaign, c, task, lease_s, report, raise_errors)
+                except FileNotFoundError:
+                    if campaign.out.exists():  # the chunk folder went with a merge
+                        break
+                    raise
                 busy |= state == "busy"
                 if state == "done":
                     bar.n = sum(campaign.rows(k) for k in store.done_chunks())
@@ -301,6 +314,8 @@ def run_worker(
                 break
             time.sleep(poll_s)
     report.out = campaign.out if campaign.out.exists() else None
+    if report.out is not None:
+        _finished(campaign)  # a folder this worker re-created after another one merged
     return report
 
 

@@ -407,7 +407,13 @@ def merge_chunks(store: ChunkStore, settings: dict, *, finalize: Callable[[Any],
                 f.attrs[k] = json.dumps(v) if isinstance(v, dict) else v
             if finalize is not None:
                 finalize(f)
-        fsync_replace(tmp, out)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        try:  # link, not rename: a merged file is never replaced, even by a second merger
+            os.link(tmp, out)
+        except FileExistsError:
+            pass
+        _fsync_dir(out.parent)
     finally:
         tmp.unlink(missing_ok=True)
     shutil.rmtree(store.parts, ignore_errors=True)
