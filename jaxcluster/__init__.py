@@ -13,7 +13,9 @@ The pipeline, one subpackage per stage (see the docs' Pipeline pages):
 * `jaxcluster.baryons`: the eLDL baryon painter (LDL layers, θ_sim hypernetworks, losses,
   staged training, shipped weights) and the synthetic hydrodynamics model that stands in
   for CAMELS (published ICM profiles, feedback, scatter, training-set generators).
-* `jaxcluster.io`: Gadget/AREPO snapshots (n_e, T voxelisation, PM restarts), CAMELS tables, run files.
+* `jaxcluster.io`: Gadget/AREPO snapshots (n_e, T voxelisation, PM restarts), CAMELS tables, run files,
+  and chunked campaign outputs (chunk files with checksums, claims, merge) shared by many workers.
+* `jaxcluster.engines`: campaigns on existing engines: SLURM job arrays and Dask (dask-jobqueue).
 * `jaxcluster.survey`: lightcones, mock X-ray / Compton-y / mass maps, detection (sep and a JAX
   detector), the hard and soft XOD; `simulate_xod`, `simulate_survey`.
 * `jaxcluster.inference`: (θ, XOD) datasets that survive a kill, the ResNet compressor, neural
@@ -24,7 +26,7 @@ The pipeline, one subpackage per stage (see the docs' Pipeline pages):
   profiles, the DeepSets pressure model, the multi-view U-Net and score-based diffusion mass maps.
 """
 
-from . import analytic, baryons, cosmology, fields, halos, io, nbody, params, sensitivity, survey, xray
+from . import analytic, baryons, cosmology, engines, fields, halos, io, nbody, params, sensitivity, survey, xray
 from .baryons import ExtendedLDL, SyntheticGasModel, default_eldl, synthetic_gas
 from .cosmology import (
     Cosmology,
@@ -55,8 +57,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "analytic", "baryons", "cosmology", "fields", "halos", "inference", "io", "nbody", "params", "sensitivity",
-    "survey", "xray",
+    "analytic", "baryons", "cosmology", "engines", "fields", "halos", "inference", "io", "nbody", "params",
+    "sensitivity", "survey", "xray",
     "ThetaSim", "PARAM_NAMES", "PRIOR_BOUNDS", "FIDUCIAL",
     "Cosmology", "GrowthTable", "growth_table", "linear_power", "sigma_R",
     "comoving_distance", "angular_diameter_distance", "luminosity_distance",

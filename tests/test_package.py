@@ -9,6 +9,8 @@ def test_inference_is_imported_on_first_use():
     code = (
         "import sys, warnings; import jaxcluster as jc; "
         "assert 'distrax' not in sys.modules, 'distrax imported eagerly'; "
+        "import jaxcluster.engines, jaxcluster.io.campaign; "
+        "assert 'distributed' not in sys.modules and 'dask' not in sys.modules, 'Dask imported eagerly'; "
         "warnings.simplefilter('ignore'); "
         "assert jc.inference.NeuralPosterior is not None; "
         "assert 'distrax' in sys.modules; "

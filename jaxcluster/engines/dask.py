@@ -33,7 +33,27 @@ from pathlib import Path
 from ..io.campaign import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, Campaign, merge_campaign, run_chunk
 from ..io.chunks import CorruptChunks
 
-__all__ = ["DaskReport", "run_on_dask"]
+__all__ = ["DaskReport", "QUIET", "quiet_environment", "run_on_dask"]
+
+# Dask settings for workers that run XLA: its event-loop tick (20 ms by default), system monitor
+# (0.5 s), memory monitors of worker and nanny (0.1 s) and statistical profiler (stack samples
+# every 10 ms) wake Python threads that take the core and the GIL from the chunk. On a worker
+# pinned to one core the survey simulator took 2.8-3.3 s per XOD with Dask's defaults, 2.4-2.7 s
+# with these, 2.1-2.6 s in a plain process (benchmarks/campaign.py; the machine is shared, runs
+# vary by ±15 %). They tell nothing about XLA's work. Given to the local clusters `run_on_dask`
+# starts; for other clusters, put them in the workers' configuration (`quiet_environment`).
+QUIET = {"distributed.admin.tick.interval": "1s", "distributed.admin.system-monitor.interval": "5s",
+         "distributed.worker.memory.monitor-interval": "1s", "distributed.worker.profile.enabled": False}
+
+
+def quiet_environment() -> dict[str, str]:
+    """`QUIET` as the environment variables Dask reads (``DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s``, …).
+
+    For workers started by others: dask-jobqueue's ``job_script_prologue``
+    (``[f"export {k}={v}" for k, v in quiet_environment().items()]``), a
+    SLURM script, or ``dask worker``'s environment.
+    """
+    return {"DASK_" + k.upper().replace(".", "__").replace("-", "_"): str(v) for k, v in QUIET.items()}
 
 # The campaigns built in this worker process, by the digest of their factory: a Dask task is a
 # function call, and rebuilding (recompiling) the simulator for every chunk would cost more than
@@ -57,11 +77,11 @@ def _chunk_task(factory: Callable[[], Campaign], key: str, c: int, lease_s: floa
         label = f"dask {get_worker().address}"
     except ValueError:  # not on a worker (synchronous scheduler in tests)
         label = "dask"
-    t0 = time.perf_counter()
+    t_start, t0 = time.time(), time.perf_counter()
     report = run_chunk(_campaign(factory, key), c, task=label, lease_s=lease_s, max_attempts=max_attempts)
     return {"chunk": c, "computed": c in report.computed, "published": c in report.published,
             "compute_s": report.compute_s, "overhead_s": report.overhead_s, "task_s": time.perf_counter() - t0,
-            "worker": label}
+            "t_start": t_start, "t_end": time.time(), "worker": label}
 
 
 @dataclass
@@ -72,7 +92,8 @@ class DaskReport:
         out: the merged file (None if chunks failed for good).
         submitted: chunks submitted as tasks (those missing at the start).
         failed: chunk → last error, for chunks that failed `max_attempts` times.
-        tasks: per finished task: chunk, computed, published, compute_s, overhead_s, task_s, worker.
+        tasks: per finished task: chunk, computed, published, compute_s, overhead_s, task_s, t_start and
+            t_end (wall clock [s since the epoch]), worker.
         wall_s: seconds from the first submit to the last result.
     """
 
@@ -134,7 +155,11 @@ def run_on_dask(
     key = hashlib.sha256(pickle.dumps(factory)).hexdigest()
     cluster = None
     if n_workers is not None:
-        cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None)
+        import dask
+
+        with dask.config.set(QUIET):  # the nannies hand this configuration to their workers
+            cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
     client = Client(cluster if cluster is not None else scheduler)
     t0 = time.perf_counter()
     try:

@@ -666,7 +666,8 @@ def load_dataset(path: str | os.PathLike, start: int = 0, stop: int | None = Non
 
     path = Path(path)
     if not path.exists():
-        hint = " (the run is unfinished: run the same generate command again to resume)" if parts_dir(path).exists() else ""
+        unfinished = parts_dir(path).exists()
+        hint = " (the run is unfinished: run the same generate command again to resume)" if unfinished else ""
         raise ValueError(f"dataset {path} does not exist{hint}")
     with h5py.File(path, "r") as f:
         if "theta" not in f or "xod" not in f:

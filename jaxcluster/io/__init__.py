@@ -5,7 +5,16 @@ the (θ, XOD) sets of `jaxcluster.inference` and the cutout sets of
 `jaxcluster.fields` both write through it.
 """
 
-from .campaign import Campaign, CampaignStatus, WorkerReport, campaign_status, merge_campaign, run_chunk, run_worker, write_chunked
+from .campaign import (
+    Campaign,
+    CampaignStatus,
+    WorkerReport,
+    campaign_status,
+    merge_campaign,
+    run_chunk,
+    run_worker,
+    write_chunked,
+)
 from .chunks import ChunkStore, CorruptChunks, array_digest, merge_chunks, parts_dir, pytree_digest
 from .camels import CAMELS_COLUMNS, CamelsTable, read_camels_params, write_camels_params
 from .runs import RunData, load_run, save_run

@@ -205,7 +205,8 @@ class ChunkStore:
             try:
                 old = json.loads(meta_path.read_text())
             except json.JSONDecodeError as err:
-                raise ValueError(f"{meta_path} is not valid JSON ({err}); remove {store.parts} to start again") from None
+                raise ValueError(f"{meta_path} is not valid JSON ({err}); remove {store.parts} to start "
+                                 f"again") from None
             check_settings(f"the partial job in {store.parts}", old, meta)
         return store
 

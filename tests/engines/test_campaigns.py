@@ -57,7 +57,9 @@ def test_array_tasks_and_a_stray_worker_share_one_output(tmp_path, reference):
         r = run_worker(campaign, order=task.order(campaign.n_chunks), task=task.label() + {tag!r}, lease_s=60.0)
         print(json.dumps(dict(computed=r.computed, published=r.published, merged=r.merged, out=str(r.out))))
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", script.format(root=str(ROOT), i=i, out=str(out), tag=tag, ready=str(ready))],
+    code = {(i, tag): script.format(root=str(ROOT), i=i, out=str(out), tag=tag, ready=str(ready))
+            for i, tag in ((0, ""), (1, ""), (0, " (stray)"))}
+    procs = [subprocess.Popen([sys.executable, "-c", code[i, tag]],
                               stdout=subprocess.PIPE, text=True)
              for i, tag in ((0, ""), (1, ""), (0, " (stray)"))]
     reports = []
@@ -148,9 +150,45 @@ def test_cli_slurm_array_task_status_and_merge(tmp_path, monkeypatch, capsys):
 
     for k in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_COUNT"):
         monkeypatch.delenv(k)
-    assert main(cmd) == 0  # an ordinary worker finishes and merges
+    assert main([*cmd, "--task-id", "0", "--num-tasks", "2"]) == 0  # task 0 finishes the campaign and merges
     assert main(["dataset", "merge", str(out)]) == 0
     assert main(["dataset", "status", str(out)]) == 0
     assert "merged" in capsys.readouterr().out
     assert main([*cmd, "--task-id", "2", "--num-tasks", "2"]) == 2
     assert "task_id = 2" in capsys.readouterr().err
+
+
+def test_quiet_worker_settings_reach_dask_and_jobqueue_scripts():
+    """The environment `quiet_environment` gives is read by Dask as `QUIET`, and fits a dask-jobqueue script."""
+    dask = pytest.importorskip("dask")
+    jobqueue = pytest.importorskip("dask_jobqueue")
+    from jaxcluster.engines.dask import QUIET, quiet_environment
+
+    env = quiet_environment()
+    parsed = dask.config.collect_env(env)
+    for key, value in QUIET.items():
+        assert dask.config.get(key, config=parsed) == value
+    exports = [f"export {k}={v}" for k, v in env.items()]
+    with jobqueue.SLURMCluster(cores=4, processes=1, memory="32GB", walltime="01:00:00",
+                               job_extra_directives=["--gres=gpu:1"], job_script_prologue=exports,
+                               worker_extra_args=["--nthreads", "1"]) as cluster:
+        script = cluster.job_script()
+    assert "#SBATCH --gres=gpu:1" in script and all(line in script for line in exports)
+
+
+def test_cli_on_a_running_dask_scheduler(tmp_path, capsys):
+    """`dataset generate --scheduler ADDRESS` (as with a dask-jobqueue cluster) equals the single-process run."""
+    distributed = pytest.importorskip("distributed")
+    from jaxcluster.cli import main
+
+    cmd = ["dataset", "generate", "--simulator", "analytic", "--n", "6", "--chunk-size", "2", "--batch-size", "2",
+           "--params", "Omega_m,sigma_8", "--x64", "--no-progress"]
+    assert main([*cmd, "--out", str(tmp_path / "one.h5")]) == 0
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as c:
+        assert main([*cmd, "--out", str(tmp_path / "dask.h5"), "--scheduler", c.scheduler_address]) == 0
+    assert main([*cmd, "--out", str(tmp_path / "local.h5"), "--dask-workers", "1"]) == 0
+    assert capsys.readouterr().out.count("3 chunks on Dask") == 2
+    assert _sha(tmp_path / "one.h5") == _sha(tmp_path / "dask.h5") == _sha(tmp_path / "local.h5")
+    both = ["--dask-workers", "1", "--task-id", "0", "--num-tasks", "2"]
+    assert main([*cmd, "--out", str(tmp_path / "x.h5"), *both]) == 2
+    assert "exclude each other" in capsys.readouterr().err
