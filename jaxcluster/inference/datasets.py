@@ -67,7 +67,7 @@ from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, ArrayLike, Float, Key, PRNGKeyArray
 
 from ..io.campaign import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, Campaign, merge_campaign, run_worker, write_chunked
-from ..io.chunks import parts_dir, pytree_digest
+from ..io.chunks import parts_dir, pytree_digest, read_attr
 
 __all__ = [
     "DESIGNS",
@@ -461,8 +461,8 @@ def dataset_campaign(
         raise ValueError(f"seed = {seed!r} is outside its allowed range: an integer in [0, 2**31)")
     if not (isinstance(chunk_size, (int, np.integer)) and chunk_size >= 1):
         raise ValueError(f"chunk_size = {chunk_size!r} is outside its allowed range: an integer >= 1")
-    if batch_size is None:
-        batch_size = 1 if batch_mode == "map" else min(int(chunk_size), 32)
+    if batch_size is None:  # the widest vmap of at most 32 samples that divides the chunk
+        batch_size = 1 if batch_mode == "map" else max(b for b in range(1, 33) if chunk_size % b == 0)
     if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1 and chunk_size % batch_size == 0):
         raise ValueError(f"batch_size = {batch_size!r} is outside its allowed range: a positive divisor of "
                          f"chunk_size = {chunk_size}")
@@ -585,8 +585,8 @@ def generate_dataset(
         chunk_size: samples per chunk (a kill loses at most one chunk), ≥ 1.
         batch_mode: ``"vmap"`` (micro-batches of `batch_size` samples) or ``"map"``
             (one sample at a time: simulators too large to batch, such as the survey).
-        batch_size: samples per `vmap` (default min(chunk_size, 32); 1 for ``"map"``),
-            a divisor of `chunk_size`.
+        batch_size: samples per `vmap`, a divisor of `chunk_size` (default: its largest
+            divisor ≤ 32; 1 for ``"map"``).
         mesh: 1-D device mesh the micro-batches are spread over (default: all devices).
         metadata: JSON-serialisable description of the simulator, stored in the file
             and compared on resume.
@@ -617,15 +617,7 @@ def generate_dataset(
 
 
 def _attr(v, key: str):
-    if key == "metadata":
-        return json.loads(v)
-    if isinstance(v, np.ndarray):
-        return [x.item() if hasattr(x, "item") else x for x in v.tolist()] if v.dtype != object else list(v)
-    if isinstance(v, (np.integer, np.floating, np.bool_)):
-        return v.item()
-    if isinstance(v, bytes):
-        return v.decode()
-    return v
+    return json.loads(v) if key == "metadata" else read_attr(v)
 
 
 class Dataset(NamedTuple):

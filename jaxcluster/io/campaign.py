@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from .chunks import ChunkStore, CorruptChunks, check_settings, merge_chunks, parts_dir
+from .chunks import ChunkStore, CorruptChunks, check_settings, merge_chunks, parts_dir, read_attr
 from .claims import claim, claim_owner, claim_state
 
 __all__ = [
@@ -138,29 +138,12 @@ def _finished(campaign: Campaign) -> bool:
     if not campaign.out.exists():
         return False
     with h5py.File(campaign.out, "r") as f:
-        old = {k: _attr(f.attrs[k]) for k in f.attrs if k in campaign.settings}
+        old = {k: read_attr(f.attrs[k]) for k in f.attrs if k in campaign.settings}
     check_settings(campaign.out, old, campaign.settings)
     parts = parts_dir(campaign.out)
     if parts.exists():  # a kill during the cleanup after the merge
         shutil.rmtree(parts, ignore_errors=True)
     return True
-
-
-def _attr(v):
-    import json
-
-    if isinstance(v, str) and v.startswith("{"):
-        try:
-            return json.loads(v)
-        except json.JSONDecodeError:
-            return v
-    if isinstance(v, np.ndarray):
-        return [x.item() if hasattr(x, "item") else x for x in v.tolist()] if v.dtype != object else list(v)
-    if isinstance(v, (np.integer, np.floating, np.bool_)):
-        return v.item()
-    if isinstance(v, bytes):
-        return v.decode()
-    return v
 
 
 def _attempt(store: ChunkStore, campaign: Campaign, c: int, task: str, lease_s: float,

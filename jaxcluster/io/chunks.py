@@ -59,6 +59,7 @@ __all__ = [
     "merge_chunks",
     "parts_dir",
     "check_settings",
+    "read_attr",
     "fsync_replace",
 ]
 
@@ -128,6 +129,22 @@ def _fsync_dir(folder: Path) -> None:
 
 def _diff(old: Mapping, new: Mapping) -> dict:
     return {k: (old.get(k), v) for k, v in new.items() if k not in _IGNORED_SETTINGS and old.get(k) != v}
+
+
+def read_attr(v):
+    """An HDF5 attribute as the JSON value it was written from (settings: dicts were stored as JSON text)."""
+    if isinstance(v, str) and v.startswith("{"):
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    if isinstance(v, np.ndarray):
+        return [x.item() if hasattr(x, "item") else x for x in v.tolist()] if v.dtype != object else list(v)
+    if isinstance(v, (np.integer, np.floating, np.bool_)):
+        return v.item()
+    if isinstance(v, bytes):
+        return v.decode()
+    return v
 
 
 def check_settings(where: str | os.PathLike, old: Mapping, new: Mapping) -> None:
