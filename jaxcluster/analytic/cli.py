@@ -28,7 +28,6 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated free parameters among {','.join(_ALLOWED)}")
     parser.add_argument("--Omega-m", type=float, default=0.3, help="fiducial Ω_m")
     parser.add_argument("--sigma-8", type=float, default=0.8, help="fiducial σ_8")
-    parser.add_argument("--no-prior", action="store_true", help="Fisher: no Gaussian nuisance priors")
 
 
 def _names(args) -> tuple[str, ...]:
@@ -72,6 +71,8 @@ def fisher_main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="jaxcluster fisher", description="Fisher forecast of the analytic XOD model")
     _common(parser)
+    # NUTS always uses the nuisance priors (an improper flat prior could leave the posterior improper)
+    parser.add_argument("--no-prior", action="store_true", help="no Gaussian nuisance priors")
     args = parser.parse_args(argv)
     model = _model(args)
     import equinox as eqx
@@ -121,6 +122,7 @@ def hmc_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--mock", action="store_true", help="fit a Poisson mock instead of the Asimov XOD")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar over the samples")
     args = parser.parse_args(argv)
     if args.chains < 1 or args.warmup < 1 or args.samples < 2:
         raise SystemExit("--chains >= 1, --warmup >= 1 and --samples >= 2 are required")
@@ -132,22 +134,32 @@ def hmc_main(argv: list[str] | None = None) -> int:
 
     from .counts import poisson_mock
     from .fisher import fisher_covariance, fisher_matrix, plot_fisher_corner
-    from .hmc import nuts_diagnostics, run_nuts, unconstrained_covariance
+    from .hmc import initial_points, nuts_diagnostics, run_nuts, unconstrained_covariance
+
+    def say(text: str) -> None:
+        print(f"jaxcluster hmc: {text}", flush=True)
 
     key = jax.random.key(args.seed)
     k_data, k_init, k_run = jax.random.split(key, 3)
+    t_start = time.perf_counter()
+    say(f"Fisher matrix of {model.n_param} parameters ({', '.join(model.names)}) at the fiducial …")
     F, lam = eqx.filter_jit(fisher_matrix)(model)
     data = poisson_mock(k_data, lam) if args.mock else lam
     cov = fisher_covariance(F, _prior_sigma(model.names, True))
     err = jnp.sqrt(jnp.diag(cov))
     th0 = model.theta0()
-    init = th0[None, :] + 0.5 * err[None, :] * jax.random.normal(k_init, (args.chains, model.n_param), th0.dtype)
+    # starting points drawn in the sampling space: always inside the flat priors, and physical
+    init = initial_points(model, k_init, args.chains, cov, scale=0.5)
     imm = unconstrained_covariance(model, cov)
     run = eqx.filter_jit(lambda m, d, i, k, c: run_nuts(m, d, i, key=k, n_warmup=args.warmup,
-                                                         n_samples=args.samples, inverse_mass_matrix=c))
+                                                         n_samples=args.samples, inverse_mass_matrix=c,
+                                                         progress=not args.no_progress))
+    say(f"done in {time.perf_counter() - t_start:.0f} s; NUTS: {args.chains} chains × ({args.warmup} warm-up + "
+        f"{args.samples} samples): compiling, warming up, then a bar over the samples …")
     t0 = time.perf_counter()
     out = jax.block_until_ready(run(model, data, init, k_run, imm))
     seconds = time.perf_counter() - t0
+    say(f"NUTS done in {seconds:.0f} s; writing {args.out}/hmc.json, hmc_samples.npz, hmc_corner.png")
     diag = nuts_diagnostics(out["samples"])
     args.out.mkdir(parents=True, exist_ok=True)
     res = dict(

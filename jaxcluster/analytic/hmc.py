@@ -39,7 +39,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from ..params import PRIOR_BOUNDS
 from .counts import poisson_log_likelihood
@@ -49,6 +49,8 @@ __all__ = [
     "NUISANCE_PRIOR_SIGMA",
     "log_prior",
     "log_posterior",
+    "is_physical",
+    "initial_points",
     "to_unconstrained",
     "from_unconstrained",
     "run_nuts",
@@ -93,13 +95,75 @@ def log_prior(model: AnalyticModel, theta: Float[ArrayLike, " n_param"]) -> Floa
     return total
 
 
+def is_physical(model: AnalyticModel, theta: Float[ArrayLike, " n_param"]) -> Bool[Array, ""]:
+    """Whether θ is finite and every free slope and scatter (``scaling._POSITIVE``) is > 0.
+
+    A sampler's excursion outside this region has zero posterior density;
+    the model itself refuses such θ (`ScalingRelations.check` raises).
+    """
+    from .scaling import _POSITIVE
+
+    theta = jnp.asarray(theta)
+    ok = jnp.all(jnp.isfinite(theta))
+    for i, n in enumerate(model.names):
+        if n in _POSITIVE:
+            ok = ok & (theta[i] > 0)
+    return ok
+
+
+def _log_likelihood(model: AnalyticModel, theta: Array, counts: Array) -> Array:
+    """ln L(counts | λ(θ)), −inf (not an error) where θ is unphysical: the model sees θ₀ there instead."""
+    ok = is_physical(model, theta)
+    safe = jnp.where(ok, theta, model.theta0().astype(theta.dtype))
+    ll = poisson_log_likelihood(counts, model(safe))
+    return jnp.where(ok & jnp.isfinite(ll), ll, -jnp.inf)
+
+
 def log_posterior(
     model: AnalyticModel, theta: Float[ArrayLike, " n_param"], counts: Float[ArrayLike, "n_cr n_hr n_z"]
 ) -> Float[Array, ""]:
-    """ln L(counts | λ(θ)) + ln π(θ) (−inf outside the flat priors)."""
+    """ln L(counts | λ(θ)) + ln π(θ): −inf outside the flat priors and for unphysical θ (`is_physical`)."""
     theta = jnp.asarray(theta)
-    lp = log_prior(model, theta)
-    return lp + poisson_log_likelihood(counts, model(theta))
+    total = log_prior(model, theta) + _log_likelihood(model, theta, jnp.asarray(counts))
+    return jnp.where(is_physical(model, theta), total, -jnp.inf)  # a NaN θ too: not NaN + (−inf)
+
+
+def initial_points(
+    model: AnalyticModel,
+    key: PRNGKeyArray,
+    n_chains: int,
+    cov: Float[ArrayLike, "n_param n_param"],
+    *,
+    scale: float = 0.5,
+    theta: Float[ArrayLike, " n_param"] | None = None,
+) -> Float[Array, "n_chains n_param"]:
+    """Chain starting points around θ (default θ₀), always strictly inside the priors and physical.
+
+    Drawn in the sampling space u (logit of the flat-prior parameters) from
+    N(u(θ), scale² · J C Jᵀ), C the θ-space covariance (e.g. Fisher's), so
+    a flat-prior parameter can never start on or beyond its wall; a draw
+    with a non-positive slope or scatter is replaced by θ.
+
+    Args:
+        model: the `AnalyticModel`.
+        key: PRNG key.
+        n_chains: number of chains, ≥ 1.
+        cov: (n_param, n_param) covariance in θ.
+        scale: spread in units of that covariance, ≥ 0.
+        theta: centre (default `model.theta0()`), inside the priors.
+    """
+    if not (isinstance(n_chains, int) and n_chains >= 1):
+        raise ValueError(f"n_chains = {n_chains!r} is outside its allowed range: an integer >= 1")
+    if not scale >= 0:
+        raise ValueError(f"scale = {scale} is outside its allowed range [0, inf)")
+    theta = model.theta0() if theta is None else jnp.asarray(theta)
+    cov_u = unconstrained_covariance(model, cov, theta)
+    chol = jnp.linalg.cholesky(cov_u + 1e-12 * jnp.eye(model.n_param, dtype=cov_u.dtype))
+    z = jax.random.normal(key, (n_chains, model.n_param), cov_u.dtype)
+    u = to_unconstrained(model, theta)[None, :] + scale * z @ chol.T
+    points = jax.vmap(lambda v: from_unconstrained(model, v)[0])(u)
+    ok = jax.vmap(lambda t: is_physical(model, t))(points)
+    return jnp.where(ok[:, None], points, theta[None, :])
 
 
 def from_unconstrained(
@@ -232,6 +296,7 @@ def run_nuts(
     dense_mass_matrix: bool = True,
     mass_matrix_pseudo_count: float = 0.0,
     reparametrisation: ShearMap | None = None,
+    progress: bool = False,
 ) -> dict[str, Array]:
     """Several NUTS chains (vmapped) on the XOD posterior.
 
@@ -257,6 +322,8 @@ def run_nuts(
         reparametrisation: a `ShearMap` from u to sample in instead (its z,
             roughly standard normal: `inverse_mass_matrix` is then in z, and
             None means identity); the returned samples are still in θ.
+        progress: a tqdm bar over the samples of all chains, fed from inside the compiled
+            program (`jax.debug.callback`); it starts when the warm-up ends.
 
     Returns:
         dict with ``samples`` (n_chains, n_samples, n_param) in θ,
@@ -280,8 +347,10 @@ def run_nuts(
 
     def logdensity(q):
         theta, logdet = from_unconstrained(model, to_u(q))
-        # the shear's Jacobian is a constant: it does not change the sampled density's shape
-        return poisson_log_likelihood(counts, model(theta)) + log_prior(model, theta) + logdet
+        # the shear's Jacobian is a constant: it does not change the sampled density's shape; an
+        # unphysical θ (a slope or scatter <= 0) has zero density, a rejected step, not an error
+        total = _log_likelihood(model, theta, counts) + log_prior(model, theta) + logdet
+        return jnp.where(is_physical(model, theta), total, -jnp.inf)
 
     u_init = jax.vmap(lambda t: to_unconstrained(model, t))(theta_init)
     if shear is not None:
@@ -307,12 +376,19 @@ def run_nuts(
 
         def body(s, kk):
             s, info = step(kk, s)
+            if bar is not None:
+                jax.debug.callback(lambda a: bar.update(int(np.size(a))), info.acceptance_rate)
             return s, (s.position, info.is_divergent, info.acceptance_rate, info.num_integration_steps)
 
         _, (pos, div, acc, nsteps) = jax.lax.scan(body, state, jax.random.split(k_run, n_samples))
         theta = jax.vmap(lambda q: from_unconstrained(model, to_u(q))[0])(pos)
         return theta, div, acc, nsteps, params["step_size"]
 
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=theta_init.shape[0] * n_samples, unit="sample", desc="NUTS (after warm-up)")
     keys = jax.random.split(key, theta_init.shape[0])
     # blackjax builds its adaptation schedule from mixed bool/int Python lists
     # and broadcasts scalars against arrays: allow both locally (tests and

@@ -8,6 +8,8 @@ import jax.numpy as jnp
 import jaxtyping
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxcluster.analytic import (
     NUISANCE_PRIOR_SIGMA,
@@ -110,3 +112,58 @@ def test_cli_fisher_and_hmc(tmp_path):
                      "--warmup", "50", "--samples", "50", "--area", "1000"]) == 0
     res = json.loads((tmp_path / "hmc.json").read_text())
     assert len(res["rhat"]) == 2 and (tmp_path / "hmc_corner.png").exists()
+
+
+def test_unphysical_excursions_have_zero_density(small_model):
+    """A slope or scatter <= 0 is a rejected NUTS step (ln p = −inf), never an exception, also under jit."""
+    from jaxcluster.analytic import AnalyticModel
+    from jaxcluster.analytic.hmc import is_physical, log_posterior
+
+    model = AnalyticModel(("Omega_m", "alpha_MT"), cosmo=small_model.cosmo, tables=small_model.tables,
+                          survey=small_model.survey, binning=small_model.binning)
+    counts = model(model.theta0())
+    lp = jax.jit(lambda t: log_posterior(model, t, counts))
+    assert np.isfinite(float(lp(model.theta0())))
+    for bad in ([0.3, -1.0], [0.3, 0.0], [0.3, jnp.nan]):
+        theta = jnp.asarray(bad, dtype=model.theta0().dtype)
+        assert not bool(is_physical(model, theta)) and float(lp(theta)) == -np.inf
+    g = jax.grad(lambda t: log_posterior(model, t, counts))(model.theta0())
+    assert np.all(np.isfinite(np.asarray(g)))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), scale=st.floats(0.0, 20.0))
+def test_initial_points_are_inside_the_priors_and_physical(small_fisher, small_model, seed, scale):
+    from jaxcluster.analytic.hmc import initial_points, is_physical
+    from jaxcluster.params import PRIOR_BOUNDS
+
+    F, _, prior = small_fisher
+    cov = fisher_covariance(F, prior)
+    init = np.asarray(initial_points(small_model, jax.random.key(seed), 6, cov, scale=scale))
+    assert init.shape == (6, small_model.n_param) and np.all(np.isfinite(init))
+    for i, n in enumerate(small_model.names):
+        if n in ("Omega_m", "sigma_8"):
+            lo, hi = PRIOR_BOUNDS[n]
+            assert np.all((init[:, i] > lo) & (init[:, i] < hi)), n
+    assert all(bool(is_physical(small_model, jnp.asarray(t))) for t in init)
+
+
+def test_cli_hmc_default_parameters_short_chains(tmp_path, capsys):
+    """The README's `jaxcluster hmc --out DIR` on its default 8 parameters, with short chains (seed 0 used to
+    start a chain at σ_8 = 1.043, outside the prior, and die)."""
+    from jaxcluster.analytic.cli import hmc_main
+    from jaxcluster.params import PRIOR_BOUNDS
+
+    assert hmc_main(["--out", str(tmp_path), "--chains", "2", "--warmup", "5", "--samples", "3", "--seed", "0"]) == 0
+    printed = capsys.readouterr()
+    assert "jaxcluster hmc: Fisher matrix of 8 parameters" in printed.out and "NUTS done in" in printed.out
+    res = json.loads((tmp_path / "hmc.json").read_text())
+    assert len(res["names"]) == 8 and np.all(np.isfinite(res["mean"]))
+    samples = np.load(tmp_path / "hmc_samples.npz")["samples"]
+    assert samples.shape == (2, 3, 8) and np.all(np.isfinite(samples))
+    for i, n in enumerate(("Omega_m", "sigma_8")):
+        lo, hi = PRIOR_BOUNDS[n]
+        assert np.all((samples[..., i] > lo) & (samples[..., i] < hi))
+    assert (tmp_path / "hmc_corner.png").exists()
+    with pytest.raises(SystemExit):  # a flag NUTS would ignore is refused (the Fisher command has it)
+        hmc_main(["--out", str(tmp_path), "--no-prior"])
