@@ -66,7 +66,15 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 from jaxtyping import Array, ArrayLike, Float, Key, PRNGKeyArray
 
-from ..io.campaign import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS, Campaign, merge_campaign, run_worker, write_chunked
+from ..io.campaign import (
+    DEFAULT_LEASE_S,
+    DEFAULT_MAX_ATTEMPTS,
+    STORE_KEYS,
+    Campaign,
+    merge_campaign,
+    run_worker,
+    write_chunked,
+)
 from ..io.chunks import parts_dir, pytree_digest, read_attr
 
 __all__ = [
@@ -489,7 +497,6 @@ def dataset_campaign(
         chunk_size=int(chunk_size), batch_size=int(batch_size), dtype=str(np.dtype(dtype)), xod_shape=list(shape),
         metadata=metadata, simulator_digest=pytree_digest(simulator), jaxcluster_version=__version__,
     )
-    n_chunks = -(-int(n) // int(chunk_size))
     n_micro = int(chunk_size) // int(batch_size)
     n_micro_padded = -(-n_micro // n_dev) * n_dev  # whole repeated micro-batches fill idle devices
 
@@ -537,7 +544,7 @@ def merge_dataset(out: str | os.PathLike) -> Path:
     if not (parts / "meta.json").exists():
         raise ValueError(f"no partial dataset at {out} ({parts}/meta.json does not exist)")
     meta = json.loads((parts / "meta.json").read_text())
-    settings = {k: v for k, v in meta.items() if k not in ("n_chunks", "n_rows")}
+    settings = {k: v for k, v in meta.items() if k not in STORE_KEYS}
 
     def no_compute(c):
         raise RuntimeError("merge_dataset computes nothing")

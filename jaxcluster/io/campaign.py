@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 DEFAULT_LEASE_S = 120.0
+# what `Campaign.store` adds to the settings in meta.json (for `campaign_status`; not file attributes)
+STORE_KEYS = ("n_chunks", "n_rows", "chunk_rows")
 DEFAULT_MAX_ATTEMPTS = 3
 
 
@@ -103,7 +105,8 @@ class Campaign:
     def store(self) -> ChunkStore:
         """Open (or join) the chunk folder, checking the settings (rows per chunk kept for `campaign_status`)."""
         rows = [self.rows(c) for c in range(self.n_chunks)]
-        return ChunkStore.open(self.out, {**self.settings, "n_rows": self.n_rows, "chunk_rows": rows}, self.n_chunks)
+        return ChunkStore.open(self.out, {**self.settings, "n_rows": self.n_rows, "chunk_rows": rows},
+                               self.n_chunks)
 
 
 @dataclass

@@ -227,12 +227,6 @@ class ChunkStore:
             check_settings(f"the partial job in {store.parts}", old, meta)
         return store
 
-    def settings(self) -> dict:
-        """The settings in ``meta.json`` (without ``n_chunks``)."""
-        meta = json.loads((self.parts / "meta.json").read_text())
-        meta.pop("n_chunks", None)
-        return meta
-
     def done(self, c: int) -> bool:
         """Whether chunk c is published."""
         return self.chunk_path(c).exists()
@@ -421,8 +415,8 @@ def merge_chunks(store: ChunkStore, settings: dict, *, finalize: Callable[[Any],
                 start += m
             if bad:
                 raise CorruptChunks(bad, store.parts)
-            for k, v in settings.items():
-                f.attrs[k] = json.dumps(v) if isinstance(v, dict) else v
+            for k, v in sorted(settings.items()):  # sorted: the same bytes from a settings dict or meta.json
+                f.attrs[k] = json.dumps(v, sort_keys=True) if isinstance(v, dict) else v
             if finalize is not None:
                 finalize(f)
         with open(tmp, "rb") as f:

@@ -37,7 +37,8 @@ class Toy:
             return jax.random.poisson(key, lam).astype(lam.dtype)
 
         campaign = dataset_campaign(toy, PRIOR, self.n, out, seed=7, design="latin_hypercube",
-                                    chunk_size=self.chunk_size, batch_size=2, metadata={"simulator": "toy"})
+                                    chunk_size=self.chunk_size, batch_size=2,
+                                    metadata={"simulator": "toy", "a_later_key": 1})  # not in sorted order
         if fail_once < 0:
             return campaign
         inner = campaign.make_chunk

@@ -37,6 +37,15 @@ def reference(tmp_path_factory):
     return out
 
 
+def test_merge_command_writes_the_workers_file(tmp_path, reference):
+    """`merge_dataset` (`jaxcluster dataset merge`) on chunks left unmerged equals a worker's own merge."""
+    from jaxcluster.inference.datasets import merge_dataset
+
+    out = tmp_path / "d.h5"
+    assert run_worker(Toy(str(out))(), merge=False).out is None
+    assert merge_dataset(out) == out and _sha(out) == _sha(reference) and not parts_dir(out).exists()
+
+
 def test_array_tasks_and_a_stray_worker_share_one_output(tmp_path, reference):
     """Tasks 0 and 1 of a 2-task array, and task 0 started again by mistake, at once on one output."""
     out, ready = tmp_path / "d.h5", tmp_path / "ready"
