@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["plot_density_slice", "plot_power_spectrum"]
+__all__ = ["PARAM_LABELS", "param_label", "plot_density_slice", "plot_power_spectrum"]
+
+# θ_sim (seed 001 Table 1) and the scaling-relation parameters of the analytic model, typeset for matplotlib
+PARAM_LABELS: dict[str, str] = {
+    "Omega_m": r"$\Omega_{\rm m}$", "sigma_8": r"$\sigma_8$",
+    "A_SN1": r"$A_{\rm SN1}$", "A_SN2": r"$A_{\rm SN2}$", "A_AGN1": r"$A_{\rm AGN1}$", "A_AGN2": r"$A_{\rm AGN2}$",
+    "log10_M0": r"$\log_{10} M_0$", "alpha_MT": r"$\alpha_{MT}$", "gamma_MT": r"$\gamma_{MT}$",
+    "log10_L0": r"$\log_{10} L_0$", "alpha_LT": r"$\alpha_{LT}$", "gamma_LT": r"$\gamma_{LT}$",
+}
+
+
+def param_label(name: str) -> str:
+    """The typeset (mathtext) label of a parameter name; unknown names are returned as they are."""
+    return PARAM_LABELS.get(name, name)
 
 
 def plot_density_slice(delta, box_size, ax, thickness: int = 4):

@@ -282,6 +282,11 @@ class AnalyticSimulator(eqx.Module):
 
         return poisson_mock(key, self.model(theta))
 
+    @property
+    def binning(self):
+        """The XOD bin edges (`analytic.XODBinning`)."""
+        return self.model.binning
+
 
 class SurveySimulator(eqx.Module):
     """The survey pipeline's XOD (`survey.simulate_xod`) for θ = θ_sim (6,).
@@ -316,6 +321,11 @@ class SurveySimulator(eqx.Module):
 
         return simulate_xod(ThetaSim.from_array(theta), key, self.config, soft=self.soft, eldl=self.eldl,
                             table=self.table)
+
+    @property
+    def binning(self):
+        """The XOD bin edges (`analytic.XODBinning`)."""
+        return self.config.binning
 
 
 def _check_design(design: str) -> None:
@@ -497,6 +507,9 @@ def dataset_campaign(
         chunk_size=int(chunk_size), batch_size=int(batch_size), dtype=str(np.dtype(dtype)), xod_shape=list(shape),
         metadata=metadata, simulator_digest=pytree_digest(simulator), jaxcluster_version=__version__,
     )
+    binning = getattr(simulator, "binning", None)
+    if binning is not None:  # so that an observed XOD can be checked against the training set's bins
+        settings["xod_edges"] = {k: [float(v) for v in getattr(binning, f"{k}_edges")] for k in ("cr", "hr", "z")}
     n_micro = int(chunk_size) // int(batch_size)
     n_micro_padded = -(-n_micro // n_dev) * n_dev  # whole repeated micro-batches fill idle devices
 

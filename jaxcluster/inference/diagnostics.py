@@ -281,8 +281,14 @@ def _levels_2d(h: np.ndarray, probs=(0.68, 0.95)) -> list[float]:
 
 def corner_plot(samples: Mapping[str, Float[ArrayLike, "L d"]], names: Sequence[str], *,
                 truth: Float[ArrayLike, " d"] | None = None, bins: int = 30,
-                path: str | os.PathLike | None = None) -> Any:
-    """Corner plot of one or more sample sets: 1-D histograms and 68/95 % 2-D contours; returns the Figure."""
+                path: str | os.PathLike | None = None, title: str | None = None) -> Any:
+    """Corner plot of one or more sample sets: 1-D histograms and 68/95 % 2-D contours; returns the Figure.
+
+    Axes are labelled with the typeset parameter names (`jaxcluster.plotting.param_label`);
+    the legend names every sample set, the truth (black) when given, and the contour levels.
+    """
+    from ..plotting import param_label
+
     plt = _plt(path)
     sets = {k: np.asarray(v, np.float64) for k, v in samples.items()}
     d = len(names)
@@ -319,16 +325,25 @@ def corner_plot(samples: Mapping[str, Float[ArrayLike, "L d"]], names: Sequence[
             if r == c:
                 ax.set_yticks([])
             if r == d - 1:
-                ax.set_xlabel(names[c])
+                ax.set_xlabel(param_label(names[c]))
+                ax.tick_params(axis="x", labelrotation=45, labelsize=7)
             else:
                 ax.set_xticklabels([])
             if c == 0 and r > 0:
-                ax.set_ylabel(names[r])
+                ax.set_ylabel(param_label(names[r]))
+                ax.tick_params(axis="y", labelsize=7)
             elif c > 0 and r != c:
                 ax.set_yticklabels([])
     fig.tight_layout()
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper right", fontsize=8, frameon=False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=f"C{i}", label=label) for i, label in enumerate(sets)]
+    if truth is not None:
+        handles.append(Line2D([], [], color="k", marker="+", lw=0.8, label="truth"))
+    handles.append(Line2D([], [], color="none", label="contours: 68 %, 95 %"))
+    fig.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, x=0.02, ha="left", fontsize=10)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
