@@ -104,6 +104,10 @@ def _forwarded(command: str):
         from .inference.cli import main as dataset_main
 
         return dataset_main
+    if command == "npe":
+        from .inference.npe_cli import main as npe_main
+
+        return npe_main
     if command == "eldl":
         from .baryons.train import main as eldl_train_main
 
@@ -128,6 +132,7 @@ _FORWARDED = {
     "sensitivity": "∂/∂θ_sim of the survey observables, simulation Fisher, CR–M vs θ: `jaxcluster sensitivity --out DIR [options]`",
     "eldl": "train the eLDL painter: `jaxcluster eldl train --cv DIR --lh DIR --out DIR [options]`",
     "dataset": "(θ, XOD) training sets, resumable: `jaxcluster dataset generate --simulator {analytic,survey} --n N --out FILE`",
+    "npe": "neural posteriors: `jaxcluster npe train DATASET --out DIR`, `npe infer DIR --xod FILE`, `npe validate DIR --dataset FILE`",
 }
 
 
