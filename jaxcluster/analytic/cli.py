@@ -1,8 +1,10 @@
 """Command-line entry points of the analytic baseline: ``jaxcluster fisher`` and ``jaxcluster hmc``.
 
-Both write a JSON summary and a corner plot to ``--out``. They switch x64 on
-(the analytic integrals and the Fisher inversion need float64), at the entry
-point as ARCHITECTURE §2 asks, never at import.
+Both write a JSON summary (with a ``provenance`` record) and a corner plot to
+``--out``; ``hmc --xod FILE`` fits an observed XOD and also writes the
+posterior products of ``npe infer`` (`jaxcluster.inference.posterior_files`).
+They switch x64 on (the analytic integrals and the Fisher inversion need
+float64), at the entry point as ARCHITECTURE §2 asks, never at import.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
+from ..clihelp import HelpFormatter, add_deprecated_alias
 from .scaling import SCALING_NAMES
 
 __all__ = ["fisher_main", "hmc_main"]
@@ -20,14 +24,23 @@ __all__ = ["fisher_main", "hmc_main"]
 _ALLOWED = ("Omega_m", "sigma_8") + SCALING_NAMES
 
 
+_AREA_DEFAULT = 200.0  # deg², seed 001
+_CR_CUT_DEFAULT = 0.02  # counts s⁻¹, seed 001
+_JSON_DIGITS = 10  # float64 results (x64): keep more digits than clean_json's float32 default
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output directory (created)")
-    parser.add_argument("--area", type=float, default=200.0, help="survey area [deg²] (default 200, seed 001)")
-    parser.add_argument("--cr-cut", type=float, default=0.02, help="CR[0.5-2 keV] cut [counts/s] (default 0.02)")
+    parser.add_argument("--area", type=float, default=None,
+                        help=f"survey area [deg²] (default: {_AREA_DEFAULT:g}, seed 001; with --xod the file's area)")
+    parser.add_argument("--cr-cut", type=float, default=None,
+                        help=f"selection cut on CR[0.5–2 keV] [counts s⁻¹] (default: {_CR_CUT_DEFAULT:g}; "
+                        "with --xod the file's lowest CR edge)")
     parser.add_argument("--params", default="Omega_m,sigma_8,log10_M0,alpha_MT,gamma_MT,log10_L0,alpha_LT,gamma_LT",
                         help=f"comma-separated free parameters among {','.join(_ALLOWED)}")
-    parser.add_argument("--Omega-m", type=float, default=0.3, help="fiducial Ω_m")
-    parser.add_argument("--sigma-8", type=float, default=0.8, help="fiducial σ_8")
+    parser.add_argument("--omega-m", type=float, default=0.3, help="fiducial Ω_m (Fisher point, prior range [0.1, 0.5])")
+    parser.add_argument("--sigma-8", type=float, default=0.8, help="fiducial σ_8 (Fisher point, prior range [0.6, 1.0])")
+    add_deprecated_alias(parser, "--Omega-m", dest="omega_m", type=float)  # the old spelling, hidden
 
 
 def _names(args) -> tuple[str, ...]:
@@ -35,23 +48,49 @@ def _names(args) -> tuple[str, ...]:
     bad = [n for n in names if n not in _ALLOWED]
     if bad or not names:
         raise SystemExit(f"--params: unknown or empty {bad or names}; allowed: {','.join(_ALLOWED)}")
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--params: {','.join(names)} names a parameter twice")
     return names
 
 
-def _model(args):
+def _model(args, observed=None):
+    """The `AnalyticModel` of the options; with ``observed`` (an `ObservedXOD`), on its bins, area and cut."""
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    import numpy as np
+
     from ..cosmology import Cosmology
-    from .counts import SurveySpec
+    from .counts import SurveySpec, XODBinning
     from .fisher import AnalyticModel
 
+    area = args.area if args.area is not None else _AREA_DEFAULT
+    cr_cut = args.cr_cut if args.cr_cut is not None else _CR_CUT_DEFAULT
+    binning = None
+    if observed is not None:
+        if observed.edges is None:
+            raise SystemExit(f"error: --xod {observed.source} has no bin edges: the analytic model cannot be put on "
+                             "its bins (`jaxcluster simulate` and `dataset generate` write them)")
+        lowest = float(observed.edges["cr"][0])
+        if args.cr_cut is None:
+            cr_cut = lowest  # the XOD's selection is its lowest CR edge
+        elif not math.isclose(args.cr_cut, lowest, rel_tol=1e-6):
+            raise SystemExit(f"error: --cr-cut {args.cr_cut:g} differs from the lowest CR edge {lowest:g} counts/s of "
+                             f"{observed.source}: the model's selection must be the XOD's (leave --cr-cut out)")
+        if args.area is None:
+            if observed.area_deg2 is None:
+                raise SystemExit(f"error: --xod {observed.source} does not record its area: give --area [deg²]")
+            area = observed.area_deg2
+        try:
+            binning = XODBinning(*(np.asarray(observed.edges[a]) for a in ("cr", "hr", "z")))
+        except ValueError as err:
+            raise SystemExit(f"error: --xod {observed.source}: {err}") from None
     try:
-        survey = SurveySpec(area_deg2=args.area, cr_cut=args.cr_cut)
-        cosmo = Cosmology(Omega_m=args.Omega_m, sigma_8=args.sigma_8)
+        survey = SurveySpec(area_deg2=area, cr_cut=cr_cut)
+        cosmo = Cosmology(Omega_m=args.omega_m, sigma_8=args.sigma_8)
+        return AnalyticModel(_names(args), cosmo=cosmo, survey=survey, binning=binning)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    return AnalyticModel(_names(args), cosmo=cosmo, survey=survey)
 
 
 def _prior_sigma(names, use_prior: bool):
@@ -63,16 +102,35 @@ def _prior_sigma(names, use_prior: bool):
                       for n in names])
 
 
+def _settings(args) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "out"} | {"out": str(args.out)}
+
+
+def _write_json(path: Path, res: dict, command: str, model, args, seed: int | None = None) -> None:
+    """``res`` with its floats cleaned and a ``provenance`` record, written to ``path``."""
+    import numpy as np
+
+    from ..io.provenance import clean_json, provenance
+
+    theta = dict(zip(model.names, np.asarray(model.theta0()).tolist()))
+    settings = _settings(args) | dict(area_deg2=model.survey.area_deg2, cr_cut=model.survey.cr_cut,
+                                      xod_shape=list(model.binning.shape))
+    res = dict(res, provenance=provenance(command, seed=seed, theta=theta, settings=settings))
+    path.write_text(json.dumps(clean_json(res, _JSON_DIGITS), indent=2))
+
+
 def fisher_main(argv: list[str] | None = None) -> int:
-    """``jaxcluster fisher --out DIR [--area 200] [--cr-cut 0.02] [--params ...]``.
+    """``jaxcluster fisher --out DIR [--area 200] [--cr-cut 0.02] [--params ...] [--omega-m 0.3] [--sigma-8 0.8]``.
 
     Writes ``DIR/fisher.json`` (θ₀, F, covariance, marginal errors, FoM(Ω_m, σ_8),
-    total counts, timing) and ``DIR/fisher_corner.png``.
+    total counts, timing, provenance) and ``DIR/fisher_corner.png``.
     """
-    parser = argparse.ArgumentParser(prog="jaxcluster fisher", description="Fisher forecast of the analytic XOD model")
+    parser = argparse.ArgumentParser(prog="jaxcluster fisher", description="Fisher forecast of the analytic XOD model",
+                                     formatter_class=HelpFormatter)
     _common(parser)
     # NUTS always uses the nuisance priors (an improper flat prior could leave the posterior improper)
-    parser.add_argument("--no-prior", action="store_true", help="no Gaussian nuisance priors")
+    parser.add_argument("--no-prior", action="store_true",
+                        help="no Gaussian priors on the scaling-relation parameters (pure Poisson Fisher)")
     args = parser.parse_args(argv)
     model = _model(args)
     import equinox as eqx
@@ -81,10 +139,16 @@ def fisher_main(argv: list[str] | None = None) -> int:
 
     from .fisher import figure_of_merit, fisher_covariance, fisher_matrix, marginal_errors, plot_fisher_corner
 
+    def say(text: str) -> None:
+        print(f"jaxcluster fisher: {text}", flush=True)
+
+    say(f"Fisher matrix of {model.n_param} parameters ({', '.join(model.names)}), {model.survey.area_deg2:g} deg², "
+        f"CR > {model.survey.cr_cut:g} counts/s: compiling λ(θ) and its Jacobian …")
     f = eqx.filter_jit(fisher_matrix)
     t0 = time.perf_counter()
     F, lam = jax.block_until_ready(f(model))
     t_first = time.perf_counter() - t0
+    say(f"done in {t_first:.1f} s (with compilation); timing a second call …")
     t0 = time.perf_counter()
     F, lam = jax.block_until_ready(f(model))
     t_run = time.perf_counter() - t0
@@ -95,38 +159,84 @@ def fisher_main(argv: list[str] | None = None) -> int:
                           model.names.index("sigma_8") if "sigma_8" in model.names else 1, prior) \
         if model.n_param >= 2 else float("nan")
     args.out.mkdir(parents=True, exist_ok=True)
+    say(f"{t_run:.2f} s per call; {float(np.sum(np.asarray(lam))):.1f} clusters expected; "
+        f"writing {args.out}/fisher.json, fisher_corner.png")
     res = dict(
-        names=list(model.names), theta0=np.asarray(model.theta0()).tolist(), fisher=np.asarray(F).tolist(),
+        names=list(model.names), theta0=np.asarray(model.theta0()), fisher=np.asarray(F),
         prior_sigma=[None if not math.isfinite(v) else float(v) for v in np.asarray(prior)],
-        covariance=np.asarray(cov).tolist(), marginal_errors=np.asarray(err).tolist(), fom_Omega_m_sigma_8=float(fom),
-        total_counts=float(np.sum(np.asarray(lam))), area_deg2=args.area, cr_cut=args.cr_cut,
+        covariance=np.asarray(cov), marginal_errors=np.asarray(err), fom_Omega_m_sigma_8=float(fom),
+        total_counts=float(np.sum(np.asarray(lam))), area_deg2=model.survey.area_deg2, cr_cut=model.survey.cr_cut,
         seconds_first_call=t_first, seconds=t_run,
     )
-    (args.out / "fisher.json").write_text(json.dumps(res, indent=2))
-    plot_fisher_corner(cov, model.theta0(), model.names, path=args.out / "fisher_corner.png")
+    _write_json(args.out / "fisher.json", res, "fisher", model, args)
+    import matplotlib.pyplot as plt
+
+    fig = plot_fisher_corner(cov, model.theta0(), model.names, path=args.out / "fisher_corner.png",
+                             title=f"Fisher forecast, analytic model, {model.survey.area_deg2:g} deg²")
+    plt.close(fig)
+    for n, e in zip(model.names, np.asarray(err)):
+        say(f"σ({n}) = {e:.4g}")
     return 0
 
 
 def hmc_main(argv: list[str] | None = None) -> int:
-    """``jaxcluster hmc --out DIR [--chains 4] [--warmup 500] [--samples 1000] [--mock] [--seed 0] ...``.
+    """``jaxcluster hmc --out DIR [--chains 4] [--warmup 500] [--samples 1000] [--mock | --xod FILE [--index I]] ...``.
 
-    Samples the posterior of an Asimov XOD (λ(θ₀), default) or of a Poisson
-    mock (``--mock``) with NUTS; writes ``DIR/hmc.json`` (mean, std, R̂, ESS,
-    divergences, step sizes, Fisher errors for comparison, timing),
-    ``DIR/hmc_samples.npz`` and ``DIR/hmc_corner.png``.
+    Samples with NUTS the posterior of an Asimov XOD (λ(θ₀), default), of a
+    Poisson mock (``--mock``) or of an observed XOD (``--xod``: ``xod.npz`` of
+    ``jaxcluster simulate`` or sample I of a ``dataset generate`` file; the
+    model is put on the file's bins, area and CR cut). Writes ``DIR/hmc.json``
+    (mean, std, R̂, ESS, divergences, step sizes, Fisher errors for comparison,
+    timing, provenance), ``DIR/hmc_samples.npz`` and ``DIR/hmc_corner.png``;
+    with ``--xod`` also ``posterior.h5``, ``posterior_summary.ecsv`` and
+    ``corner.png``, as ``npe infer`` writes them.
     """
-    parser = argparse.ArgumentParser(prog="jaxcluster hmc", description="NUTS on the analytic XOD posterior")
+    parser = argparse.ArgumentParser(prog="jaxcluster hmc", description="NUTS on the analytic XOD posterior",
+                                     formatter_class=HelpFormatter)
     _common(parser)
-    parser.add_argument("--chains", type=int, default=4)
-    parser.add_argument("--warmup", type=int, default=500)
-    parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mock", action="store_true", help="fit a Poisson mock instead of the Asimov XOD")
+    parser.add_argument("--chains", type=int, default=4, help="independent NUTS chains (vectorised)")
+    parser.add_argument("--warmup", type=int, default=500, help="warm-up (step-size adaptation) steps per chain")
+    parser.add_argument("--samples", type=int, default=1000, help="kept samples per chain")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the PRNG key (mock, starting points, NUTS)")
+    data = parser.add_mutually_exclusive_group()
+    data.add_argument("--mock", action="store_true", help="fit a Poisson mock instead of the Asimov XOD")
+    data.add_argument("--xod", type=Path, default=None,
+                      help="fit this observed XOD: xod.npz of `jaxcluster simulate`, or a `dataset generate` HDF5 "
+                      "file with --index")
+    parser.add_argument("--index", type=int, default=None, help="which sample of a --xod dataset (0-based)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar over the samples")
     args = parser.parse_args(argv)
     if args.chains < 1 or args.warmup < 1 or args.samples < 2:
         raise SystemExit("--chains >= 1, --warmup >= 1 and --samples >= 2 are required")
-    model = _model(args)
+    if args.index is not None and args.xod is None:
+        raise SystemExit("--index selects a sample of a --xod dataset: give --xod FILE")
+
+    def say(text: str) -> None:
+        print(f"jaxcluster hmc: {text}", flush=True)
+
+    observed = None
+    if args.xod is not None:
+        from ..inference.observed import check_binning, read_xod
+
+        try:
+            observed = read_xod(args.xod, args.index)
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+    model = _model(args, observed)
+    if observed is not None:
+        import numpy as np
+
+        b = model.binning
+        try:
+            check_binning(observed, b.shape, {"cr": b.cr_edges, "hr": b.hr_edges, "z": b.z_edges},
+                          what="the analytic model")
+        except ValueError as err:
+            raise SystemExit(f"error: {err}") from None
+        say(f"fitting {observed.source}: {float(np.sum(observed.xod)):.0f} clusters in {b.shape} (CR, HR, z) bins, "
+            f"{model.survey.area_deg2:g} deg², CR > {model.survey.cr_cut:g} counts/s")
+        if _is_simulated_survey(observed):
+            say("note: the analytic model (scaling relations, Tinker08 mass function) is not the physics of the "
+                "simulated survey (PM, eLDL gas, detection): this fit is a model comparison, not a consistency test")
     import equinox as eqx
     import jax
     import jax.numpy as jnp
@@ -136,15 +246,15 @@ def hmc_main(argv: list[str] | None = None) -> int:
     from .fisher import fisher_covariance, fisher_matrix, plot_fisher_corner
     from .hmc import initial_points, nuts_diagnostics, run_nuts, unconstrained_covariance
 
-    def say(text: str) -> None:
-        print(f"jaxcluster hmc: {text}", flush=True)
-
     key = jax.random.key(args.seed)
     k_data, k_init, k_run = jax.random.split(key, 3)
     t_start = time.perf_counter()
     say(f"Fisher matrix of {model.n_param} parameters ({', '.join(model.names)}) at the fiducial …")
     F, lam = eqx.filter_jit(fisher_matrix)(model)
-    data = poisson_mock(k_data, lam) if args.mock else lam
+    if observed is not None:
+        data = jnp.asarray(observed.xod, dtype=lam.dtype)
+    else:
+        data = poisson_mock(k_data, lam) if args.mock else lam
     cov = fisher_covariance(F, _prior_sigma(model.names, True))
     err = jnp.sqrt(jnp.diag(cov))
     th0 = model.theta0()
@@ -159,20 +269,64 @@ def hmc_main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     out = jax.block_until_ready(run(model, data, init, k_run, imm))
     seconds = time.perf_counter() - t0
-    say(f"NUTS done in {seconds:.0f} s; writing {args.out}/hmc.json, hmc_samples.npz, hmc_corner.png")
+    products = "hmc.json, hmc_samples.npz, hmc_corner.png" + (
+        ", posterior.h5, posterior_summary.ecsv, corner.png" if observed is not None else "")
+    say(f"NUTS done in {seconds:.0f} s; writing {args.out}/{{{products}}}")
     diag = nuts_diagnostics(out["samples"])
     args.out.mkdir(parents=True, exist_ok=True)
+    truth = _truth(observed, model.names)
     res = dict(
-        names=list(model.names), theta0=np.asarray(th0).tolist(), data="mock" if args.mock else "asimov",
-        mean=np.asarray(diag["mean"]).tolist(), std=np.asarray(diag["std"]).tolist(),
-        rhat=np.asarray(diag["rhat"]).tolist(), ess=np.asarray(diag["ess"]).tolist(),
-        fisher_errors=np.asarray(err).tolist(), n_divergent=int(np.sum(np.asarray(out["is_divergent"]))),
-        step_size=np.asarray(out["step_size"]).tolist(), chains=args.chains, warmup=args.warmup,
+        names=list(model.names), theta0=np.asarray(th0),
+        data="xod" if observed is not None else ("mock" if args.mock else "asimov"),
+        mean=np.asarray(diag["mean"]), std=np.asarray(diag["std"]),
+        rhat=np.asarray(diag["rhat"]), ess=np.asarray(diag["ess"]),
+        fisher_errors=np.asarray(err), n_divergent=int(np.sum(np.asarray(out["is_divergent"]))),
+        step_size=np.asarray(out["step_size"]), chains=args.chains, warmup=args.warmup,
         samples=args.samples, seconds_including_compilation=seconds,
         ess_per_second=float(np.min(np.asarray(diag["ess"])) / seconds),
+        area_deg2=model.survey.area_deg2, cr_cut=model.survey.cr_cut,
     )
-    (args.out / "hmc.json").write_text(json.dumps(res, indent=2))
+    if observed is not None:
+        res |= dict(xod=observed.source, total_counts_observed=float(np.sum(observed.xod)),
+                    truth=None if truth is None else np.asarray(truth))
+    _write_json(args.out / "hmc.json", res, "hmc", model, args, seed=args.seed)
     np.savez(args.out / "hmc_samples.npz", samples=np.asarray(out["samples"]), names=np.array(model.names))
     flat = np.asarray(out["samples"]).reshape(-1, model.n_param)
-    plot_fisher_corner(cov, th0, model.names, samples=flat, path=args.out / "hmc_corner.png")
+    import matplotlib.pyplot as plt
+
+    what = observed.source if observed is not None else ("Poisson mock" if args.mock else "Asimov XOD")
+    fig = plot_fisher_corner(cov, th0, model.names, samples=flat, path=args.out / "hmc_corner.png",
+                             title=f"NUTS on {what} vs Fisher at the fiducial")
+    plt.close(fig)
+    if observed is not None:
+        from ..inference.posterior_files import write_posterior
+        from ..io.provenance import provenance
+
+        prov = provenance("hmc", seed=args.seed, theta=dict(zip(model.names, np.asarray(th0).tolist())),
+                          settings=_settings(args) | dict(xod=observed.source, area_deg2=model.survey.area_deg2,
+                                                          cr_cut=model.survey.cr_cut))
+        write_posterior(args.out, flat, model.names, method="nuts (analytic)", provenance=prov, truth=truth,
+                        extra=dict(xod=observed.source))
+    if res["n_divergent"]:
+        say(f"warning: {res['n_divergent']} divergent transitions")
     return 0
+
+
+# θ_sim parameters the analytic model does not have: a file that carries them comes from the simulated survey
+_SURVEY_ONLY = ("A_SN1", "A_SN2", "A_AGN1", "A_AGN2")
+
+
+def _is_simulated_survey(observed) -> bool:
+    """Whether ``observed`` was made by the simulated survey (``simulate``, or a ``--simulator survey`` dataset)."""
+    return str(observed.source).endswith(".npz") or any(n in _SURVEY_ONLY for n in observed.names)
+
+
+def _truth(observed, names):
+    """The true value of every model parameter from the file, or None unless the file has all of them."""
+    import numpy as np
+
+    if observed is None or observed.truth is None or not observed.names:
+        return None
+    if len(observed.names) != np.size(observed.truth) or not all(n in observed.names for n in names):
+        return None
+    return np.asarray([observed.truth[observed.names.index(n)] for n in names], np.float64)

@@ -188,17 +188,26 @@ def plot_fisher_corner(
     samples: Float[ArrayLike, "n_sample n"] | None = None,
     path: str | os.PathLike | None = None,
     n_sigma: Sequence[float] = (1.0, 2.0),
+    *,
+    fiducial: Float[ArrayLike, " n"] | None = None,
+    title: str | None = None,
 ) -> Any:  # a matplotlib Figure; matplotlib is imported lazily
     """Corner plot: Fisher ellipses (1σ, 2σ) and Gaussian marginals; optional MCMC samples overlaid.
+
+    Axes carry the typeset parameter names (`jaxcluster.plotting.param_label`);
+    a legend names the Fisher forecast, the NUTS samples (when given) and the
+    fiducial point (black +: ``fiducial``, default ``mean``).
 
     Args:
         cov: (n, n) covariance (e.g. `fisher_covariance(F)`).
         mean: (n,) centre of the ellipses.
-        names: n parameter labels.
+        names: n parameter names (``"Omega_m"``, …).
         samples: (n_sample, n) posterior samples drawn as points and histograms.
         path: if given, the figure is saved there.
         n_sigma: ellipse levels in units of σ (2-D Δχ² for 68 %, 95 % are 2.30, 6.17:
             the default levels are the 1σ, 2σ projections, as Fisher plots usually show).
+        fiducial: (n,) the point marked as the fiducial (default ``mean``).
+        title: optional figure title.
 
     Returns:
         The matplotlib `Figure` of the corner plot.
@@ -208,15 +217,23 @@ def plot_fisher_corner(
     if path is not None:
         matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Ellipse
+
+    from ..plotting import param_label
 
     cov, mean = np.asarray(cov, dtype=np.float64), np.asarray(mean, dtype=np.float64)
     n = len(names)
     if cov.shape != (n, n) or mean.shape != (n,):
         raise ValueError(f"cov {cov.shape} and mean {mean.shape} must match {n} names")
+    fid = mean if fiducial is None else np.asarray(fiducial, dtype=np.float64)
+    if fid.shape != (n,):
+        raise ValueError(f"fiducial must have shape ({n},), got {fid.shape}")
     sd = np.sqrt(np.diag(cov))
-    fig, axes = plt.subplots(n, n, figsize=(1.9 * n + 1, 1.9 * n + 1), squeeze=False)
     smp = None if samples is None else np.asarray(samples, dtype=np.float64)
+    if smp is not None and (smp.ndim != 2 or smp.shape[1] != n):
+        raise ValueError(f"samples must be (n_sample, {n}), got {smp.shape}")
+    fig, axes = plt.subplots(n, n, figsize=(1.9 * n + 1.2, 1.9 * n + 1.2), squeeze=False)
     for r in range(n):
         for c in range(n):
             ax = axes[r, c]
@@ -228,27 +245,45 @@ def plot_fisher_corner(
                 ax.plot(x, np.exp(-0.5 * ((x - mean[r]) / sd[r]) ** 2) / (sd[r] * np.sqrt(2 * np.pi)), "C0")
                 if smp is not None:
                     ax.hist(smp[:, r], bins=30, density=True, histtype="step", color="C1")
+                ax.axvline(fid[r], color="k", lw=0.8)
                 ax.set_yticks([])
             else:
                 sub = cov[np.ix_([c, r], [c, r])]
                 vals, vecs = np.linalg.eigh(sub)
                 angle = np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))
                 if smp is not None:
-                    ax.plot(smp[:, c], smp[:, r], ",", color="C1", alpha=0.4)
-                for k in n_sigma:
+                    ax.plot(smp[:, c], smp[:, r], ".", ms=1.5, color="C1", alpha=0.4)
+                for k, ls in zip(n_sigma, ("-", "--", ":", "-.") * len(n_sigma)):
                     w, h = 2 * k * np.sqrt(np.maximum(vals[::-1], 0))
-                    ax.add_patch(Ellipse((mean[c], mean[r]), w, h, angle=angle, fill=False, color="C0"))
+                    ax.add_patch(Ellipse((mean[c], mean[r]), w, h, angle=angle, fill=False, color="C0", ls=ls))
+                ax.plot(fid[c], fid[r], "k+", ms=8)
                 ax.set_xlim(mean[c] - 4 * sd[c], mean[c] + 4 * sd[c])
                 ax.set_ylim(mean[r] - 4 * sd[r], mean[r] + 4 * sd[r])
             if r == n - 1:
-                ax.set_xlabel(names[c])
+                ax.set_xlabel(param_label(names[c]))
+                ax.tick_params(axis="x", labelrotation=45, labelsize=7)
             else:
                 ax.set_xticklabels([])
             if c == 0 and r > 0:
-                ax.set_ylabel(names[r])
+                ax.set_ylabel(param_label(names[r]))
+                ax.tick_params(axis="y", labelsize=7)
             elif c > 0:
                 ax.set_yticklabels([])
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96) if title else None)
+    levels = ", ".join(f"{k:g}σ" for k in n_sigma)
+    handles = [Line2D([], [], color="C0", label=f"Fisher forecast ({levels})")]
+    if smp is not None:
+        handles.append(Line2D([], [], color="C1", label=f"NUTS samples ({smp.shape[0]})"))
+    handles.append(Line2D([], [], color="k", marker="+", lw=0.8, label="fiducial"))
+    if len(n_sigma) > 1:
+        handles[0].set_linestyle("-")  # solid: the first level; dashed, dotted: the next ones
+    if n == 1:  # no empty upper triangle: put the legend above the single panel
+        fig.legend(handles=handles, loc="upper center", fontsize=8, frameon=False, ncol=len(handles))
+        fig.subplots_adjust(top=0.8)
+    else:
+        fig.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title, x=0.02, ha="left", fontsize=10)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig

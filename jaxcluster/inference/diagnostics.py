@@ -233,7 +233,12 @@ def _plt(path):
 
 def plot_rank_histograms(ranks: Int[ArrayLike, "n d"], n_samples: int, names: Sequence[str], *, n_bins: int = 20,
                          path: str | os.PathLike | None = None) -> Any:
-    """Rank histograms with the 99 % binomial band and KS p-values in the titles; returns the Figure."""
+    """Rank histograms with the 99 % binomial band and KS p-values in the titles; returns the Figure.
+
+    Panel titles are the typeset parameter names (`jaxcluster.plotting.param_label`).
+    """
+    from ..plotting import param_label
+
     plt = _plt(path)
     h = rank_histogram(ranks, n_samples, n_bins)
     d = h["counts"].shape[1]
@@ -244,7 +249,7 @@ def plot_rank_histograms(ranks: Int[ArrayLike, "n d"], n_samples: int, names: Se
         ax.axhspan(h["lower"], h["upper"], color="0.85", label="99 % binomial band")
         ax.axhline(h["expected"], color="k", ls="--", lw=0.8)
         ax.stairs(h["counts"][:, j], h["edges"], color="C0", lw=1.5)
-        ax.set_title(f"{names[j]}  (KS p = {h['ks_pvalue'][j]:.2f})", fontsize=9)
+        ax.set_title(f"{param_label(names[j])}  (KS p = {h['ks_pvalue'][j]:.2f})", fontsize=9)
         ax.set_xlabel("rank")
         ax.set_yticks([])
     axes[0, 0].legend(fontsize=7, loc="lower center")
