@@ -57,17 +57,25 @@ def _run(args) -> int:
     axes[1].set_title(r"$P(k)$ at z = 0 (dotted: $k_{\rm Nyq}/2$ of the particles)")
     fig.tight_layout()
     fig.savefig(out / "pm_density_and_power.png", dpi=120)
+    from .io.provenance import clean_json, provenance
+
+    settings = dict(box_size=box, particles=config.particle_shape, mesh=config.mesh_shape, steps=args.steps,
+                    a_init=args.a_init, x64=args.x64)
+    prov = provenance("run", seed=args.seed, theta=dict(Omega_m=args.omega_m, sigma_8=args.sigma_8), settings=settings)
     with open(out / "power_spectrum.txt", "w") as f:
-        f.write("# k [h/Mpc]  P(k) [h^-3 Mpc^3]  P_lin(k)  n_modes\n")
+        f.write(f"# {prov['software']}, `jaxcluster run` on {prov['date_utc']}: seed {args.seed}, "
+                f"Omega_m = {args.omega_m:g}, sigma_8 = {args.sigma_8:g}, {n}^3 particles in {box[0]:g} h^-1 Mpc, "
+                f"mesh {config.mesh_shape[0]}^3, {args.steps} steps from a = {args.a_init:g} (summary.json: full record)\n")
+        f.write("# k [h/Mpc]  P(k) [h^-3 Mpc^3]  P_lin(k) [h^-3 Mpc^3]  n_modes\n")
         for row in zip(k.tolist(), P.tolist(), P_lin.tolist(), n_modes.tolist()):
             f.write("%.6e %.6e %.6e %d\n" % row)
     summary = dict(
         box_size=box, particles=config.particle_shape, mesh=config.mesh_shape, steps=args.steps,
         a_init=args.a_init, Omega_m=args.omega_m, sigma_8=args.sigma_8, seed=args.seed,
         wall_time_s_including_compile=wall, sigma_delta=float(jnp.std(delta)),
-        outputs=["pm_density_and_power.png", "power_spectrum.txt"],
+        outputs=["pm_density_and_power.png", "power_spectrum.txt"], provenance=prov,
     )
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / "summary.json").write_text(json.dumps(clean_json(summary), indent=2))
     print(f"jaxcluster run: {n}³ particles, {args.steps} steps in {wall:.1f} s (with compilation); wrote {out}/")
     return 0
 
@@ -137,18 +145,22 @@ _FORWARDED = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="jaxcluster", description=__doc__)
+    from .clihelp import HelpFormatter
+
+    parser = argparse.ArgumentParser(prog="jaxcluster", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="PM simulation on the shipped defaults: density slice and P(k) plot")
-    run.add_argument("--out", default="jaxcluster_run", help="output directory")
+    run = sub.add_parser("run", help="PM simulation on the shipped defaults: density slice and P(k) plot",
+                         description="PM simulation (2LPT + FastPM) of one periodic box: density slice, P(k) against "
+                         "linear theory, summary.json", formatter_class=HelpFormatter)
+    run.add_argument("--out", default="jaxcluster_run", help="output directory (created)")
     run.add_argument("--box", type=float, default=256.0, help="box side [h⁻¹ Mpc]")
     run.add_argument("--particles", type=int, default=64, help="particles per side")
     run.add_argument("--mesh-factor", type=int, default=2, help="force-mesh cells per particle spacing")
     run.add_argument("--steps", type=int, default=10, help="FastPM steps from a_init to 1")
     run.add_argument("--a-init", type=float, default=0.1, help="scale factor of the 2LPT initial conditions")
-    run.add_argument("--omega-m", type=float, default=0.3)
-    run.add_argument("--sigma-8", type=float, default=0.8)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--omega-m", type=float, default=0.3, help="Ω_m (prior range [0.1, 0.5])")
+    run.add_argument("--sigma-8", type=float, default=0.8, help="σ_8 (prior range [0.6, 1.0])")
+    run.add_argument("--seed", type=int, default=0, help="seed of the initial conditions' white noise")
     run.add_argument("--x64", action="store_true", help="run in float64")
     run.set_defaults(func=_run)
     for name, text in _FORWARDED.items():  # listed in --help; dispatched before parsing

@@ -33,8 +33,12 @@ import numpy as np
 
 
 def _parser():
-    p = argparse.ArgumentParser(prog="jaxcluster sensitivity", description=__doc__.splitlines()[0])
-    p.add_argument("--out", type=pathlib.Path, required=True, help="output directory")
+    from ..clihelp import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="jaxcluster sensitivity", description=__doc__.splitlines()[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--out", type=pathlib.Path, required=True, help="output directory (created; a rerun resumes from "
+                   "its stage_*.npz)")
     p.add_argument("--area", type=float, default=2.0, help="lightcone area [deg²]")
     p.add_argument("--boxes", type=int, default=4, help="boxes per lightcone")
     p.add_argument("--cell-size", type=float, default=2.0, help="voxel [h⁻¹ Mpc]")
@@ -42,27 +46,27 @@ def _parser():
     p.add_argument("--steps", type=int, default=3, help="PM steps per box")
     p.add_argument("--threshold", type=float, default=2e-9, help="detection threshold [counts s⁻¹ arcmin⁻²]")
     p.add_argument("--cr-min", type=float, default=2e-7, help="CR[0.5–2] cut [counts s⁻¹]")
-    p.add_argument("--cr-bins", type=int, default=4, help="log CR bins over [cr_min, 1000 cr_min]")
+    p.add_argument("--cr-bins", type=int, default=4, help="log CR bins over [--cr-min, 1000 × --cr-min]")
     p.add_argument("--hr-bins", type=int, default=3, help="log HR bins over [--hr-min, --hr-max]")
     p.add_argument("--hr-min", type=float, default=0.03, help="lowest HR edge (coarse cells make soft spectra)")
     p.add_argument("--hr-max", type=float, default=1.0, help="highest HR edge")
-    p.add_argument("--z-bins", type=int, default=2, help="z bins")
+    p.add_argument("--z-bins", type=int, default=2, help="z bins over [0.1, 0.5]")
     p.add_argument("--max-sources", type=int, default=16, help="sources kept per box map")
     p.add_argument("--softness", type=float, default=0.02, help="soft-XOD scale in log10 CR, HR [dex]")
-    p.add_argument("--softness-z", type=float, default=0.005, help="soft-XOD scale in z")
+    p.add_argument("--softness-z", type=float, default=0.005, help="soft-XOD scale in redshift")
     p.add_argument("--isophote-softness", type=float, default=0.05,
                    help="soft isophotes' scale in log10 pixel count rate [dex]; 0: hard masks (no isophote response)")
-    p.add_argument("--keys", type=int, default=6, help="realisations (≥ 2)")
+    p.add_argument("--keys", type=int, default=6, help="lightcone realisations (≥ 2: Monte-Carlo errors)")
     p.add_argument("--fd-fraction", type=float, default=0.05, help="FD step, fraction of each prior width")
     p.add_argument("--fisher-area", type=float, default=200.0, help="survey area the Fisher matrix is scaled to [deg²]")
-    p.add_argument("--skip-fd", action="store_true", help="no finite differences")
-    p.add_argument("--skip-scaling", action="store_true", help="no CR–M study")
+    p.add_argument("--skip-fd", action="store_true", help="no finite-difference check of the derivatives")
+    p.add_argument("--skip-scaling", action="store_true", help="no CR–M study (scaling.json and its figures)")
     p.add_argument("--scaling-keys", type=int, default=4, help="boxes per θ for the CR–M fits (≥ 2)")
-    p.add_argument("--scaling-box", type=float, nargs=3, default=(64.0, 64.0, 32.0), help="box [h⁻¹ Mpc]")
-    p.add_argument("--scaling-cell", type=float, default=1.0, help="box cell [h⁻¹ Mpc]")
+    p.add_argument("--scaling-box", type=float, nargs=3, default=(64.0, 64.0, 32.0), help="box of the CR–M study, 3 sides [h⁻¹ Mpc]")
+    p.add_argument("--scaling-cell", type=float, default=1.0, help="cell of the CR–M study's boxes [h⁻¹ Mpc]")
     p.add_argument("--scaling-steps", type=int, default=5, help="PM steps of the boxes")
     p.add_argument("--scaling-fraction", type=float, default=0.1, help="grid step, fraction of each prior width")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the lightcone and box keys")
     return p
 
 
@@ -116,6 +120,14 @@ def _run(args) -> int:
                             xod_sensitivity)
     from .montecarlo import mc_estimate, paired_sigma
 
+    from ..io.provenance import clean_json, provenance
+
+    def say(text: str) -> None:
+        print(f"jaxcluster sensitivity: {text}", flush=True)
+
+    def resumed(name: str) -> str:
+        return " (resumed from stage_%s.npz)" % name if (out / f"stage_{name}.npz").exists() else " …"
+
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     table = default_emissivity_table()
@@ -139,7 +151,11 @@ def _run(args) -> int:
         timings["segmentations_s"] = time.perf_counter() - t0
         return {"segs": segs}
 
+    t_start = time.perf_counter()
+    say(f"{args.keys} lightcones of {args.area:g} deg² ({args.boxes} boxes, {args.cell_size:g} h⁻¹ Mpc cells): "
+        f"reference segmentations{resumed('segmentations')}")
     segs = jnp.asarray(_stage(out, "segmentations", seg_stage)["segs"])
+    say(f"[{time.perf_counter() - t_start:.0f} s] forward-mode derivatives of the soft XOD{resumed('autodiff')}")
 
     def ad_stage():
         t0 = time.perf_counter()
@@ -185,6 +201,8 @@ def _run(args) -> int:
             timings["finite_differences_s"] = time.perf_counter() - t0
             return {"fixed": fixed, "hard": hard, "soft_redetect": soft_re, "soft_redetect_half": soft_half}
 
+        say(f"[{time.perf_counter() - t_start:.0f} s] finite differences (fixed segmentation, re-detected, "
+            f"half steps){resumed('fd')}")
         fd = _stage(out, "fd", fd_stage)
         kinds = ["hard", "soft_redetect"]
         if "soft_redetect_half" in fd:  # runs saved before the half steps have none
@@ -213,6 +231,7 @@ def _run(args) -> int:
         _plot_derivatives(plt, out, PARAM_NAMES, jac_k, fd, project)
 
     # --- simulation Fisher, beside the analytic one
+    say(f"[{time.perf_counter() - t_start:.0f} s] simulation Fisher matrix, the analytic one beside it, figures …")
     scale = args.fisher_area / config.area_deg2
     F, N = simulation_fisher(xod_k, jac_k, area_scale=scale)
     F, N = np.asarray(F), np.asarray(N)
@@ -252,13 +271,17 @@ def _run(args) -> int:
     except Exception as err:  # noqa: BLE001 plots of a singular matrix
         result["fisher"]["plot_error"] = str(err)
     result["timings"] = timings
-    (out / "sensitivity.json").write_text(json.dumps(result, indent=2))
+    th_named = dict(zip(PARAM_NAMES, np.asarray(theta.to_array()).tolist()))
+    result["provenance"] = provenance("sensitivity", seed=args.seed, theta=th_named, settings=result["config"])
+    (out / "sensitivity.json").write_text(json.dumps(clean_json(result), indent=2))
 
     if not args.skip_scaling:
         from .scaling_study import run_scaling_study
 
+        say(f"[{time.perf_counter() - t_start:.0f} s] CR–M study: {args.scaling_keys} boxes at each point of a 3-point grid per θ_sim parameter, "
+            "fits and their autodiff gradient …")
         run_scaling_study(args, theta, eldl, table, out, plt)
-    print(f"jaxcluster sensitivity: wrote {out}/ (SYNTHETIC baryons)")
+    say(f"wrote {out}/ in {time.perf_counter() - t_start:.0f} s (SYNTHETIC baryons)")
     return 0
 
 

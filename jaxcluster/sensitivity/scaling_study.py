@@ -185,7 +185,11 @@ def run_scaling_study(args, theta: ThetaSim, eldl: ExtendedLDL, table: Emissivit
             grid_fd_jackknife_se=dict(zip(("norm", "slope", "scatter"), se.tolist())),
             deviation_sigma=dict(zip(("norm", "slope", "scatter"), (np.abs(jac[:, a] - fd) / np.where(se > 0, se, np.inf)).tolist())),
         )
-    (out / "scaling.json").write_text(json.dumps(res, indent=2))
+    from ..io.provenance import clean_json, provenance
+
+    res["provenance"] = provenance("sensitivity", seed=args.seed, theta=dict(zip(PARAM_NAMES, np.asarray(th).tolist())),
+                                   settings={k: v for k, v in vars(args).items() if k.startswith("scaling") or k == "seed"})
+    (out / "scaling.json").write_text(json.dumps(clean_json(res), indent=2))
     # figures
     lm, lc = centre.log10()
     w = np.asarray(centre.sample_weights(config)).ravel()
