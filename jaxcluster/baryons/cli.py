@@ -41,32 +41,34 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="jaxcluster data", description=_DESCRIPTION)
+    from ..clihelp import HelpFormatter
+
+    parser = _Parser(prog="jaxcluster data", description=_DESCRIPTION, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="{generate,convert-camels}")
     gen = sub.add_parser("generate", help="write a synthetic CV- or LH-like training set (stand-ins for CAMELS)",
-                         description=_DESCRIPTION)
+                         description=_DESCRIPTION, formatter_class=HelpFormatter)
     gen.add_argument("kind", choices=tuple(_KINDS), help="; ".join(f"{k}: {v}" for k, v in _KINDS.items()))
     gen.add_argument("--out", type=Path, required=True, help="output directory (created; re-use it to resume)")
     gen.add_argument("--n", type=int, default=None, help="number of samples (default: cv 8, lh 1000)")
-    gen.add_argument("--seed", type=int, default=None, help="master seed (default 0)")
-    gen.add_argument("--steps", type=int, default=None, help="FastPM steps from z = 6 to z = 0.1 (default 20)")
+    gen.add_argument("--seed", type=int, default=None, help="master seed (default: 0)")
+    gen.add_argument("--steps", type=int, default=None, help="FastPM steps from z = 6 to z = 0.1 (default: 20)")
     gen.add_argument("--n-side", type=int, default=None,
                      help="particles per side = voxels per side of the fields (default: cv 128, lh 64)")
     gen.add_argument("--box", type=float, default=None, help="box side [h⁻¹ Mpc] (default: cv 50, lh 25)")
     gen.add_argument("--gas-core-subsample", type=int, default=None,
-                     help="profile samples per cell and axis in the 3³ cells around each halo centre (default 8; "
+                     help="profile samples per cell and axis in the 3³ cells around each halo centre (default: 8; "
                      "2 resumes sets made before this option existed)")
     gen.add_argument("--no-progress", action="store_true", help="no progress bar")
     conv = sub.add_parser(
         "convert-camels", help="turn real CAMELS simulations into an eLDL training set",
         description="Voxelise the gas of CAMELS/IllustrisTNG snapshots at the chosen redshifts and re-simulate "
         "their dark matter with the PM from the highest-redshift snapshot (z = 6), writing the layout "
-        "`jaxcluster eldl train` reads. Rerun to resume.")
+        "`jaxcluster eldl train` reads. Rerun to resume.", formatter_class=HelpFormatter)
     conv.add_argument("sims", type=Path, nargs="+", help="simulation directories (e.g. IllustrisTNG/LH_0), snap_*.hdf5 inside")
-    conv.add_argument("--params", type=Path, required=True, help="CAMELS parameter table")
-    conv.add_argument("--out", type=Path, required=True, help="output directory")
-    conv.add_argument("--redshifts", type=float, nargs="+", default=None, help="default: the eight of seed 001 Table 1")
-    conv.add_argument("--steps", type=int, default=20, help="PM steps from the first snapshot (default 20)")
+    conv.add_argument("--params", type=Path, required=True, help="CAMELS parameter table (CosmoAstroSeed_params.txt layout)")
+    conv.add_argument("--out", type=Path, required=True, help="output directory (created; re-use it to resume)")
+    conv.add_argument("--redshifts", type=float, nargs="+", default=None, help="redshifts of the snapshots to convert (default: the eight of seed 001 Table 1)")
+    conv.add_argument("--steps", type=int, default=20, help="PM steps from the first snapshot")
     conv.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

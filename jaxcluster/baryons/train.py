@@ -481,30 +481,37 @@ def main(argv: list[str] | None = None) -> int:
     import sys
     import time
 
+    from ..clihelp import HelpFormatter
+
     parser = argparse.ArgumentParser(
-        prog="jaxcluster eldl train",
+        prog="jaxcluster eldl train", formatter_class=HelpFormatter,
         description="Train the extended LDL in seed 001's stages (base LDL on the CV set at z = 0.21 with L-BFGS, "
         "then θ_sim hypernetworks on the LH set, one T head per redshift). Data: directories of run files "
         "(`jaxcluster data generate`, or real CAMELS converted with jaxcluster.io). Rerun the same command "
         "to resume after an interruption.",
     )
-    parser.add_argument("--cv", type=Path, required=True, help="CV-like set directory")
-    parser.add_argument("--lh", type=Path, required=True, help="LH-like set directory")
+    parser.add_argument("--cv", type=Path, required=True, help="CV-like set directory (`jaxcluster data generate cv`)")
+    parser.add_argument("--lh", type=Path, required=True, help="LH-like set directory (`jaxcluster data generate lh`)")
     parser.add_argument("--out", type=Path, required=True, help="output directory: eldl.eqx, eldl.json, checkpoints/")
-    parser.add_argument("--filter", choices=("bspline", "parametric"), default="bspline", help="Fourier operator")
+    parser.add_argument("--filter", choices=("bspline", "parametric"), default="bspline",
+                        help="Fourier filter of the displacement layers")
     parser.add_argument("--gradient", choices=GRADIENTS, default="exact",
                         help="displacement gradient: exact (Fourier, seed 001) or fd4 (real-space stencil, one inverse FFT)")
     parser.add_argument("--source-stride", type=int, default=1,
                         help="paint each displacement layer's source from every N-th particle (odd N; 1: all)")
-    parser.add_argument("--base-iterations", type=int, default=TrainingConfig.base_iterations)
+    parser.add_argument("--base-iterations", type=int, default=TrainingConfig.base_iterations,
+                        help="L-BFGS iterations of the base LDL (CV set, z = 0.21)")
     parser.add_argument("--epochs", type=int, default=TrainingConfig.hyper_epochs, help="hypernetwork epochs (at most)")
-    parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size)
-    parser.add_argument("--learning-rate", type=float, default=TrainingConfig.learning_rate)
-    parser.add_argument("--patience", type=int, default=TrainingConfig.patience)
+    parser.add_argument("--batch-size", type=int, default=TrainingConfig.batch_size,
+                        help="boxes per hypernetwork step")
+    parser.add_argument("--learning-rate", type=float, default=TrainingConfig.learning_rate,
+                        help="Adam learning rate of the hypernetworks")
+    parser.add_argument("--patience", type=int, default=TrainingConfig.patience,
+                        help="epochs without a better validation loss before a stage stops early")
     parser.add_argument("--max-cv-boxes", type=int, default=None, help="use at most this many CV boxes")
     parser.add_argument("--max-lh-boxes", type=int, default=None, help="use at most this many LH boxes per redshift")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the batch order")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         for name in ("source_stride", "max_cv_boxes", "max_lh_boxes"):
@@ -539,7 +546,11 @@ def main(argv: list[str] | None = None) -> int:
         spec = getattr(args, name) / "spec.json"
         if spec.exists():
             meta[f"{name}_spec"] = json.loads(spec.read_text())
-    save_eldl(args.out / "eldl.eqx", model, structure, meta)
+    from ..io.provenance import clean_json, provenance
+
+    meta["provenance"] = provenance("eldl train", seed=args.seed, settings=dict(
+        structure, cv=str(args.cv), lh=str(args.lh), **dataclasses.asdict(config)))
+    save_eldl(args.out / "eldl.eqx", model, structure, clean_json(meta))
     print(f"jaxcluster eldl train: wrote {args.out / 'eldl.eqx'} ({len(metrics)} stages; best validation {summary})")
     return 0
 
