@@ -52,22 +52,35 @@ def _bands(text: str) -> tuple[tuple[float, float], ...]:
     return out
 
 
+def _band_text(bands) -> str:
+    return ",".join(f"{lo:g}-{hi:g}" for lo, hi in bands)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="jaxcluster.xray.build_tables", description=__doc__.split("\n")[0])
-    p.add_argument("--arf", action="append", help="ARF file (repeat, one per --rmf)")
-    p.add_argument("--rmf", action="append", help="RMF file (repeat)")
-    p.add_argument("-o", "--output", default=None, help="output npz (default: the shipped file)")
-    p.add_argument("--bands", type=_bands, default=DEFAULT_BANDS_KEV, help="observer bands, keV: 0.5-1,1-2")
-    p.add_argument("--energy-bands", type=_bands, default=DEFAULT_ENERGY_BANDS_KEV, help="energy-flux bands")
-    p.add_argument("--T-min", type=float, default=DEFAULT_T_KEV_RANGE[0], help="keV")
-    p.add_argument("--T-max", type=float, default=DEFAULT_T_KEV_RANGE[1], help="keV")
-    p.add_argument("--n-T", type=int, default=DEFAULT_N_T)
-    p.add_argument("--z-min", type=float, default=DEFAULT_Z_RANGE[0])
-    p.add_argument("--z-max", type=float, default=DEFAULT_Z_RANGE[1])
-    p.add_argument("--n-z", type=int, default=DEFAULT_N_Z)
-    p.add_argument("--metallicity", type=float, default=0.3, help="Z/Z_sun (AG89)")
-    p.add_argument("--method", choices=("auto", "apec", "brems"), default="auto")
-    p.add_argument("--atomdb-dir", default=None, help="AtomDB directory if $ATOMDB is unset")
+    from ..clihelp import HelpFormatter
+
+    p = argparse.ArgumentParser(prog="jaxcluster tables build", description=__doc__.split("\n")[0],
+                                formatter_class=HelpFormatter)
+    p.add_argument("--arf", action="append",
+                   help="ARF file (repeat, one per --rmf) (default: the maintainers' XMM-Newton pn thin-filter ARF)")
+    p.add_argument("--rmf", action="append", help="RMF file (repeat, one per --arf) (default: the matching pn RMF)")
+    p.add_argument("-o", "--output", default=None, help="output .npz (default: the shipped file, overwritten)")
+    p.add_argument("--bands", type=_bands, default=DEFAULT_BANDS_KEV,
+                   help=f"observer-frame count-rate bands [keV] (default: {_band_text(DEFAULT_BANDS_KEV)})")
+    p.add_argument("--energy-bands", type=_bands, default=DEFAULT_ENERGY_BANDS_KEV,
+                   help=f"observer-frame energy-flux bands [keV] (default: {_band_text(DEFAULT_ENERGY_BANDS_KEV)})")
+    p.add_argument("--T-min", type=float, default=DEFAULT_T_KEV_RANGE[0], help="lowest temperature knot [keV]")
+    p.add_argument("--T-max", type=float, default=DEFAULT_T_KEV_RANGE[1], help="highest temperature knot [keV]")
+    p.add_argument("--n-T", type=int, default=DEFAULT_N_T, help="log-spaced temperature knots (≥ 4)")
+    p.add_argument("--z-min", type=float, default=DEFAULT_Z_RANGE[0], help="lowest redshift knot")
+    p.add_argument("--z-max", type=float, default=DEFAULT_Z_RANGE[1], help="highest redshift knot")
+    p.add_argument("--n-z", type=int, default=DEFAULT_N_Z, help="linearly spaced redshift knots (≥ 4)")
+    p.add_argument("--metallicity", type=float, default=0.3, help="metals relative to solar, Z/Z☉ (AG89 abundances)")
+    p.add_argument("--method", choices=("auto", "apec", "brems"), default="auto",
+                   help="spectral model: apec (AtomDB lines + continuum), brems (continuum only), "
+                   "auto (apec when AtomDB is installed)")
+    p.add_argument("--atomdb-dir", default=None, help="AtomDB directory (default: $ATOMDB)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars over the redshift knots")
     return p
 
 
@@ -90,13 +103,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: need 0 < T-min < T-max, -1 < z-min < z-max, n-T, n-z >= 4", file=sys.stderr)
         return 2
     output = args.output or os.path.join(os.path.dirname(__file__), "..", "data", "emissivity_pn_default.npz")
+    def say(text: str) -> None:
+        print(f"jaxcluster tables build: {text}", flush=True)
+
     try:
+        say(f"reading {len(arfs)} response(s): {', '.join(os.path.basename(a) for a in arfs)} …")
         responses = [read_response(a, r) for a, r in zip(arfs, rmfs)]
         banded = [band_response(r, args.bands) for r in responses]
         T = np.geomspace(args.T_min, args.T_max, args.n_T)
         z = np.linspace(args.z_min, args.z_max, args.n_z)
-        common = dict(T_keV=T, z=z, metallicity=args.metallicity, method=args.method, cache_dir=args.atomdb_dir)
+        common = dict(T_keV=T, z=z, metallicity=args.metallicity, method=args.method, cache_dir=args.atomdb_dir,
+                      progress=not args.no_progress)
+        say(f"count-rate table: {args.n_T} T × {args.n_z} z spectra ({args.method}) …")
         table = build_emissivity_table(banded, bands_keV=args.bands, **common)
+        say("energy-flux table …")
         energy = build_energy_table(bands_keV=args.energy_bands, **common)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -112,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_emissivity_tables(
         output, {"count_rate": table, "energy_flux": energy}, band_responses=stored, metallicity=args.metallicity
     )
-    print(
+    say(
         f"wrote {os.path.normpath(output)}: method {table.method} ({table.atomdb_version}), "
         f"{T.size} T x {z.size} z, bands {table.bands_keV}, energy bands {energy.bands_keV}"
     )

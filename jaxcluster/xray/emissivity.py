@@ -374,10 +374,13 @@ def _gaunt_breaks(T: np.ndarray, method: str) -> np.ndarray:
     return kT
 
 
-def _tabulate(eps_fn, T: np.ndarray, zz: np.ndarray, breaks: np.ndarray):
-    """log10 ε on the grid, split into a continuous part and steps at `breaks`."""
+def _tabulate(eps_fn, T: np.ndarray, zz: np.ndarray, breaks: np.ndarray, progress: bool = False, desc: str = "table"):
+    """log10 ε on the grid, split into a continuous part and steps at `breaks`; a tqdm bar over z if ``progress``."""
+    from tqdm.auto import tqdm
+
     # z outer: APEC re-sets its energy grid (expensive) only once per redshift
-    log_eps = np.log10(np.stack([np.stack([eps_fn(Ti, zj) for Ti in T]) for zj in zz], axis=1))
+    rows = [np.stack([eps_fn(Ti, zj) for Ti in T]) for zj in tqdm(zz, desc=desc, unit="z", disable=not progress)]
+    log_eps = np.log10(np.stack(rows, axis=1))
     jumps = np.zeros((breaks.size, zz.size, log_eps.shape[-1]))
     for b, Tb in enumerate(breaks):
         for j, zj in enumerate(zz):
@@ -415,6 +418,7 @@ def build_emissivity_table(
     metallicity: SupportsFloat = 0.3,
     method: str = "auto",
     cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> EmissivityTable:
     """Tabulate the count-rate emissivity ε_b(T, z) (see the module docstring).
 
@@ -428,6 +432,7 @@ def build_emissivity_table(
         method: ``"auto"`` (APEC if the AtomDB files are installed, else the
             continuum), ``"apec"`` or ``"brems"``.
         cache_dir: AtomDB directory when ``$ATOMDB`` is unset.
+        progress: a progress bar over the redshift knots (APEC takes minutes).
 
     Returns:
         The `EmissivityTable` (``quantity = "photon"``), arrays in JAX's
@@ -438,7 +443,7 @@ def build_emissivity_table(
     rs, grids = _prepare(responses, bands_keV)
     resolved, spec = spectrum_model(method, metallicity, cache_dir)
     log_eps, log_Tb, jumps = _tabulate(
-        lambda Ti, zj: _photon_eps(spec, Ti, zj, grids), T, zz, _gaunt_breaks(T, resolved)
+        lambda Ti, zj: _photon_eps(spec, Ti, zj, grids), T, zz, _gaunt_breaks(T, resolved), progress, "count-rate table"
     )
     if not np.all(np.isfinite(log_eps)):
         raise ValueError(
@@ -456,10 +461,11 @@ def build_energy_table(
     metallicity: SupportsFloat = 0.3,
     method: str = "auto",
     cache_dir: str | os.PathLike | None = None,
+    progress: bool = False,
 ) -> EmissivityTable:
     """Tabulate the energy-flux emissivity ε^E_b(T, z) [erg cm³ s⁻¹] (no instrument).
 
-    Same grids and arguments as `build_emissivity_table`; default band
+    Same grids and arguments (``progress`` included) as `build_emissivity_table`; default band
     observer-frame [0.5–2] keV.
     """
     T = _check_grid("T_keV", np.geomspace(*DEFAULT_T_KEV_RANGE, DEFAULT_N_T) if T_keV is None else T_keV, 0.0)
@@ -470,7 +476,7 @@ def build_energy_table(
             raise ValueError(f"band ({lo}, {hi}) keV: need 0 < lo < hi")
     resolved, spec = spectrum_model(method, metallicity, cache_dir)
     log_eps, log_Tb, jumps = _tabulate(
-        lambda Ti, zj: _energy_eps(spec, Ti, zj, bands), T, zz, _gaunt_breaks(T, resolved)
+        lambda Ti, zj: _energy_eps(spec, Ti, zj, bands), T, zz, _gaunt_breaks(T, resolved), progress, "energy-flux table"
     )
     return _assemble(T, zz, log_eps, log_Tb, jumps, bands, "energy", resolved, cache_dir, metallicity, ())
 
