@@ -112,22 +112,27 @@ class DatasetJob:
 def _parser() -> argparse.ArgumentParser:
     from ..io.campaign import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from ..clihelp import HelpFormatter
+
+    fmt = HelpFormatter
     p = argparse.ArgumentParser(prog="jaxcluster dataset", description=__doc__.splitlines()[0], formatter_class=fmt)
     sub = p.add_subparsers(dest="action", required=True)
     g = sub.add_parser("generate", help="simulate (θ, XOD) pairs into an HDF5 file (resumable; many workers welcome)",
                        formatter_class=fmt)
-    g.add_argument("--simulator", choices=("analytic", "survey"), required=True)
+    g.add_argument("--simulator", choices=("analytic", "survey"), required=True,
+                   help="analytic: the XOD model of `jaxcluster fisher/hmc`; survey: the simulated survey of "
+                   "`jaxcluster simulate` (PM, eLDL gas, detection)")
     g.add_argument("--n", type=int, required=True, help="number of (θ, XOD) pairs")
     g.add_argument("--out", required=True, help="output HDF5 file")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--design", choices=("random", "latin_hypercube"), default="random")
+    g.add_argument("--seed", type=int, default=0, help="seed of the θ design and of the simulations' keys")
+    g.add_argument("--design", choices=("random", "latin_hypercube"), default="random",
+                   help="how θ fills the prior box: independent uniform draws or a Latin hypercube")
     g.add_argument("--chunk-size", type=int, default=None,
                    help="samples per written chunk (default: 128 for analytic, 1 for survey)")
     g.add_argument("--batch-size", type=int, default=None,
                    help="samples per vmap, a divisor of the chunk size (default: min(chunk, 32); survey: 1)")
     g.add_argument("--x64", action="store_true", help="simulate in float64")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
     w = g.add_argument_group("workers (SLURM job arrays, Dask)")
     w.add_argument("--task-id", type=int, default=None,
                    help="this array task's index (default: from SLURM_ARRAY_TASK_ID when set)")
@@ -149,16 +154,19 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--cr-cut", type=float, default=0.02, help="CR[0.5-2] cut [counts/s]")
     s = g.add_argument_group("survey simulator (θ = θ_sim, seed 001 Table 1 priors)")
     s.add_argument("--area", type=float, default=None,
-                   help="survey area [deg²] (analytic default 200; survey: one lightcone, default 4)")
-    s.add_argument("--n-boxes", type=int, default=12)
+                   help="survey area [deg²] (default: analytic 200; survey 4, one lightcone)")
+    s.add_argument("--n-boxes", type=int, default=12, help="PM boxes along the lightcone")
     s.add_argument("--cell-size", type=float, default=2.0, help="voxel side [h⁻¹ Mpc]")
     s.add_argument("--pixel", type=float, default=3.0, help="map pixel [arcmin]")
     s.add_argument("--steps", type=int, default=4, help="PM steps per box")
     s.add_argument("--threshold", type=float, default=1e-7, help="detection threshold [counts s⁻¹ arcmin⁻²]")
     s.add_argument("--cr-min", type=float, default=1e-5, help="CR[0.5–2] cut [counts s⁻¹]")
-    s.add_argument("--detector", choices=("sep", "jax"), default="sep")
-    s.add_argument("--omega-m", type=_pair, default=None, metavar="LOW,HIGH", help="narrower Ω_m prior")
-    s.add_argument("--sigma-8", type=_pair, default=None, metavar="LOW,HIGH", help="narrower σ_8 prior")
+    s.add_argument("--detector", choices=("sep", "jax"), default="sep",
+                   help="source detection: sep (SExtractor's algorithm, host) or jax (on the device)")
+    s.add_argument("--omega-m", type=_pair, default=None, metavar="LOW,HIGH",
+                   help="narrower Ω_m prior inside [0.1, 0.5] (default: the seed 001 prior)")
+    s.add_argument("--sigma-8", type=_pair, default=None, metavar="LOW,HIGH",
+                   help="narrower σ_8 prior inside [0.6, 1.0] (default: the seed 001 prior)")
     st = sub.add_parser("status", help="done / running / missing / failed chunks, throughput and time left",
                         formatter_class=fmt)
     st.add_argument("file", help="the dataset's output file (its chunks are in FILE.parts/)")
@@ -166,9 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="print the status as JSON")
     m = sub.add_parser("merge", help="merge a dataset whose chunks are all present (checksums verified)",
                        formatter_class=fmt)
-    m.add_argument("file")
+    m.add_argument("file", help="the dataset's output file (its chunks are in FILE.parts/)")
     i = sub.add_parser("info", help="print a dataset's size and settings", formatter_class=fmt)
-    i.add_argument("file")
+    i.add_argument("file", help="a dataset (HDF5)")
     return p
 
 
@@ -177,8 +185,20 @@ def _job(args) -> DatasetJob:
     return DatasetJob(**{k: v for k, v in vars(args).items() if k in keys})
 
 
+# options of one simulator only: given with the other one they would do nothing, so they are refused
+_ONLY = {"analytic": ("params", "n_sigma", "cr_cut"),
+         "survey": ("n_boxes", "cell_size", "pixel", "steps", "threshold", "cr_min", "detector", "omega_m", "sigma_8")}
+
+
 def _generate(args) -> int:
     job = _job(args)
+    for simulator, names in _ONLY.items():
+        if args.simulator == simulator:
+            continue
+        given = [n for n in names if getattr(job, n) != DatasetJob.__dataclass_fields__[n].default]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise ValueError(f"{flags}: option(s) of the {simulator} simulator, not of --simulator {args.simulator}")
     if args.scheduler is not None or args.dask_workers is not None:
         from ..engines.dask import run_on_dask
 
