@@ -20,11 +20,22 @@ $$ \frac{dn}{d\ln M} = f(σ)\,\frac{\bar ρ_m}{M}\,\left|\frac{d\ln σ}{d\ln M}\
 
 with $(A_0, a_0, b_0, c_0)$ from Tinker et al. (2008) Table 2 for
 Δ_m = 200 … 3200 (overdensity relative to the *mean* matter density),
-interpolated with a natural cubic spline in $\log_{10} Δ_m$ (as CCL does;
-``delta_interp="spline"``, the default) or linearly in Δ_m (as colossus does;
-``delta_interp="linear"``). The two differ by up to ~7 % in dn/dlnM for
-M500c at 10^15.5 h⁻¹ M☉ (c varies fast between the knots and enters as
-$e^{-c/σ^2}$; docs/pipeline/analytic.md), a systematic of the fit itself, and the redshift evolution of their eqs. (5)–(8):
+interpolated in one of three ways (``delta_interp``):
+
+* ``"spline"`` (the default): a natural cubic spline in $\log_{10} Δ_m$. Our
+  choice, not a copy of another code's: it is C², so λ(θ) and its gradient
+  are smooth in Ω_m (M500c moves Δ_m = 500/Ω_m(z) across the table knots),
+  which the Fisher matrix and NUTS want;
+* ``"loglinear"``: piecewise linear in $\log_{10} Δ_m$, as CCL does since
+  v2.1 (``pyccl/halos/hmfunc/tinker08.py``: ``scipy.interpolate.interp1d``
+  on ``log10(delta)``, linear by default; CCL ≤ 2.0 used an Akima spline in
+  log10 Δ in C);
+* ``"linear"``: piecewise linear in Δ_m, as colossus does.
+
+The piecewise-linear ones have kinks in ∂λ/∂Ω_m at the knots. The choices
+differ by up to ~7 % in dn/dlnM for M500c at 10^15.5 h⁻¹ M☉ (c varies fast
+between the knots and enters as $e^{-c/σ^2}$; docs/pipeline/analytic.md), a
+systematic of the fit itself. The redshift evolution is that of their eqs. (5)–(8):
 $A = A_0(1+z)^{-0.14}$, $a = a_0(1+z)^{-0.06}$, $b = b_0(1+z)^{-α}$,
 $\log_{10} α = -[0.75/\log_{10}(Δ_m/75)]^{1.2}$, $c = c_0$.
 
@@ -85,7 +96,7 @@ TINKER08_TABLE: dict[str, tuple[float, ...]] = {
 }
 _MDEF_RE = re.compile(r"^(\d+(?:\.\d*)?)([mc])$")
 _OUT_OF_RANGE = ("clip", "error")
-_DELTA_INTERP = ("spline", "linear")
+_DELTA_INTERP = ("spline", "loglinear", "linear")  # log10 Δ cubic (C²), log10 Δ linear (CCL), Δ linear (colossus)
 
 
 def _parse_mdef(mdef: str) -> tuple[float, str]:
@@ -177,11 +188,17 @@ def tinker08_parameters(
         z: redshift ≥ 0, same shape as delta_m (or broadcastable to it).
         out_of_range: "clip" (evaluate the table at the nearest end of
             [200, 3200]) or "error" (`eqx.error_if`, also under jit).
+        delta_interp: how Table 2 is interpolated between its Δ knots: "spline" (natural cubic
+            spline in log10 Δ, smooth; default), "loglinear" (linear in log10 Δ, as CCL) or
+            "linear" (linear in Δ, as colossus); module docstring.
 
     Returns:
         (A, a, b, c), each of delta_m's shape.
+
+    Raises:
+        ValueError: an ``out_of_range`` or ``delta_interp`` not among the choices above.
     """
-    _check_out_of_range(out_of_range)
+    _check_out_of_range(out_of_range, delta_interp)  # an unknown delta_interp must not fall through to the spline
     delta_m = jnp.asarray(delta_m)
     dtype = delta_m.dtype if jnp.issubdtype(delta_m.dtype, jnp.floating) else jnp.result_type(float)
     delta_m = delta_m.astype(dtype)
@@ -198,6 +215,8 @@ def tinker08_parameters(
     if delta_interp == "linear":
         dq, dk = 10.0**xq, 10.0**x
         p = jnp.stack([jnp.interp(dq, dk, fp[:, i]) for i in range(4)], axis=-1)
+    elif delta_interp == "loglinear":
+        p = jnp.stack([jnp.interp(xq, x, fp[:, i]) for i in range(4)], axis=-1)
     else:
         # interpax mixes integer coefficient matrices with floats and broadcasts
         # arrays of different rank: allow both locally (tests run strict).
@@ -252,7 +271,8 @@ def mass_function(
         mdef: '200m', '500c', or any '<Δ>m' / '<Δ>c' (static).
         growth: a precomputed `growth_table(cosmo)` (solved if None).
         out_of_range: "clip" or "error" for Δ_m outside [200, 3200] (module docstring).
-        delta_interp: "spline" (log10 Δ, CCL) or "linear" (Δ, colossus) table interpolation.
+        delta_interp: Tinker table interpolation: "spline" (cubic in log10 Δ, smooth; default),
+            "loglinear" (linear in log10 Δ, as CCL) or "linear" (linear in Δ, as colossus).
 
     Returns:
         (*z, n_M) dn/dlnM.

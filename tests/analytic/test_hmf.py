@@ -113,3 +113,19 @@ def test_bad_inputs_raise():
         hmf.mass_function(cosmo, jnp.ones((2, 2)) * 1e14, 0.0)
     with pytest.raises(eqx.EquinoxRuntimeError, match="M must be > 0"):
         jax.block_until_ready(hmf.mass_function(cosmo, jnp.array([-1e14, 1e14]), 0.0))
+
+
+def test_loglinear_is_ccls_interpolation_and_bad_choices_are_refused():
+    """"loglinear" is CCL's scheme (pyccl/halos/hmfunc/tinker08.py: scipy interp1d, linear, on log10 Δ);
+    an unknown delta_interp is an error, not the spline."""
+    delta = np.array([250.0, 500.0, 1000.0, 2000.0, 3000.0])
+    z = np.zeros_like(delta)
+    A, a, b, c = (np.asarray(v) for v in hmf.tinker08_parameters(delta, z, delta_interp="loglinear"))
+    ld = np.log10(np.asarray(hmf.TINKER08_DELTA))
+    for got, key in ((A, "A"), (a, "a"), (b, "b"), (c, "c")):  # at z = 0 the (1 + z) factors are 1
+        ref = np.interp(np.log10(delta), ld, np.asarray(hmf.TINKER08_TABLE[key]))
+        np.testing.assert_allclose(got, ref, rtol=1e-12, err_msg=key)
+    spline = np.asarray(hmf.tinker08_parameters(delta, z, delta_interp="spline")[3])
+    assert not np.allclose(spline, c)  # the default is a different (smooth) interpolant
+    with pytest.raises(ValueError, match="delta_interp"):
+        hmf.tinker08_parameters(delta, z, delta_interp="cubic")
