@@ -14,6 +14,11 @@ def test_run_writes_outputs(tmp_path):
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["particles"] == [16, 16, 16] and summary["mesh"] == [32, 32, 32]
+    prov = summary["provenance"]
+    assert prov["command"] == "run" and prov["seed"] == 0 and prov["theta"] == {"Omega_m": 0.3, "sigma_8": 0.8}
+    assert len(repr(summary["sigma_delta"])) <= 12  # clean_json: no float32 noise digits
+    header = (tmp_path / "power_spectrum.txt").read_text().splitlines()[0]
+    assert header.startswith("# jaxcluster") and "seed 0" in header and "Omega_m = 0.3" in header
     assert (tmp_path / "pm_density_and_power.png").stat().st_size > 10_000
     rows = [line for line in (tmp_path / "power_spectrum.txt").read_text().splitlines() if not line.startswith("#")]
     k, P = zip(*[(float(r.split()[0]), float(r.split()[1])) for r in rows])

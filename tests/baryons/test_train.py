@@ -88,6 +88,8 @@ def test_cli_trains_all_stages_and_weights_round_trip(sets, tmp_path, capsys):
     assert (info["structure"]["gradient"], info["structure"]["source_stride"]) == ("fd4", 3)
     assert set(info["metadata"]["best_validation_loss"]) == {"base_n_e", "base_T", "net_n_e", "net_T_z0.210", "net_T_z0.330"}
     assert info["metadata"]["lh_spec"]["spec"]["kind"] == "lh"
+    prov = info["metadata"]["provenance"]
+    assert prov["command"] == "eldl train" and prov["seed"] == 0 and prov["settings"]["gradient"] == "fd4"
     model, _ = load_eldl(out / "eldl.eqx")
     assert {(d.gradient, d.source_stride) for d in model.T_base.displacements} == {("fd4", 3)}
     # A rerun finds every stage done and reproduces the same weights.
