@@ -3,7 +3,11 @@
 Stages: `datasets` (θ from the prior → XODs from any simulator, chunked HDF5
 that survives a kill), `compressor` (ResNet CNN XOD → summary, with an MSE or
 a Gaussian negative-log-likelihood head), `npe` (mixture density network and
-normalising-flow posteriors), `diagnostics` (calibration checks).
+normalising-flow posteriors), `diagnostics` (calibration checks). Around
+them: `npe_run` (a dataset → compressor → posterior → calibration in one
+resumable folder, what ``jaxcluster npe`` runs), `observed` (an XOD read
+from any file the package writes, with its bins checked) and
+`posterior_files` (samples, summary table and corner plot of a posterior).
 """
 
 __all__: list[str] = []
@@ -75,4 +79,14 @@ __all__ += [
     "tarp",
     "MixtureDensityNetwork", "NeuralPosterior", "ParameterSpace", "SplineFlow", "TrainConfig", "build_posterior",
     "load_posterior", "save_posterior", "train_posterior",
+]
+
+# from a dataset to a posterior of an observed XOD
+from .npe_run import NPESettings, TrainedNPE, calibration, load_npe, train_npe, write_calibration
+from .observed import ObservedXOD, check_binning, read_xod
+from .posterior_files import posterior_table, read_posterior, write_posterior
+
+__all__ += [
+    "NPESettings", "TrainedNPE", "calibration", "load_npe", "train_npe", "write_calibration",
+    "ObservedXOD", "check_binning", "read_xod", "posterior_table", "read_posterior", "write_posterior",
 ]

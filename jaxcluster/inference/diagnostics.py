@@ -339,7 +339,7 @@ def corner_plot(samples: Mapping[str, Float[ArrayLike, "L d"]], names: Sequence[
                 ax.tick_params(axis="y", labelsize=7)
             elif c > 0 and r != c:
                 ax.set_yticklabels([])
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96) if title else None)
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=f"C{i}", label=label) for i, label in enumerate(sets)]
@@ -348,7 +348,7 @@ def corner_plot(samples: Mapping[str, Float[ArrayLike, "L d"]], names: Sequence[
     handles.append(Line2D([], [], color="none", label="contours: 68 %, 95 %"))
     fig.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
     if title:
-        fig.suptitle(title, x=0.02, ha="left", fontsize=10)
+        fig.suptitle(title, x=0.02, y=0.995, ha="left", va="top", fontsize=10)
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig

@@ -471,6 +471,7 @@ def train_posterior(
     names: Sequence[str] | None = None,
     progress: bool = False,
     init: NeuralPosterior | None = None,
+    checkpoint: str | os.PathLike | None = None,
 ) -> tuple[NeuralPosterior, dict]:
     """Fit q(θ | x) to simulated pairs (module docstring: sbi's recipe).
 
@@ -487,6 +488,11 @@ def train_posterior(
             truncated prior): its weights, parameter map and summary scaling are kept, so the
             new pairs refine it rather than restart it. Must match `config`'s estimator,
             width and ensemble size, and `lo`, `hi` and the summary size.
+        checkpoint: file written (atomically) after every epoch: weights, optimiser state,
+            best weights and the history. If it exists, training resumes from it, and the
+            result is the same, bit for bit, as an uninterrupted training (the epoch keys
+            depend on the epoch number only). A checkpoint made with other settings, pairs
+            or key is refused.
 
     Returns:
         (posterior, history): the best-validation `NeuralPosterior` and a dict with
@@ -537,12 +543,32 @@ def train_posterior(
     best, best_val = params, np.full(config.n_members, np.inf)
     since = np.zeros(config.n_members, int)
     hist_tr, hist_va, times = [], [], []
-    epochs = range(config.max_epochs)
+    start = 0
+    ckpt = None if checkpoint is None else Path(checkpoint)
+    if ckpt is not None:
+        from ..io.chunks import array_digest
+
+        # what the checkpoint must have been made with: settings, the pairs, the key
+        ident = dict(config=config.to_dict(), data=array_digest({"theta": theta, "x": x}),
+                     key=np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+                                       else key).tolist(), init=init is not None)
+        if ckpt.exists():
+            header, (params, opt_state, best) = _read_checkpoint(ckpt, (params, opt_state, best))
+            if header["ident"] != ident:
+                diff = sorted(k for k in ident if header["ident"].get(k) != ident[k])
+                raise ValueError(f"checkpoint {ckpt} was made with other {', '.join(diff)}: remove it to start again")
+            st = header["state"]
+            start, hist_tr, hist_va, times = st["epoch"], st["train_loss"], st["val_loss"], st["times"]
+            best_val = np.array([np.inf if v is None else v for v in st["best_val"]])
+            since = np.array(st["since"], int)
+    epochs = range(start, config.max_epochs)
     if progress:
         from tqdm.auto import tqdm
 
-        epochs = tqdm(epochs, desc="NPE epochs")
+        epochs = tqdm(epochs, desc="NPE epochs", initial=start, total=config.max_epochs)
     for epoch in epochs:
+        if start and np.all(since >= config.patience):  # a checkpoint of a training that had already stopped
+            break
         t0 = time.perf_counter()
         params, opt_state, tl, vl = _epoch(params, static, opt_state, jax.random.fold_in(k_train, epoch),
                                            u_tr, s_tr, u_va, s_va, optimiser, config.batch_size)
@@ -555,6 +581,10 @@ def train_posterior(
         best = jax.tree.map(lambda b, p: jnp.where(mask.reshape((-1,) + (1,) * (p.ndim - 1)), p, b), best, params)
         best_val = np.where(better, vl, best_val)
         since = np.where(better, 0, since + 1)
+        if ckpt is not None:
+            state = dict(epoch=epoch + 1, train_loss=hist_tr, val_loss=hist_va, times=times,
+                         best_val=[float(v) if np.isfinite(v) else None for v in best_val], since=since.tolist())
+            _write_checkpoint(ckpt, dict(ident=ident, state=state), (params, opt_state, best))
         if np.all(since >= config.patience):
             break
     post = eqx.tree_at(lambda p: p.estimator, post, eqx.combine(best, static))
@@ -580,6 +610,26 @@ def _check_init(init: NeuralPosterior, config: TrainConfig, lo, hi, n_summary: i
                          f"lo, hi = [{np.asarray(lo)}, {np.asarray(hi)}]")
 
 
+def _write_checkpoint(path: Path, header: dict, tree) -> None:
+    """JSON header line + Equinox leaves, under a temporary name, fsynced, renamed into place."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write((json.dumps(header) + "\n").encode())
+        eqx.tree_serialise_leaves(f, tree)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_checkpoint(path: Path, like):
+    try:
+        with open(path, "rb") as f:
+            header = json.loads(f.readline().decode())
+            return header, eqx.tree_deserialise_leaves(f, like)
+    except (ValueError, RuntimeError, OSError) as err:  # truncated or of another architecture
+        raise ValueError(f"checkpoint {path} cannot be read ({err}): remove it to start again") from None
+
+
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     p = Path(path)
     return p.with_suffix(".eqx"), p.with_suffix(".json")
@@ -597,9 +647,20 @@ def save_posterior(path: str | os.PathLike, posterior: NeuralPosterior, config: 
     # JSON has no infinity: unbounded parameters are written as null
     meta["lo"] = [v if math.isfinite(v) else None for v in meta["lo"]]
     meta["hi"] = [v if math.isfinite(v) else None for v in meta["hi"]]
-    with open(json_path, "w") as f:
+    # weights first, then their description, each atomically: a kill never pairs new weights with old metadata
+    # for long (the loader checks the two agree through the array shapes)
+    tmp = eqx_path.with_name(f".{eqx_path.name}.tmp")
+    with open(tmp, "wb") as f:
+        eqx.tree_serialise_leaves(f, posterior)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, eqx_path)
+    tmp = json_path.with_name(f".{json_path.name}.tmp")
+    with open(tmp, "w") as f:
         json.dump(meta, f, indent=1)
-    eqx.tree_serialise_leaves(eqx_path, posterior)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, json_path)
 
 
 def load_posterior(path: str | os.PathLike) -> tuple[NeuralPosterior, TrainConfig]:
