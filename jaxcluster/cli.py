@@ -42,6 +42,8 @@ def _run(args) -> int:
         rho = paint_cic(res.pos[-1] / config.cell_size, jnp.full(config.n_particles, float(config.mesh_factor**3), dtype=pos.dtype), config.mesh_shape)
         return rho - 1.0
 
+    print(f"jaxcluster run: {n}³ particles, {args.mesh_factor * n}³ mesh, {args.steps} steps from a = {args.a_init:g}: "
+          "compiling and running (one compiled call, no per-step progress) …", flush=True)
     t0 = time.perf_counter()
     delta = jax.block_until_ready(simulate(jax.random.key(args.seed), cosmo))
     wall = time.perf_counter() - t0

@@ -129,3 +129,20 @@ def test_hmc_xod_writes_the_posterior_products(tmp_path, capsys):
 
     table = Table.read(out / "posterior_summary.ecsv")
     assert list(table["name"]) == ["Omega_m", "sigma_8"] and "truth" in table.colnames
+
+
+@pytest.mark.slow
+def test_sensitivity_smallest_run_writes_provenance_and_stages(tmp_path, capsys):
+    """The smallest `sensitivity` run (2 keys, 2 boxes, no finite differences, no CR–M study): minutes on 2 CPUs."""
+    args = ["sensitivity", "--out", str(tmp_path), "--area", "1", "--boxes", "2", "--cell-size", "4", "--pixel", "6",
+            "--steps", "2", "--keys", "2", "--skip-fd", "--skip-scaling"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "jaxcluster sensitivity: 2 lightcones" in printed and "simulation Fisher matrix" in printed
+    res = json.loads((tmp_path / "sensitivity.json").read_text())
+    assert res["provenance"]["command"] == "sensitivity" and res["provenance"]["seed"] == 0
+    assert set(res["provenance"]["theta"]) == {"Omega_m", "sigma_8", "A_SN1", "A_SN2", "A_AGN1", "A_AGN2"}
+    assert res["n_keys"] == 2 and "fisher" in res
+    # a rerun resumes from the saved stages and says so
+    assert main(args) == 0
+    assert "resumed from stage_segmentations.npz" in capsys.readouterr().out
