@@ -275,11 +275,8 @@ def plot_fisher_corner(
     if smp is not None:
         handles.append(Line2D([], [], color="C1", label=f"NUTS samples ({smp.shape[0]})"))
     handles.append(Line2D([], [], color="k", marker="+", lw=0.8, label="fiducial"))
-    if len(n_sigma) > 1:
-        handles[0].set_linestyle("-")  # solid: the first level; dashed, dotted: the next ones
-    if n == 1:  # no empty upper triangle: put the legend above the single panel
-        fig.legend(handles=handles, loc="upper center", fontsize=8, frameon=False, ncol=len(handles))
-        fig.subplots_adjust(top=0.8)
+    if n == 1:  # no empty upper triangle: the legend goes inside the single panel
+        axes[0, 0].legend(handles=handles, loc="upper left", fontsize=6, frameon=False)
     else:
         fig.legend(handles=handles, loc="upper right", fontsize=9, frameon=False)
     if title:
