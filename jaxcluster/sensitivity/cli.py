@@ -231,6 +231,9 @@ def _run(args) -> int:
         _plot_derivatives(plt, out, PARAM_NAMES, jac_k, fd, project)
 
     # --- simulation Fisher, beside the analytic one
+    if not result["mean_total_counts"] > 0:
+        say("warning: no cluster in the soft XODs (every derivative and the simulation Fisher matrix are zero): "
+            "lower --threshold or --cr-min, or use finer --cell-size/--pixel")
     say(f"[{time.perf_counter() - t_start:.0f} s] simulation Fisher matrix, the analytic one beside it, figures …")
     scale = args.fisher_area / config.area_deg2
     F, N = simulation_fisher(xod_k, jac_k, area_scale=scale)
@@ -252,7 +255,7 @@ def _run(args) -> int:
             Fs, Ns = simulation_fisher(xs[:nk], js[:nk], area_scale=scale)
             e = np.asarray(marginal_errors(Fs))
             table_rows.append(dict(n_keys=nk, softness=s, sigma_Omega_m=float(e[0]), sigma_sigma_8=float(e[1]),
-                                   fom=float(figure_of_merit(Fs)), noise_fraction=float(np.trace(np.asarray(Ns)) / np.trace(np.asarray(Fs)))))
+                                   fom=float(figure_of_merit(Fs)), noise_fraction=_ratio(np.trace(np.asarray(Ns)), np.trace(np.asarray(Fs)))))
     res_f["softness_and_keys"] = table_rows
     model = AnalyticModel()
     Fa, _ = eqx.filter_jit(fisher_matrix)(model)
@@ -283,6 +286,11 @@ def _run(args) -> int:
         run_scaling_study(args, theta, eldl, table, out, plt)
     say(f"wrote {out}/ in {time.perf_counter() - t_start:.0f} s (SYNTHETIC baryons)")
     return 0
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b, NaN (without a warning) when b is 0: an empty XOD has a zero Fisher matrix."""
+    return float(a / b) if b != 0 else float("nan")
 
 
 def _plot_derivatives(plt, out, names, jac_k, fd, project):
