@@ -158,8 +158,10 @@ def run_on_dask(
         import dask
 
         with dask.config.set(QUIET):  # the nannies hand this configuration to their workers
+            # ":0": any free port (None still takes the configured :8787, which a second cluster on
+            # the host already holds, and distributed then warns)
             cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                                   dashboard_address=None)
+                                   dashboard_address=":0")
     client = Client(cluster if cluster is not None else scheduler)
     t0 = time.perf_counter()
     try:

@@ -287,6 +287,11 @@ class AnalyticSimulator(eqx.Module):
         """The XOD bin edges (`analytic.XODBinning`)."""
         return self.model.binning
 
+    @property
+    def area_deg2(self) -> float:
+        """The survey area of the XODs [deg²]."""
+        return float(self.model.survey.area_deg2)
+
 
 class SurveySimulator(eqx.Module):
     """The survey pipeline's XOD (`survey.simulate_xod`) for θ = θ_sim (6,).
@@ -326,6 +331,11 @@ class SurveySimulator(eqx.Module):
     def binning(self):
         """The XOD bin edges (`analytic.XODBinning`)."""
         return self.config.binning
+
+    @property
+    def area_deg2(self) -> float:
+        """The survey area of the XODs (all lightcones) [deg²]."""
+        return float(self.config.area_deg2)
 
 
 def _check_design(design: str) -> None:
@@ -510,6 +520,8 @@ def dataset_campaign(
     binning = getattr(simulator, "binning", None)
     if binning is not None:  # so that an observed XOD can be checked against the training set's bins
         settings["xod_edges"] = {k: [float(v) for v in getattr(binning, f"{k}_edges")] for k in ("cr", "hr", "z")}
+    if getattr(simulator, "area_deg2", None) is not None:  # counts scale with it: an observed XOD must match
+        settings["area_deg2"] = float(simulator.area_deg2)
     n_micro = int(chunk_size) // int(batch_size)
     n_micro_padded = -(-n_micro // n_dev) * n_dev  # whole repeated micro-batches fill idle devices
 

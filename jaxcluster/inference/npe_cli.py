@@ -109,6 +109,12 @@ def _truth(observed, names):
     return None if any(n not in known for n in names) else np.array([known[n] for n in names])
 
 
+def _training_area(manifest) -> float | None:
+    """The survey area of the training XODs [deg²] (None if the dataset did not record it)."""
+    area = manifest["dataset"].get("area_deg2")
+    return None if area is None else float(area)
+
+
 def _infer(args) -> int:
     import jax
     import numpy as np
@@ -124,6 +130,11 @@ def _infer(args) -> int:
     observed = read_xod(args.xod, args.index)
     check_binning(observed, trained.xod_shape, manifest["dataset"].get("xod_edges"),
                   what=f"the posterior trained on {manifest['dataset']['path']}")
+    area = _training_area(manifest)
+    if observed.area_deg2 is not None and area is not None and abs(observed.area_deg2 - area) > 1e-6 * area:
+        raise ValueError(f"the XOD of {observed.source} covers {observed.area_deg2:g} deg², the training XODs "
+                         f"{area:g} deg²: counts scale with the area, so the posterior does not apply "
+                         "(train on a dataset of the same area)")
     if observed.edges is None or manifest["dataset"].get("xod_edges") is None:
         _say("warning: bin edges unknown on one side; only the XOD shape was checked")
     names = trained.names

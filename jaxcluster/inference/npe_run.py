@@ -210,7 +210,8 @@ def _dataset_record(path: Path) -> tuple[Any, dict[str, Any]]:
     record = dict(path=str(path), digest=array_digest({"theta": theta, "xod": xod}), n=int(len(theta)),
                   param_names=[str(v) for v in meta["param_names"]], prior_low=[float(v) for v in meta["prior_low"]],
                   prior_high=[float(v) for v in meta["prior_high"]], xod_shape=list(xod.shape[1:]),
-                  xod_edges=meta.get("xod_edges"), simulator=(meta.get("metadata") or {}).get("simulator"))
+                  xod_edges=meta.get("xod_edges"), simulator=(meta.get("metadata") or {}).get("simulator"),
+                  area_deg2=meta.get("area_deg2", (meta.get("metadata") or {}).get("area_deg2")))
     return data, record
 
 

@@ -194,7 +194,7 @@ def test_cli_on_a_running_dask_scheduler(tmp_path, capsys):
            "--params", "Omega_m,sigma_8", "--x64", "--no-progress"]
     assert main([*cmd, "--out", str(tmp_path / "one.h5")]) == 0
     # a scheduler and a worker thread in this process (an address like dask-jobqueue's, no process start-up)
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as c:
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as c:
         assert main([*cmd, "--out", str(tmp_path / "dask.h5"), "--scheduler", c.scheduler_address]) == 0
     assert main([*cmd, "--out", str(tmp_path / "local.h5"), "--dask-workers", "1"]) == 0
     assert capsys.readouterr().out.count("3 chunks on Dask") == 2

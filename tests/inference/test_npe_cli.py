@@ -92,6 +92,10 @@ def test_infer_refuses_other_bins_and_takes_simulate_files(dataset, tmp_path, ca
     assert main(["infer", str(out), "--xod", str(good), "--samples", "100", "--out", str(tmp_path / "i")]) == 0
     _, _, attrs = read_posterior(tmp_path / "i" / "posterior.h5")
     assert np.allclose(attrs["truth"], [0.31, 0.79])  # θ_sim truth picked by name
+    np.savez(tmp_path / "small.npz", xod=xod, **edges, area_deg2=4.0)
+    capsys.readouterr()
+    assert main(["infer", str(out), "--xod", str(tmp_path / "small.npz")]) == 2
+    assert "covers 4 deg², the training XODs 200 deg²" in capsys.readouterr().err
     bad = tmp_path / "bad.npz"
     np.savez(bad, xod=xod, **dict(edges, z_edges=[0.1, 0.25, 0.5]))
     capsys.readouterr()
