@@ -188,6 +188,7 @@ def simulate_box(
     table: EmissivityTable,
     segmentation: Int[Array, "n_pix n_pix"] | None = None,
     growth: GrowthTable | None = None,
+    particles: Float[Array, "n_ptcl 3"] | None = None,
 ) -> tuple[BoxMaps, Int[Array, "n_pix n_pix"], Catalogue]:
     """One box of a lightcone: initial conditions → PM → eLDL → maps → detection → catalogue.
 
@@ -205,13 +206,16 @@ def simulate_box(
         table: count-rate emissivity table.
         segmentation: labels to measure in (held fixed) instead of detecting.
         growth: `growth_table` of θ_sim's cosmology (computed if None).
+        particles: the box's particles if already evolved (`box_particles` of the
+            same θ_sim, key, z and config; `jaxcluster simulate` keeps them to find
+            the halos); None: evolved here.
 
     Returns:
         (maps, segmentation, catalogue) of the box.
     """
     geom = config.geometry
     cosmo = Cosmology.from_theta(theta)
-    pos = box_particles(theta, key, z, config, growth=growth)
+    pos = box_particles(theta, key, z, config, growth=growth) if particles is None else particles
     maps = box_maps(pos, theta, z, chi, depth, geom, eldl, table, cosmo)
     seg = segmentation
     if seg is None:
