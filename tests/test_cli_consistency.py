@@ -20,6 +20,9 @@ HELP = [
     (["tables", "build"], "--n-T"),
     (["dataset", "generate"], "--design"),
     (["dataset", "status"], "--lease"),
+    (["npe", "train"], "--estimator"),
+    (["npe", "infer"], "--samples"),
+    (["npe", "validate"], "--draws"),
 ]
 
 

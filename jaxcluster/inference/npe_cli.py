@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     from .npe_run import SUMMARIES, NPESettings
 
     d = NPESettings()
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    from ..clihelp import HelpFormatter as fmt
+
     p = argparse.ArgumentParser(prog="jaxcluster npe", description=__doc__.splitlines()[0], formatter_class=fmt)
     sub = p.add_subparsers(dest="action", required=True)
 
@@ -61,8 +62,8 @@ def _parser() -> argparse.ArgumentParser:
 
     i = sub.add_parser("infer", help="posterior of θ given an observed XOD file", formatter_class=fmt)
     i.add_argument("trained", type=Path, help="folder written by `npe train`")
-    i.add_argument("--xod", type=Path, required=True, help="xod.npz of `jaxcluster simulate`, or a dataset (with --index)")
-    i.add_argument("--index", type=int, default=None, help="which XOD of a dataset file")
+    i.add_argument("--xod", type=Path, required=True, help="XOD file: xod.npz of `simulate`, or a dataset (HDF5)")
+    i.add_argument("--index", type=int, default=None, help="which XOD of a dataset (required for one)")
     i.add_argument("--samples", type=int, default=10000, help="posterior draws")
     i.add_argument("--seed", type=int, default=0, help="seed of the draws")
     i.add_argument("--out", type=Path, default=None, help="output folder (default TRAINED/infer_<xod file>[_<index>])")
