@@ -2,10 +2,9 @@
 
 Sky maps are drawn on the maps' WCS (RA/Dec axes, east to the left) with a
 colour bar in counts s⁻¹ per pixel. Detections are marked by shape *and*
-colour (Okabe & Ito's colour-blind-safe palette, 2008: sky blue and
-vermillion stand out on the magma colour map): open circles for the
-sources above the CR cut (they enter the XOD), small crosses for the
-fainter ones. Titles state the settings of the run. Every figure is written
+colour, both readable with any colour vision on the magma colour map: open
+white circles for the sources above the CR cut (they enter the XOD), small
+sky-blue crosses (Okabe & Ito 2008 palette) for the fainter ones. Titles state the settings of the run. Every figure is written
 under a temporary name and renamed into place.
 """
 
@@ -21,9 +20,9 @@ from .products import atomic_path
 
 __all__ = ["SELECTED_STYLE", "FAINT_STYLE", "survey_figures"]
 
-# Okabe & Ito (2008) colour-blind-safe palette; shapes differ too
-SELECTED_STYLE = dict(marker="o", s=70, facecolors="none", edgecolors="#56B4E9", linewidths=1.4)  # sky blue
-FAINT_STYLE = dict(marker="x", s=22, c="#D55E00", linewidths=1.0)  # vermillion
+# white and Okabe & Ito's (2008) sky blue: both stand out on magma's blacks and oranges; the shapes differ too
+SELECTED_STYLE = dict(marker="o", s=90, facecolors="none", edgecolors="white", linewidths=1.6)
+FAINT_STYLE = dict(marker="x", s=22, c="#56B4E9", linewidths=1.1)
 CR_UNIT_TEX = r"counts s$^{-1}$"
 
 
@@ -119,7 +118,7 @@ def survey_figures(out, *, maps, cat, hard_xod, config, z_boxes, wcs, theta: Map
         axes.append(ax)
     fig.colorbar(im, ax=axes, label=f"CR[0.5–2 keV] per pixel [{CR_UNIT_TEX}]", shrink=0.8)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8,
-               title=f"detections (cut: {cut})", title_fontsize=8, facecolor="0.85")
+               title=f"detections (cut: {cut})", title_fontsize=8, facecolor="0.6")
     fig.suptitle(f"EPIC-pn [0.5–2 keV] count rate per box, lightcone 0: {setting}", fontsize=10)
     _save(fig, out / "maps.png")
     plt.close(fig)
@@ -135,8 +134,8 @@ def survey_figures(out, *, maps, cat, hard_xod, config, z_boxes, wcs, theta: Map
                    cmap="magma")
     _mark(ax, pix.reshape(-1, 2), sel.reshape(-1), valid.reshape(-1), with_labels=True)
     fig.colorbar(im, ax=ax, label=f"CR[0.5–2 keV] per pixel, all boxes [{CR_UNIT_TEX}]", shrink=0.85)
-    ax.legend(loc="upper right", fontsize=8, facecolor="0.85", title=f"{int(valid.sum())} detections",
-              title_fontsize=8)
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize=8, facecolor="0.6",
+               title=f"{int(valid.sum())} detections", title_fontsize=8)
     ax.set_title(f"projected lightcone 0, z = {g.z_min:g}–{g.z_max:g} ({n_box} boxes): {int(sel.sum())} with {cut}\n"
                  f"{setting}\n{_theta_text(theta)}", fontsize=9)
     _save(fig, out / "lightcone.png")
@@ -150,7 +149,7 @@ def survey_figures(out, *, maps, cat, hard_xod, config, z_boxes, wcs, theta: Map
     fig, axes = plt.subplots(1, n_z, figsize=(3.1 * n_z + 1.4, 3.9), squeeze=False, sharey=True, layout="constrained")
     for k, ax in enumerate(axes[0]):
         im = ax.pcolormesh(b.cr_edges, b.hr_edges, xod[:, :, k].T, cmap="viridis", vmin=0, vmax=max(1.0, xod.max()))
-        if b.cr_edges[0] < config.cr_min < b.cr_edges[-1]:  # the cut inside the binned range
+        if b.cr_edges[0] <= config.cr_min < b.cr_edges[-1]:  # the cut inside the binned range (often its left edge)
             ax.axvline(config.cr_min, color="#D55E00", ls="--", lw=1.2, label=f"CR cut ({config.cr_min:g} {CR_UNIT_TEX})")
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -165,8 +164,8 @@ def survey_figures(out, *, maps, cat, hard_xod, config, z_boxes, wcs, theta: Map
                      fontsize=9)
     axes[0, 0].set_ylabel("HR = CR[1–2 keV] / CR[0.5–1 keV]")
     if axes[0, 0].get_legend_handles_labels()[0]:
-        axes[0, 0].legend(loc="lower left", fontsize=7)
-    fig.colorbar(im, ax=axes[0].tolist(), label="clusters per bin")
+        axes[0, 0].legend(loc="lower right", fontsize=7)
+    fig.colorbar(im, ax=axes[0].tolist(), label="clusters per bin", ticks=MaxNLocator(integer=True))
     fig.suptitle(f"XOD (hard): {xod.sum():.0f} cluster{'' if xod.sum() == 1 else 's'} in {config.area_deg2:g} deg² "
                  f"({config.n_lightcones} × {g.area_deg2:g} deg²), {cut}\n{_theta_text(theta)}", fontsize=10)
     _save(fig, out / "xod.png")
