@@ -45,6 +45,7 @@ def run(tmp_path_factory):
                    "--ra", "150.1", "--dec", "2.2"])
     assert rc == 0, err.getvalue()[-3000:]
     assert "boxes" in err.getvalue()  # tqdm progress bar
+    assert "Warning" not in err.getvalue()  # e.g. astropy truncating a FITS card
     return out
 
 

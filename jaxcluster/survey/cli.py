@@ -59,9 +59,9 @@ def _parser():
     ap.add_argument("--threshold", type=float, default=1e-4, help="detection threshold [counts s⁻¹ arcmin⁻²]")
     ap.add_argument("--cr-min", type=float, default=0.02, help="CR[0.5–2] cut [counts s⁻¹]")
     ap.add_argument("--ra", type=float, default=XXL_N_CENTRE_DEG[0],
-                    help="RA of the field centre [deg] (default: XXL-N's centre, 2h23m)")
+                    help="RA of the field centre [deg]; the default is XXL-N's centre, 2h23m")
     ap.add_argument("--dec", type=float, default=XXL_N_CENTRE_DEG[1],
-                    help="Dec of the field centre [deg] (default: XXL-N's centre, −4°30′)")
+                    help="Dec of the field centre [deg]; the default is XXL-N's centre, −4°30′")
     ap.add_argument("--seed", type=int, default=0, help="seed of the PRNG key (initial conditions)")
     ap.add_argument("--eldl", default=None,
                     help="eLDL weights (.eqx written by `jaxcluster eldl train`); None: the shipped ones")
