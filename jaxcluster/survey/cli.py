@@ -38,11 +38,12 @@ __all__ = ["main"]
 
 
 def _parser():
+    from ..clihelp import HelpFormatter
     from ..params import FIDUCIAL
     from .products import XXL_N_CENTRE_DEG
 
     ap = argparse.ArgumentParser(prog="jaxcluster simulate", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                 formatter_class=HelpFormatter)
     ap.add_argument("--out", default="jaxcluster_survey", help="output directory")
     for name in ("Omega_m", "sigma_8", "A_SN1", "A_SN2", "A_AGN1", "A_AGN2"):
         ap.add_argument("--" + name.replace("_", "-").lower(), dest=name, type=float, default=FIDUCIAL[name],
@@ -64,7 +65,7 @@ def _parser():
                     help="Dec of the field centre [deg]; the default is XXL-N's centre, −4°30′")
     ap.add_argument("--seed", type=int, default=0, help="seed of the PRNG key (initial conditions)")
     ap.add_argument("--eldl", default=None,
-                    help="eLDL weights (.eqx written by `jaxcluster eldl train`); None: the shipped ones")
+                    help="eLDL weights (.eqx written by `jaxcluster eldl train`); default: the shipped ones")
     ap.add_argument("--no-halos", action="store_true",
                     help="skip the SO halo finder (the catalogue's m500c column is then empty)")
     ap.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
