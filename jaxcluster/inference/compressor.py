@@ -53,6 +53,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ..io.atomic import read_tree, write_tree
+
 __all__ = [
     "HEADS",
     "Normaliser",
@@ -327,25 +329,13 @@ def _config(xod_shape, n_param, head, width, hidden, n_blocks, lr, batch_size, v
                 val_fraction=float(val_fraction), patience=int(patience), data=seed_info)
 
 
-def _write_header_file(path: Path, header: dict, tree) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write((json.dumps(header) + "\n").encode())
-        eqx.tree_serialise_leaves(f, tree)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _read_header(path: Path) -> dict:
     with open(path, "rb") as f:
         return json.loads(f.readline().decode())
 
 
 def _read_tree(path: Path, like):
-    with open(path, "rb") as f:
-        f.readline()
-        return eqx.tree_deserialise_leaves(f, like)
+    return read_tree(path, like)[1]
 
 
 @eqx.filter_jit
@@ -478,7 +468,7 @@ def train_compressor(
                 state["bad_epochs"] += 1
             state["epoch"] = e + 1
             if ckpt is not None:
-                _write_header_file(ckpt, dict(config=config, state=state), (params, opt_state, best))
+                write_tree(ckpt, dict(config=config, state=state), (params, opt_state, best))
             bar.set_postfix(train=f"{tl:.4g}", val=f"{vl:.4g}")
             bar.update(1)
     history = dict(train_loss=state["train_loss"], val_loss=state["val_loss"], best_epoch=state["best_epoch"],
@@ -493,7 +483,7 @@ def save_compressor(path: str | os.PathLike, compressor: Compressor) -> None:
         xod_shape=list(compressor.x_norm.low.shape), n_param=net.n_param, head=net.head,
         width=net.blocks[0].convs[0].out_channels, hidden=net.mlp.width_size, n_blocks=len(net.blocks),
     )
-    _write_header_file(Path(path), header, compressor)
+    write_tree(Path(path), header, compressor)
 
 
 def load_compressor(path: str | os.PathLike) -> Compressor:

@@ -53,6 +53,8 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ..io.atomic import atomic_path, read_tree, write_json, write_tree
+
 __all__ = [
     "ParameterSpace",
     "MixtureDensityNetwork",
@@ -553,7 +555,10 @@ def train_posterior(
                      key=np.asarray(jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
                                        else key).tolist(), init=init is not None)
         if ckpt.exists():
-            header, (params, opt_state, best) = _read_checkpoint(ckpt, (params, opt_state, best))
+            try:
+                header, (params, opt_state, best) = read_tree(ckpt, (params, opt_state, best))
+            except ValueError as err:
+                raise ValueError(f"checkpoint {err}: remove it to start again") from None
             if header["ident"] != ident:
                 diff = sorted(k for k in ident if header["ident"].get(k) != ident[k])
                 raise ValueError(f"checkpoint {ckpt} was made with other {', '.join(diff)}: remove it to start again")
@@ -584,7 +589,7 @@ def train_posterior(
         if ckpt is not None:
             state = dict(epoch=epoch + 1, train_loss=hist_tr, val_loss=hist_va, times=times,
                          best_val=[float(v) if np.isfinite(v) else None for v in best_val], since=since.tolist())
-            _write_checkpoint(ckpt, dict(ident=ident, state=state), (params, opt_state, best))
+            write_tree(ckpt, dict(ident=ident, state=state), (params, opt_state, best))
         if np.all(since >= config.patience):
             break
     post = eqx.tree_at(lambda p: p.estimator, post, eqx.combine(best, static))
@@ -610,26 +615,6 @@ def _check_init(init: NeuralPosterior, config: TrainConfig, lo, hi, n_summary: i
                          f"lo, hi = [{np.asarray(lo)}, {np.asarray(hi)}]")
 
 
-def _write_checkpoint(path: Path, header: dict, tree) -> None:
-    """JSON header line + Equinox leaves, under a temporary name, fsynced, renamed into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write((json.dumps(header) + "\n").encode())
-        eqx.tree_serialise_leaves(f, tree)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_checkpoint(path: Path, like):
-    try:
-        with open(path, "rb") as f:
-            header = json.loads(f.readline().decode())
-            return header, eqx.tree_deserialise_leaves(f, like)
-    except (ValueError, RuntimeError, OSError) as err:  # truncated or of another architecture
-        raise ValueError(f"checkpoint {path} cannot be read ({err}): remove it to start again") from None
-
-
 def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
     p = Path(path)
     return p.with_suffix(".eqx"), p.with_suffix(".json")
@@ -649,18 +634,9 @@ def save_posterior(path: str | os.PathLike, posterior: NeuralPosterior, config: 
     meta["hi"] = [v if math.isfinite(v) else None for v in meta["hi"]]
     # weights first, then their description, each atomically: a kill never pairs new weights with old metadata
     # for long (the loader checks the two agree through the array shapes)
-    tmp = eqx_path.with_name(f".{eqx_path.name}.tmp")
-    with open(tmp, "wb") as f:
-        eqx.tree_serialise_leaves(f, posterior)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, eqx_path)
-    tmp = json_path.with_name(f".{json_path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, json_path)
+    with atomic_path(eqx_path) as tmp:
+        eqx.tree_serialise_leaves(tmp, posterior)
+    write_json(json_path, meta)
 
 
 def load_posterior(path: str | os.PathLike) -> tuple[NeuralPosterior, TrainConfig]:

@@ -169,23 +169,20 @@ def _log_probs(post: NeuralPosterior, theta: Array, s: Array) -> Array:
 
 
 def _write_json(path: Path, obj: Any) -> None:
+    from ..io.atomic import write_json
     from ..io.provenance import clean_json
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(clean_json(obj, 10), f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_json(path, clean_json(obj, 10))
 
 
 def _save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=110, format=path.suffix[1:])
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix[1:])
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def _split(n: int, settings: NPESettings) -> tuple[np.ndarray, np.ndarray]:

@@ -57,12 +57,6 @@ def posterior_table(samples: Float[ArrayLike, "L d"], names: Sequence[str],
     return t
 
 
-def _replace(tmp: Path, final: Path) -> None:
-    with open(tmp, "rb+") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, final)
-
-
 def write_posterior(out: str | os.PathLike, samples: Float[ArrayLike, "L d"], names: Sequence[str], *,
                     method: str, provenance: Mapping[str, Any], truth: Float[ArrayLike, " d"] | None = None,
                     extra: Mapping[str, Any] | None = None, figure: bool = True) -> dict[str, Path]:
@@ -83,6 +77,7 @@ def write_posterior(out: str | os.PathLike, samples: Float[ArrayLike, "L d"], na
     """
     import h5py
 
+    from ..io.atomic import atomic_path
     from ..io.provenance import clean_json
     from .diagnostics import corner_plot
 
@@ -94,8 +89,7 @@ def write_posterior(out: str | os.PathLike, samples: Float[ArrayLike, "L d"], na
     table.meta["provenance"] = clean_json(dict(provenance))
     paths = {"samples": out / "posterior.h5", "summary": out / "posterior_summary.ecsv"}
 
-    tmp = out / ".posterior.h5.tmp"
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(paths["samples"]) as tmp, h5py.File(tmp, "w") as f:
         f.create_dataset("samples", data=s)
         f.attrs["param_names"] = [str(n) for n in names]
         f.attrs["method"] = method
@@ -104,19 +98,16 @@ def write_posterior(out: str | os.PathLike, samples: Float[ArrayLike, "L d"], na
             f.attrs["truth"] = np.asarray(truth, np.float64)
         for k, v in (extra or {}).items():
             f.attrs[k] = json.dumps(clean_json(v), sort_keys=True) if isinstance(v, Mapping) else v
-    _replace(tmp, paths["samples"])
-    tmp = out / ".posterior_summary.ecsv.tmp"
-    table.write(tmp, format="ascii.ecsv", overwrite=True)
-    _replace(tmp, paths["summary"])
+    with atomic_path(paths["summary"]) as tmp:
+        table.write(tmp, format="ascii.ecsv", overwrite=True)
     if figure:
         import matplotlib.pyplot as plt
 
         paths["corner"] = out / "corner.png"
         fig = corner_plot({method: s}, list(names), truth=truth, title=f"posterior: {method}")
-        tmp = out / ".corner.png.tmp"
-        fig.savefig(tmp, dpi=110, format="png")
+        with atomic_path(paths["corner"]) as tmp:
+            fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
-        _replace(tmp, paths["corner"])
     return paths
 
 

@@ -1,10 +1,12 @@
-"""Files: Gadget/AREPO snapshots, CAMELS parameter tables, our run files, and chunked campaign outputs.
+"""Files: Gadget/AREPO snapshots, CAMELS parameter tables, our run files, chunked campaign outputs, and the
+atomic writes and provenance records every product uses.
 
 The chunked-output layer (`chunks`, `claims`, `campaign`) is general storage:
 the (θ, XOD) sets of `jaxcluster.inference` and the cutout sets of
 `jaxcluster.fields` both write through it.
 """
 
+from .atomic import atomic_path, read_tree, write_json, write_tree
 from .campaign import (
     Campaign,
     CampaignStatus,
@@ -17,6 +19,7 @@ from .campaign import (
 )
 from .chunks import ChunkStore, CorruptChunks, array_digest, merge_chunks, parts_dir, pytree_digest
 from .camels import CAMELS_COLUMNS, CamelsTable, read_camels_params, write_camels_params
+from .provenance import clean_json, fits_cards, provenance
 from .runs import RunData, load_run, save_run
 from .snapshots import (
     X_H,
@@ -37,5 +40,6 @@ __all__ = [
     "RunData", "save_run", "load_run",
     "CAMELS_COLUMNS", "CamelsTable", "read_camels_params", "write_camels_params",
     "Campaign", "CampaignStatus", "WorkerReport", "campaign_status", "merge_campaign", "run_chunk", "run_worker",
-    "write_chunked", "ChunkStore", "CorruptChunks", "array_digest", "merge_chunks", "parts_dir", "pytree_digest",
+    "write_chunked", "atomic_path", "write_json", "write_tree", "read_tree", "provenance", "fits_cards", "clean_json",
+    "ChunkStore", "CorruptChunks", "array_digest", "merge_chunks", "parts_dir", "pytree_digest",
 ]
