@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping
 
 import numpy as np
+from matplotlib import patheffects
 
 from ..plotting import param_label
 from .products import atomic_path
@@ -21,8 +22,10 @@ from .products import atomic_path
 __all__ = ["SELECTED_STYLE", "FAINT_STYLE", "survey_figures"]
 
 # white and Okabe & Ito's (2008) sky blue: both stand out on magma's blacks and oranges; the shapes differ too
-SELECTED_STYLE = dict(marker="o", s=90, facecolors="none", edgecolors="white", linewidths=1.6)
-FAINT_STYLE = dict(marker="x", s=22, c="#56B4E9", linewidths=1.1)
+# (a black outline keeps them visible on the brightest pixels too)
+_OUTLINE = [patheffects.withStroke(linewidth=3.2, foreground="black")]
+SELECTED_STYLE = dict(marker="o", s=90, facecolors="none", edgecolors="white", linewidths=1.6, path_effects=_OUTLINE)
+FAINT_STYLE = dict(marker="x", s=36, c="#56B4E9", linewidths=1.5, path_effects=_OUTLINE)
 CR_UNIT_TEX = r"counts s$^{-1}$"
 
 
