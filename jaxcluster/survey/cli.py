@@ -9,7 +9,9 @@ with a progress bar; on a shared 2-core CPU this took 1 min 37 s, of which
 skips it). It detects ~80 sources, ~3 of them above the cut: the XOD has
 tens of clusters only from ~40 deg² on (0.45–0.75 clusters per deg² above
 0.02 counts s⁻¹ at this resolution; 20 deg² took 6.5 min for 9), which is
-beyond a few minutes on a CPU — use `--area`/`--lightcones` on a GPU.
+beyond a few minutes on 2 cores; `--area` and `--lightcones` scale it up
+(cost ∝ area). Coarser cells do not help: 40 deg² at 0.78 h⁻¹ Mpc took
+1.5 min but gave 3 (the cores' emission is smoothed away).
 
 Outputs in `--out` (`survey.products` for the units and headers):
 
