@@ -5,13 +5,14 @@ Defaults: one 4 deg² lightcone, z = 0.1–0.5 in 12 boxes at seed 001's
 1′ pixels, sep detection, the 0.02 counts s⁻¹ cut, the shipped eLDL and the
 EPIC-pn table, the field centred on XXL-N. The boxes run one after another
 with a progress bar; on a shared 2-core CPU this took 1 min 37 s, of which
-~35 % is the SO halo finder behind the catalogue's `m500c` (`--no-halos`
+up to ~40 % is the SO halo finder behind the catalogue's `m500c` (`--no-halos`
 skips it). It detects ~80 sources, ~3 of them above the cut: the XOD has
 tens of clusters only from ~40 deg² on (0.45–0.75 clusters per deg² above
 0.02 counts s⁻¹ at this resolution; 20 deg² took 6.5 min for 9), which is
 beyond a few minutes on 2 cores; `--area` and `--lightcones` scale it up
 (cost ∝ area). Coarser cells do not help: 40 deg² at 0.78 h⁻¹ Mpc took
-1.5 min but gave 3 (the cores' emission is smoothed away).
+1.5 min but gave 3 (presumably coarser cells smooth the cluster cores, where
+the emission, ∝ n_e², peaks).
 
 Outputs in `--out` (`survey.products` for the units and headers):
 
