@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--compressor-width", type=int, default=d.compressor_width, help="ResNet channels")
     t.add_argument("--compressor-hidden", type=int, default=d.compressor_hidden, help="compressor MLP width")
     t.add_argument("--compressor-blocks", type=int, default=d.compressor_blocks, help="ResNet blocks")
+    t.add_argument("--compressor-batch-size", type=int, default=d.compressor_batch_size, help="XODs per compressor step")
     t.add_argument("--test-fraction", type=float, default=d.test_fraction,
                    help="share of the dataset held out for the calibration report")
     t.add_argument("--draws", type=int, default=d.n_draws, help="posterior draws per test XOD in the calibration")
@@ -86,6 +87,7 @@ def _train(args) -> int:
                            patience=args.patience, batch_size=args.batch_size, learning_rate=args.learning_rate,
                            compressor_epochs=args.compressor_epochs, compressor_width=args.compressor_width,
                            compressor_hidden=args.compressor_hidden, compressor_blocks=args.compressor_blocks,
+                           compressor_batch_size=args.compressor_batch_size,
                            test_fraction=args.test_fraction, n_draws=args.draws, seed=args.seed)
     train_npe(args.dataset, args.out, settings, progress=not args.no_progress, say=_say)
     import json

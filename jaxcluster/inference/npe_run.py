@@ -73,11 +73,11 @@ class NPESettings(eqx.Module):
     patience: int = 20
     batch_size: int = 200
     learning_rate: float = 5e-4
-    compressor_epochs: int = 100
+    compressor_epochs: int = 30
     compressor_width: int = 16
     compressor_hidden: int = 64
     compressor_blocks: int = 2
-    compressor_batch_size: int = 64
+    compressor_batch_size: int = 128
     test_fraction: float = 0.1
     n_draws: int = 500
     seed: int = 0
