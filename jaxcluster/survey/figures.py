@@ -16,8 +16,8 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib import patheffects
 
+from ..io.atomic import atomic_path
 from ..plotting import param_label
-from .products import atomic_path
 
 __all__ = ["SELECTED_STYLE", "FAINT_STYLE", "survey_figures"]
 

@@ -30,23 +30,22 @@ version, date, the command line, the settings as JSON in ``PROVJSON``); the same
 record in the catalogue's meta and in ``summary.json``.
 
 Every file is written under a temporary name and renamed into place
-(`atomic_path`), so a reader never sees half a file.
+(`jaxcluster.io.atomic.atomic_path`), so a reader never sees half a file.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
-import pathlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["XXL_N_CENTRE_DEG", "MAP_UNITS", "atomic_path", "wcs_header", "write_maps", "source_pixels",
+from ..io.atomic import atomic_path
+
+__all__ = ["XXL_N_CENTRE_DEG", "MAP_UNITS", "wcs_header", "write_maps", "source_pixels",
            "catalogue_table", "edge_flags", "write_catalogue", "write_xod", "write_json"]
 
 XXL_N_CENTRE_DEG = (35.75, -4.5)  # XXL-N (CFHTLS W1) centre, 2h23m −4°30′ J2000 [deg] (Pierre et al. 2016)
@@ -60,19 +59,6 @@ MAP_UNITS: dict[str, tuple[str, str]] = {
     "MASS": ("solMass", "projected matter mass per pixel (physical Msun)"),
     "SEGMENTATION": ("", "detection labels: 0 background, s = catalogue label"),
 }
-
-
-@contextlib.contextmanager
-def atomic_path(path: os.PathLike | str) -> Iterator[pathlib.Path]:
-    """Yield a temporary name beside ``path``; on success rename it to ``path`` (`os.replace`), else remove it."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def wcs_header(geometry, z_boxes: ArrayLike, n_lightcones: int, centre_deg: tuple[float, float]):
@@ -289,8 +275,8 @@ def write_xod(path, *, hard, soft, binning, cr_min: float, theta: Sequence[float
 
 
 def write_json(path, value: Mapping[str, Any]) -> None:
-    """A JSON file (`io.provenance.clean_json`: no float32 noise, no NaN), written atomically."""
+    """A JSON file (`io.provenance.clean_json`: no float32 noise, no NaN), written atomically (`io.atomic`)."""
+    from ..io import atomic
     from ..io.provenance import clean_json
 
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(clean_json(dict(value)), indent=2) + "\n")
+    atomic.write_json(path, clean_json(dict(value)), indent=2)
