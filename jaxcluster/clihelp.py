@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HelpFormatter", "add_deprecated_alias"]
+__all__ = ["HelpFormatter", "add_deprecated_alias", "seed_type", "SEED_RANGE", "add_memory_check"]
+
+# a PRNG seed is one uint32 word of `jax.random.key`: larger or negative values alias (2**32 ≡ 0, −1 ≡ 2**32 − 1)
+SEED_RANGE = (0, 2**32)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -41,3 +44,28 @@ def add_deprecated_alias(parser: argparse.ArgumentParser, old: str, *, dest: str
     its own (``SUPPRESS``), so it never overwrites the canonical option's default.
     """
     parser.add_argument(old, dest=dest, type=type, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
+def seed_type(text: str) -> int:
+    """`argparse` type of every ``--seed``: an integer in [0, 2**32).
+
+    `jax.random.key` keeps a seed's low 32 bits only (without x64), so
+    ``--seed 4294967296`` would silently give the same key as ``--seed 0`` and
+    ``--seed -1`` the same as ``--seed 4294967295``; both are refused.
+    """
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seed must be an integer in [0, 2**32), got {text!r}") from None
+    if not SEED_RANGE[0] <= value < SEED_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"seed = {value} is outside its allowed range [0, 2**32 = {2**32}) "
+                                         "(larger or negative seeds alias smaller ones)")
+    return value
+
+
+def add_memory_check(parser) -> None:
+    """The ``--no-memory-check`` flag of the commands that check their memory estimate up front
+    (`jaxcluster.engines.memory.check_memory`)."""
+    parser.add_argument("--no-memory-check", action="store_true",
+                        help="run even if the up-front memory estimate exceeds the memory available "
+                        "(the estimate is rough; see jaxcluster.engines.memory)")

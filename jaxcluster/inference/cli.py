@@ -177,6 +177,8 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("file", help="the dataset's output file (its chunks are in FILE.parts/)")
     i = sub.add_parser("info", help="print a dataset's size and settings", formatter_class=fmt)
     i.add_argument("file", help="a dataset (HDF5)")
+    i.add_argument("--quick", action="store_true",
+                   help="check the structure and metadata only, not every value (finite θ, finite counts >= 0)")
     return p
 
 
@@ -280,10 +282,10 @@ def _merge(args) -> int:
 
 
 def _info(args) -> int:
-    from .datasets import load_dataset
+    from .datasets import check_dataset
 
-    ds = load_dataset(args.file, 0, 0)
-    print(json.dumps(dict(ds.metadata), indent=1, sort_keys=True))
+    meta = check_dataset(args.file, scan=not args.quick)  # refuses a damaged or foreign file, naming the problem
+    print(json.dumps(dict(meta), indent=1, sort_keys=True))
     return 0
 
 

@@ -75,6 +75,7 @@ from ..io.campaign import (
     run_worker,
     write_chunked,
 )
+from ..io.checks import LoadError, check_array, check_finite_blocks, open_hdf5
 from ..io.chunks import parts_dir, pytree_digest, read_attr
 
 __all__ = [
@@ -91,6 +92,7 @@ __all__ = [
     "write_chunked",
     "pytree_digest",
     "Dataset",
+    "check_dataset",
     "load_dataset",
 ]
 
@@ -485,8 +487,8 @@ def dataset_campaign(
         raise ValueError(f"batch_mode = {batch_mode!r} is not allowed; choose from ('vmap', 'map')")
     if not (isinstance(n, (int, np.integer)) and 1 <= n < 2**31):
         raise ValueError(f"n = {n!r} is outside its allowed range: an integer in [1, 2**31)")
-    if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**31):
-        raise ValueError(f"seed = {seed!r} is outside its allowed range: an integer in [0, 2**31)")
+    if not (isinstance(seed, (int, np.integer)) and 0 <= seed < 2**32):
+        raise ValueError(f"seed = {seed!r} is outside its allowed range: an integer in [0, 2**32)")
     if not (isinstance(chunk_size, (int, np.integer)) and chunk_size >= 1):
         raise ValueError(f"chunk_size = {chunk_size!r} is outside its allowed range: an integer >= 1")
     if batch_size is None:  # the widest vmap of at most 32 samples that divides the chunk
@@ -672,29 +674,121 @@ class Dataset(NamedTuple):
         return BoxPrior(m["param_names"], m["prior_low"], m["prior_high"], m["prior_log"])
 
 
-def load_dataset(path: str | os.PathLike, start: int = 0, stop: int | None = None) -> Dataset:
-    """Read a dataset written by `generate_dataset` (samples start…stop−1; default all).
+_REQUIRED_ATTRS = ("param_names", "prior_low", "prior_high", "prior_log", "n", "seed")
+
+
+def _read_metadata(f, path: Path) -> dict:
+    meta = {}
+    for k in f.attrs:
+        try:
+            meta[k] = _attr(f.attrs[k], k)
+        except (ValueError, TypeError) as err:
+            raise LoadError(f"{path}: attribute {k!r} cannot be read ({err})") from None
+    return meta
+
+
+def check_dataset(path: str | os.PathLike, *, scan: bool = True) -> dict:
+    """Check that `path` is a complete, consistent dataset; return its metadata.
+
+    Structure (datasets ``theta`` and ``xod``), dtypes (floating point), ranks
+    ((n, d) and (n, n_cr, n_hr, n_z)), lengths (the same n, the ``n``
+    attribute), the metadata (prior attributes one per parameter, a valid
+    `BoxPrior`; ``xod_shape`` and ``xod_edges`` consistent with the XODs)
+    and, with `scan`, the values (finite θ; finite, non-negative XOD counts),
+    read in blocks.
+
+    Raises:
+        ValueError (`io.checks.LoadError`): naming the file and the problem.
+    """
+    path = Path(path)
+    if not path.exists() and parts_dir(path).exists():
+        raise LoadError(f"dataset {path} does not exist (the run is unfinished: run the same generate command "
+                        "again to resume)")
+    with open_hdf5(path, "dataset") as f:
+        return _check_open(f, path, scan)
+
+
+def _check_open(f, path: Path, scan: bool) -> dict:
+    import h5py
+
+    for name in ("theta", "xod"):
+        if name not in f or not isinstance(f[name], h5py.Dataset):
+            raise LoadError(f"{path} is not a jaxcluster dataset (no {name!r} dataset)")
+    theta, xod = f["theta"], f["xod"]
+    check_array(path, "theta", theta, ndim=2)
+    check_array(path, "xod", xod, ndim=4)
+    if theta.shape[0] != xod.shape[0]:
+        raise LoadError(f"{path}: 'theta' has {theta.shape[0]} rows but 'xod' {xod.shape[0]}; the file is "
+                        "inconsistent")
+    meta = _read_metadata(f, path)
+    missing = [k for k in _REQUIRED_ATTRS if k not in meta]
+    if missing:
+        raise LoadError(f"{path}: attribute(s) {missing} missing: not a dataset written by `jaxcluster dataset "
+                        "generate` (or a damaged one)")
+    n, d = theta.shape
+    if meta["n"] != n:
+        raise LoadError(f"{path}: attribute n = {meta['n']!r} but the file holds {n} rows")
+    for k in ("param_names", "prior_low", "prior_high", "prior_log"):
+        v = meta[k]
+        if not isinstance(v, list) or len(v) != d:
+            raise LoadError(f"{path}: attribute {k!r} = {v!r} must list one entry per parameter (theta has {d})")
+    try:
+        BoxPrior(meta["param_names"], meta["prior_low"], meta["prior_high"], meta["prior_log"])
+    except (ValueError, TypeError) as err:
+        raise LoadError(f"{path}: the prior attributes are invalid ({err})") from None
+    if "xod_shape" in meta and list(meta["xod_shape"]) != list(xod.shape[1:]):
+        raise LoadError(f"{path}: attribute xod_shape = {meta['xod_shape']} but 'xod' has shape {xod.shape[1:]} "
+                        "per sample")
+    edges = meta.get("xod_edges")
+    if edges is not None:
+        if not isinstance(edges, dict) or set(edges) != {"cr", "hr", "z"}:
+            raise LoadError(f"{path}: attribute xod_edges = {edges!r} must map 'cr', 'hr', 'z' to bin edges")
+        got = tuple(len(edges[k]) - 1 for k in ("cr", "hr", "z"))
+        if got != tuple(xod.shape[1:]):
+            raise LoadError(f"{path}: attribute xod_edges has {got} bins (cr, hr, z) but 'xod' has shape "
+                            f"{xod.shape[1:]} per sample")
+    if scan:
+        check_finite_blocks(path, "theta", theta)
+        check_finite_blocks(path, "xod", xod, nonnegative=True)
+    return meta
+
+
+def load_dataset(path: str | os.PathLike, start: int = 0, stop: int | None = None, *,
+                 memory_check: bool = True) -> Dataset:
+    """Read a dataset written by `generate_dataset` (samples start…stop−1; default all), checked.
+
+    The file is checked as by `check_dataset` (structure, dtypes, shapes,
+    metadata) and the rows read for finite θ and finite, non-negative
+    counts; a file that fails is refused, naming it and the problem.
 
     Args:
         path: the merged HDF5 file.
         start: first sample.
         stop: one past the last sample (default n).
+        memory_check: refuse at once when the rows read would not fit in the memory available
+            (`engines.memory.check_memory`; also off with ``JAXCLUSTER_NO_MEMORY_CHECK=1``).
 
     Returns:
         `Dataset(theta, xod, metadata)`.
 
     Raises:
-        ValueError: the file is absent (an unfinished run says so) or not a dataset.
+        ValueError: the file is absent (an unfinished run says so), not a dataset, or
+            inconsistent (`io.checks.LoadError`); or too large (`engines.memory.MemoryEstimateError`).
     """
-    import h5py
+    from ..engines.memory import check_memory
 
     path = Path(path)
     if not path.exists():
         unfinished = parts_dir(path).exists()
         hint = " (the run is unfinished: run the same generate command again to resume)" if unfinished else ""
-        raise ValueError(f"dataset {path} does not exist{hint}")
-    with h5py.File(path, "r") as f:
-        if "theta" not in f or "xod" not in f:
-            raise ValueError(f"{path} is not a jaxcluster dataset (no 'theta' and 'xod')")
-        meta = {k: _attr(f.attrs[k], k) for k in f.attrs}
-        return Dataset(f["theta"][start:stop], f["xod"][start:stop], meta)
+        raise LoadError(f"dataset {path} does not exist{hint}")
+    with open_hdf5(path, "dataset") as f:
+        meta = _check_open(f, path, scan=False)
+        theta_ds, xod_ds = f["theta"], f["xod"]
+        rows = len(range(*slice(start, stop).indices(theta_ds.shape[0])))
+        row_bytes = theta_ds.dtype.itemsize * theta_ds.shape[1] + xod_ds.dtype.itemsize * math.prod(xod_ds.shape[1:])
+        check_memory(rows * row_bytes, f"reading {rows} samples of {path}", enabled=memory_check)
+        theta, xod = theta_ds[start:stop], xod_ds[start:stop]
+    check_array(path, "theta", theta, ndim=2)
+    check_array(path, "xod", xod, ndim=4, nonnegative=True)
+    return Dataset(theta, xod, meta)
