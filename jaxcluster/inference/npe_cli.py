@@ -69,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--seed", type=int, default=0, help="seed of the draws")
     i.add_argument("--out", type=Path, default=None, help="output folder (default TRAINED/infer_<xod file>[_<index>])")
     i.add_argument("--no-figure", action="store_true", help="no corner plot")
+    i.add_argument("--compare", type=Path, nargs="+", default=None, metavar="POSTERIOR_H5",
+                   help="other posteriors of the same XOD to draw in the corner plot (posterior.h5 of hmc --xod)")
 
     v = sub.add_parser("validate", help="calibration of a trained posterior on a test dataset", formatter_class=fmt)
     v.add_argument("trained", type=Path, help="folder written by `npe train`")
@@ -125,7 +127,7 @@ def _infer(args) -> int:
     from ..io.provenance import provenance
     from .npe_run import load_npe
     from .observed import check_binning, read_xod
-    from .posterior_files import write_posterior
+    from .posterior_files import read_posterior, write_posterior
 
     if args.samples < 2:
         raise ValueError(f"--samples {args.samples} is outside its allowed range: an integer >= 2")
@@ -150,8 +152,14 @@ def _infer(args) -> int:
     method = f"npe ({manifest['settings']['estimator']}, {manifest['settings']['summary']})"
     prov = provenance("npe infer", seed=args.seed, settings=dict(trained=str(args.trained), xod=observed.source,
                                                                  samples=args.samples))
+    compare = {}
+    for path in args.compare or ():
+        other, other_names, attrs = read_posterior(path)
+        if tuple(other_names) != tuple(names):
+            raise ValueError(f"--compare {path} has parameters {other_names}, this posterior {names}")
+        compare[f"{attrs.get('method', path.parent.name)}"] = other
     paths = write_posterior(out, samples, names, method=method, provenance=prov, truth=truth,
-                            figure=not args.no_figure, extra=dict(xod_source=observed.source))
+                            figure=not args.no_figure, extra=dict(xod_source=observed.source), compare=compare)
     lo, hi = np.percentile(samples, [16, 84], axis=0)
     for j, n in enumerate(names):
         t = "" if truth is None else f" (truth {float(truth[j]):.4g})"

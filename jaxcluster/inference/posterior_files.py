@@ -59,7 +59,8 @@ def posterior_table(samples: Float[ArrayLike, "L d"], names: Sequence[str],
 
 def write_posterior(out: str | os.PathLike, samples: Float[ArrayLike, "L d"], names: Sequence[str], *,
                     method: str, provenance: Mapping[str, Any], truth: Float[ArrayLike, " d"] | None = None,
-                    extra: Mapping[str, Any] | None = None, figure: bool = True) -> dict[str, Path]:
+                    extra: Mapping[str, Any] | None = None, figure: bool = True,
+                    compare: Mapping[str, Float[ArrayLike, "M d"]] | None = None) -> dict[str, Path]:
     """Write ``posterior.h5``, ``posterior_summary.ecsv`` and ``corner.png`` to ``out`` (module docstring).
 
     Args:
@@ -71,6 +72,8 @@ def write_posterior(out: str | os.PathLike, samples: Float[ArrayLike, "L d"], na
         truth: (d,) the true parameters, when known.
         extra: more attributes for the HDF5 file (JSON-ready values).
         figure: also write the corner plot.
+        compare: other posteriors of the same parameters ``{label: (M, d) samples}``, drawn in the
+            corner plot too (e.g. the NUTS posterior of the same XOD).
 
     Returns:
         ``{"samples": path, "summary": path, "corner": path}`` (no ``corner`` without ``figure``).
@@ -104,7 +107,8 @@ def write_posterior(out: str | os.PathLike, samples: Float[ArrayLike, "L d"], na
         import matplotlib.pyplot as plt
 
         paths["corner"] = out / "corner.png"
-        fig = corner_plot({method: s}, list(names), truth=truth, title=f"posterior: {method}")
+        sets = {method: s, **{k: np.asarray(v, np.float64) for k, v in (compare or {}).items()}}
+        fig = corner_plot(sets, list(names), truth=truth, title=f"posterior: {method}")
         with atomic_path(paths["corner"]) as tmp:
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)

@@ -67,6 +67,19 @@ def test_train_products_infer_and_validate(dataset, tmp_path, capsys):
     assert samples.shape == (500, 2) and names == NAMES and np.allclose(attrs["truth"], truth)
     assert attrs["provenance"]["command"] == "npe infer"
     assert (out / "infer_analytic_7" / "corner.png").is_file()
+    # a second posterior of the same XOD drawn beside it; one of other parameters refused
+    assert main(["infer", str(out), "--xod", str(dataset), "--index", "7", "--samples", "200", "--out",
+                 str(tmp_path / "cmp"), "--compare", str(out / "infer_analytic_7" / "posterior.h5")]) == 0
+    import matplotlib.image
+
+    assert matplotlib.image.imread(tmp_path / "cmp" / "corner.png").shape[-1] in (3, 4)
+    from jaxcluster.inference.posterior_files import write_posterior
+
+    write_posterior(tmp_path / "other", np.zeros((10, 1)), ["Omega_m"], method="x", provenance={}, figure=False)
+    capsys.readouterr()
+    assert main(["infer", str(out), "--xod", str(dataset), "--index", "7", "--out", str(tmp_path / "cmp2"),
+                 "--compare", str(tmp_path / "other" / "posterior.h5")]) == 2
+    assert "has parameters ('Omega_m',)" in capsys.readouterr().err
     from astropy.table import Table
 
     table = Table.read(out / "infer_analytic_7" / "posterior_summary.ecsv")
