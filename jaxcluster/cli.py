@@ -147,7 +147,7 @@ _FORWARDED = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .clihelp import HelpFormatter
+    from .clihelp import HelpFormatter, seed_type
 
     parser = argparse.ArgumentParser(prog="jaxcluster", description=__doc__, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--a-init", type=float, default=0.1, help="scale factor of the 2LPT initial conditions")
     run.add_argument("--omega-m", type=float, default=0.3, help="Ω_m (prior range [0.1, 0.5])")
     run.add_argument("--sigma-8", type=float, default=0.8, help="σ_8 (prior range [0.6, 1.0])")
-    run.add_argument("--seed", type=int, default=0, help="seed of the initial conditions' white noise")
+    run.add_argument("--seed", type=seed_type, default=0, help="seed of the initial conditions' white noise")
     run.add_argument("--x64", action="store_true", help="run in float64")
     run.set_defaults(func=_run)
     for name, text in _FORWARDED.items():  # listed in --help; dispatched before parsing

@@ -52,12 +52,31 @@ def check_scalar(name: str, value, low, high, *, integer: bool = False, low_open
 
     Raises a ValueError naming `name` and its allowed range otherwise.
     """
-    v = float(value)
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        v = math.nan  # not a number: refused below, naming the parameter
     bad = not math.isfinite(v) or v > high or (v <= low if low_open else v < low) or (integer and int(v) != v)
     if bad:
         raise ValueError(f"{name} = {value!r} is outside its allowed range {'(' if low_open else '['}{low}, {high}]"
                          + (" (integer)" if integer else ""))
     return int(v) if integer else v
+
+
+def check_triple(name: str, value, low, high=math.inf, *, integer: bool = False, low_open: bool = False) -> tuple:
+    """One number or three (x, y, z), each validated as `check_scalar` does; returns a 3-tuple.
+
+    Raises a ValueError naming `name` and its allowed range otherwise.
+    """
+    try:
+        a = np.broadcast_to(np.asarray(value, dtype=float), (3,))
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} = {value!r} is outside its allowed range: one number or three") from None
+    try:
+        return tuple(check_scalar(name, v, low, high, integer=integer, low_open=low_open) for v in a)
+    except ValueError:
+        raise ValueError(f"{name} = {value!r} is outside its allowed range {'(' if low_open else '['}{low}, {high}] "
+                         f"on every axis" + (" (integers)" if integer else "")) from None
 
 
 class ThetaSim(eqx.Module):

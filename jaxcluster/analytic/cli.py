@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..clihelp import HelpFormatter, add_deprecated_alias
+from ..clihelp import HelpFormatter, add_deprecated_alias, seed_type
 from .scaling import SCALING_NAMES
 
 __all__ = ["fisher_main", "hmc_main"]
@@ -197,7 +197,7 @@ def hmc_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chains", type=int, default=4, help="independent NUTS chains (vectorised)")
     parser.add_argument("--warmup", type=int, default=500, help="warm-up (step-size adaptation) steps per chain")
     parser.add_argument("--samples", type=int, default=1000, help="kept samples per chain")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the PRNG key (mock, starting points, NUTS)")
+    parser.add_argument("--seed", type=seed_type, default=0, help="seed of the PRNG key (mock, starting points, NUTS)")
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--mock", action="store_true", help="fit a Poisson mock instead of the Asimov XOD")
     data.add_argument("--xod", type=Path, default=None,

@@ -41,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ..clihelp import HelpFormatter
+    from ..clihelp import HelpFormatter, seed_type
 
     parser = _Parser(prog="jaxcluster data", description=_DESCRIPTION, formatter_class=HelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser, metavar="{generate,convert-camels}")
@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("kind", choices=tuple(_KINDS), help="; ".join(f"{k}: {v}" for k, v in _KINDS.items()))
     gen.add_argument("--out", type=Path, required=True, help="output directory (created; re-use it to resume)")
     gen.add_argument("--n", type=int, default=None, help="number of samples (default: cv 8, lh 1000)")
-    gen.add_argument("--seed", type=int, default=None, help="master seed (default: 0)")
+    gen.add_argument("--seed", type=seed_type, default=None, help="master seed (default: 0)")
     gen.add_argument("--steps", type=int, default=None, help="FastPM steps from z = 6 to z = 0.1 (default: 20)")
     gen.add_argument("--n-side", type=int, default=None,
                      help="particles per side = voxels per side of the fields (default: cv 128, lh 64)")

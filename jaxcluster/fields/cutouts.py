@@ -122,13 +122,11 @@ class CutoutConfig(eqx.Module):
     depth: float = eqx.field(static=True)
 
     def __init__(self, n_pix: int = 32, pixel_size: float = 0.390625, depth: float | None = None):
-        if int(n_pix) < 4:
-            raise ValueError(f"n_pix = {n_pix} must be >= 4")
-        if not pixel_size > 0:
-            raise ValueError(f"pixel_size = {pixel_size} must be > 0 [h^-1 Mpc]")
-        depth = float(n_pix) * float(pixel_size) if depth is None else float(depth)
-        if not depth > 0:
-            raise ValueError(f"depth = {depth} must be > 0 [h^-1 Mpc]")
+        from ..params import check_scalar
+
+        n_pix = check_scalar("n_pix", n_pix, 4, 4096, integer=True)
+        pixel_size = check_scalar("pixel_size", pixel_size, 0.0, 1e4, low_open=True)
+        depth = n_pix * pixel_size if depth is None else check_scalar("depth", depth, 0.0, 1e5, low_open=True)
         self.n_pix, self.pixel_size, self.depth = int(n_pix), float(pixel_size), depth
 
     @property

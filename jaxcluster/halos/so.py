@@ -140,26 +140,17 @@ class SOFinder(eqx.Module):
         min_particles: int = 20,
         max_neighbours: int = 65536,
     ):
-        box = tuple(float(b) for b in np.broadcast_to(np.asarray(box_size, dtype=float), (3,)))
-        mesh = tuple(int(n) for n in np.broadcast_to(np.asarray(mesh_shape), (3,)))
-        if any(not math.isfinite(b) or b <= 0 for b in box):
-            raise ValueError(f"box_size = {box} must be positive [h⁻¹ Mpc]")
-        if any(n < 4 for n in mesh):
-            raise ValueError(f"mesh_shape = {mesh} must have at least 4 cells per side")
-        if max_halos < 1:
-            raise ValueError(f"max_halos = {max_halos} must be >= 1")
-        if capacity is not None and capacity < 1:
-            raise ValueError(f"capacity = {capacity} must be >= 1 (or None to measure it)")
-        if not 0 < r_max <= min(box) / 3:
-            raise ValueError(f"r_max = {r_max} must lie in (0, min(box_size)/3 = {min(box) / 3:g}] h⁻¹ Mpc")
-        if peak_overdensity <= 1:
-            raise ValueError(f"peak_overdensity = {peak_overdensity} must be > 1")
-        if smoothing < 0:
-            raise ValueError(f"smoothing = {smoothing} must be >= 0 cells")
-        if min_particles < 1:
-            raise ValueError(f"min_particles = {min_particles} must be >= 1")
-        if max_neighbours < 1:
-            raise ValueError(f"max_neighbours = {max_neighbours} must be >= 1")
+        from ..params import check_scalar as _c, check_triple
+
+        box = check_triple("box_size", box_size, 0.0, math.inf, low_open=True)
+        mesh = check_triple("mesh_shape", mesh_shape, 4, 2**10, integer=True)
+        max_halos = _c("max_halos", max_halos, 1, 2**20, integer=True)
+        capacity = None if capacity is None else _c("capacity", capacity, 1, 2**31 - 1, integer=True)
+        r_max = _c("r_max", r_max, 0.0, min(box) / 3, low_open=True)
+        peak_overdensity = _c("peak_overdensity", peak_overdensity, 1.0, math.inf, low_open=True)
+        smoothing = _c("smoothing", smoothing, 0.0, 1e3)
+        min_particles = _c("min_particles", min_particles, 1, 2**31 - 1, integer=True)
+        max_neighbours = _c("max_neighbours", max_neighbours, 1, 2**31 - 1, integer=True)
         self.box_size, self.mesh_shape, self.max_halos, self.capacity = box, mesh, int(max_halos), capacity
         self.r_max, self.peak_overdensity = float(r_max), float(peak_overdensity)
         self.smoothing, self.min_particles = float(smoothing), int(min_particles)

@@ -112,7 +112,7 @@ class DatasetJob:
 def _parser() -> argparse.ArgumentParser:
     from ..io.campaign import DEFAULT_LEASE_S, DEFAULT_MAX_ATTEMPTS
 
-    from ..clihelp import HelpFormatter
+    from ..clihelp import HelpFormatter, add_memory_check, seed_type
 
     fmt = HelpFormatter
     p = argparse.ArgumentParser(prog="jaxcluster dataset", description=__doc__.splitlines()[0], formatter_class=fmt)
@@ -124,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                    "`jaxcluster simulate` (PM, eLDL gas, detection)")
     g.add_argument("--n", type=int, required=True, help="number of (θ, XOD) pairs")
     g.add_argument("--out", required=True, help="output HDF5 file")
-    g.add_argument("--seed", type=int, default=0, help="seed of the θ design and of the simulations' keys")
+    g.add_argument("--seed", type=seed_type, default=0, help="seed of the θ design and of the simulations' keys")
     g.add_argument("--design", choices=("random", "latin_hypercube"), default="random",
                    help="how θ fills the prior box: independent uniform draws or a Latin hypercube")
     g.add_argument("--chunk-size", type=int, default=None,

@@ -28,8 +28,10 @@ class PMConfig(eqx.Module):
         gradient: Fourier gradient kernel of the force, "fd4" (FastPM) or "exact".
 
     Raises:
-        ValueError: non-positive sizes, anisotropic cells, or a mesh that is not
-            an integer multiple of the particle lattice.
+        ValueError: non-positive or non-finite sizes, fractional or negative counts,
+            more than 2**31 − 1 particles or cells, anisotropic cells, or a mesh
+            that is not an integer multiple of the particle lattice (the message
+            names the parameter and its allowed range).
     """
 
     box_size: tuple[float, float, float] = eqx.field(static=True)
@@ -44,13 +46,14 @@ class PMConfig(eqx.Module):
         mesh_shape: int | tuple[int, int, int] | None = None,
         gradient: str = "fd4",
     ):
-        box = tuple(float(b) for b in np.broadcast_to(np.asarray(box_size, dtype=float), (3,)))
-        ptcl = tuple(int(n) for n in np.broadcast_to(np.asarray(particle_shape), (3,)))
-        mesh = ptcl if mesh_shape is None else tuple(int(n) for n in np.broadcast_to(np.asarray(mesh_shape), (3,)))
-        if any(not math.isfinite(b) or b <= 0 for b in box):
-            raise ValueError(f"box_size = {box} must be positive and finite [h⁻¹ Mpc] along every axis")
-        if any(n < 2 for n in ptcl):
-            raise ValueError(f"particle_shape = {ptcl} must have at least 2 particles per side")
+        from ..params import check_triple
+
+        box = check_triple("box_size", box_size, 0.0, math.inf, low_open=True)
+        ptcl = check_triple("particle_shape", particle_shape, 2, 2**31 - 1, integer=True)
+        mesh = ptcl if mesh_shape is None else check_triple("mesh_shape", mesh_shape, 1, 2**31 - 1, integer=True)
+        if math.prod(ptcl) >= 2**31 or math.prod(mesh) >= 2**31:
+            raise ValueError(f"particle_shape = {ptcl}, mesh_shape = {mesh}: at most 2**31 - 1 particles and mesh "
+                             "cells (int32 indices)")
         if any(m % n for m, n in zip(mesh, ptcl)):
             raise ValueError(f"mesh_shape = {mesh} must be an integer multiple of particle_shape = {ptcl}")
         factors = {m // n for m, n in zip(mesh, ptcl)}
