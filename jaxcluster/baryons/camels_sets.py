@@ -144,9 +144,7 @@ def _convert_one(dest, ic, header, snaps, redshifts, theta, n_steps, mesh_shape,
         counts = paint_cic(x / (box / n_vox), jnp.ones(x.shape[0], dtype=x.dtype), shape)
         rho_dm = counts * (math.prod(shape) / x.shape[0]) * rho_mean
         path = dest / f"z{z:.3f}.h5"
-        tmp = path.with_name(path.name + ".tmp")
-        save_run(tmp, pos=x, p=run.p[j], theta=theta, z=z, config=config,
+        save_run(path, pos=x, p=run.p[j], theta=theta, z=z, config=config,
                  fields={"n_e_cm3": gas.n_e_cm3, "T_keV": gas.T_keV, "rho_dm": rho_dm},
                  field_units={"n_e_cm3": "cm^-3 (comoving)", "T_keV": "keV", "rho_dm": "h^2 Msun Mpc^-3 (comoving)"},
-                 metadata=meta | {"synthetic": False, "gas_snapshot": str(snap), "pm_restart": str(ic)})
-        os.replace(tmp, path)
+                 metadata=meta | {"synthetic": False, "gas_snapshot": str(snap), "pm_restart": str(ic)})  # atomic

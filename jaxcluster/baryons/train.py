@@ -22,15 +22,21 @@ box along x is never trained on. Data are directories of `save_run` files,
 (what `generate_training_set` writes, and what real CAMELS snapshots give
 through `jaxcluster.io.voxelise_gas` plus a PM restart).
 
-Checkpoints: ``<out>/checkpoints/<stage>.eqx`` (`eqx.tree_serialise_leaves`
-of the parameters, optimiser state, best iterate and counters), written
-atomically every `checkpoint_every` steps; a finished stage leaves
-``<stage>.done.eqx`` and is skipped on a rerun.
+Checkpoints: ``<out>/checkpoints/<stage>.eqx`` (`jaxcluster.io.atomic.write_tree`:
+a JSON header with the stage's loss history, then the parameters, optimiser
+state, best iterate and counters), written atomically every
+`checkpoint_every` steps; a finished stage leaves ``<stage>.done.eqx`` (its
+header holds the stage's metrics: weights and metrics are one file) and is
+skipped on a rerun. ``<out>/settings.json``, the first write, records the
+settings, the structure and initial weights' digest of the model and the
+SHA-256 of every training file used; a rerun with anything else is refused,
+naming the difference. A kill at any point resumes to the same bits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable
@@ -44,12 +50,15 @@ import optax
 from jaxtyping import Array, ArrayLike, Float
 
 from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology
+from ..io.atomic import read_tree, record_settings, write_tree
+from ..io.chunks import pytree_digest
 from ..io.runs import load_run
 from ..params import PARAM_NAMES, ThetaSim
 from .eldl import ExtendedLDL, ldl_params
 from .ldl import GRADIENTS, LDL, ActivationLayer, paint_one_plus_delta
 from .loss import T_loss, n_e_loss, slab_mask
 from .synthetic import _RHO_TO_NE
+from .training_sets import check_complete
 
 __all__ = [
     "TrainingConfig", "TrainingBoxes", "load_training_boxes", "mean_electron_density", "warm_start", "fit_activation",
@@ -126,15 +135,30 @@ def mean_electron_density(cosmo: Cosmology | None = None) -> float:
     return float(cosmo.Omega_b * RHO_CRIT0_MSUN_H2_MPC3 * cosmo.h**2 * _RHO_TO_NE)
 
 
+def _training_files(data_dir: str | os.PathLike, z: float, max_boxes: int | None) -> list[Path]:
+    files = sorted(Path(data_dir).glob(f"*/z{z:.3f}.h5"), key=lambda p: (len(p.parent.name), p.parent.name))
+    return files if max_boxes is None else files[:max_boxes]
+
+
+def training_files_digest(data_dir: str | os.PathLike, redshifts: Iterable[float], max_boxes: int | None = None) -> str:
+    """SHA-256 over the names and contents of the files `load_training_boxes` reads at these redshifts."""
+    h = hashlib.sha256()
+    for z in sorted(set(float(z) for z in redshifts)):
+        for path in _training_files(data_dir, z, max_boxes):
+            h.update(f"{path.parent.name}/{path.name}|".encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
 def load_training_boxes(data_dir: str | os.PathLike, z: float, max_boxes: int | None = None) -> TrainingBoxes:
     """Read every ``<data_dir>/<sample>/z<z:.3f>.h5`` into stacked float32 arrays.
 
     Raises:
         ValueError: no file at that redshift, or boxes of different geometry.
     """
-    files = sorted(Path(data_dir).glob(f"*/z{z:.3f}.h5"), key=lambda p: (len(p.parent.name), p.parent.name))
-    if max_boxes is not None:
-        files = files[:max_boxes]
+    files = _training_files(data_dir, z, max_boxes)
     if not files:
         raise ValueError(f"no training files {data_dir}/*/z{z:.3f}.h5 (is z = {z} one of the set's redshifts?)")
     n_e_mean = mean_electron_density()
@@ -170,10 +194,14 @@ def load_training_boxes(data_dir: str | os.PathLike, z: float, max_boxes: int | 
 # ----------------------------------------------------------------- checkpoints
 
 
-def _save(path: Path, tree) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    eqx.tree_serialise_leaves(tmp, tree)
-    os.replace(tmp, path)  # a kill never leaves a half-written checkpoint
+def _load(path: Path, like):
+    """(header, tree) of a checkpoint, or (None, like) when there is none."""
+    if not path.exists():
+        return None, like
+    try:
+        return read_tree(path, like)
+    except ValueError as err:
+        raise ValueError(f"{err}: remove {path} to redo that stage") from None
 
 
 def _box_loss(field: str, model: ExtendedLDL, boxes: TrainingBoxes, i, mask, n: float, z_fixed: float | None):
@@ -254,10 +282,9 @@ def _fit_lbfgs(stage, model, where, field, boxes, config, ckpt_dir, progress) ->
 
     carry = (params, opt.init(params), params, jnp.asarray(0), jnp.asarray(jnp.inf, dtype=jnp.float32))
     path = ckpt_dir / f"{stage}.eqx"
-    if path.exists():
-        carry = eqx.tree_deserialise_leaves(path, carry)
+    header, carry = _load(path, carry)
     p, state, best, it, best_val = carry
-    history = _read_history(ckpt_dir, stage)
+    history = [] if header is None else header["history"]
     bar = tqdm(total=config.base_iterations, initial=int(it), desc=stage, disable=not progress)
     while int(it) < config.base_iterations:
         p, state, value = step(p, state, boxes)
@@ -267,8 +294,7 @@ def _fit_lbfgs(stage, model, where, field, boxes, config, ckpt_dir, progress) ->
             if v < best_val:
                 best, best_val = p, v
             history.append({"iteration": int(it), "train": float(value), "validation": float(v)})
-            _write_history(ckpt_dir, stage, history)
-            _save(path, (p, state, best, it, best_val))
+            write_tree(path, {"stage": stage, "history": history}, (p, state, best, it, best_val))
         bar.set_postfix(loss=f"{float(value):.4g}")
         bar.update(1)
     bar.close()
@@ -291,10 +317,9 @@ def _fit_adam(stage, model, where, field, boxes, config, ckpt_dir, progress, z_f
     zero = jnp.asarray(0)
     carry = (params, opt.init(params), params, zero, jnp.asarray(jnp.inf, dtype=jnp.float32), zero)
     path = ckpt_dir / f"{stage}.eqx"
-    if path.exists():
-        carry = eqx.tree_deserialise_leaves(path, carry)
+    header, carry = _load(path, carry)
     p, state, best, epoch, best_val, stale = carry
-    history = _read_history(ckpt_dir, stage)
+    history = [] if header is None else header["history"]
     if int(epoch) == 0 and not history:
         # The start is a candidate: an epoch that only makes things worse (e.g.
         # into the all-zero output of a dead ReLU) is never kept.
@@ -315,34 +340,21 @@ def _fit_adam(stage, model, where, field, boxes, config, ckpt_dir, progress, z_f
         else:
             stale = stale + 1
         history.append({"epoch": int(epoch), "train": float(np.mean(losses)), "validation": float(v)})
-        _write_history(ckpt_dir, stage, history)
-        _save(path, (p, state, best, epoch, best_val, stale))
+        write_tree(path, {"stage": stage, "history": history}, (p, state, best, epoch, best_val, stale))
         bar.set_postfix(train=f"{np.mean(losses):.4g}", val=f"{float(v):.4g}")
         bar.update(1)
     bar.close()
     return rebuild(best), {"best_validation": float(best_val), "history": history}
 
 
-def _read_history(ckpt_dir: Path, stage: str) -> list:
-    path = ckpt_dir / f"{stage}.json"
-    return json.loads(path.read_text()) if path.exists() else []
-
-
-def _write_history(ckpt_dir: Path, stage: str, history: list) -> None:
-    tmp = ckpt_dir / f"{stage}.json.tmp"
-    tmp.write_text(json.dumps(history))
-    os.replace(tmp, ckpt_dir / f"{stage}.json")
-
-
 def _stage(name, model, run: Callable, ckpt_dir: Path, metrics: dict):
-    """Run a stage unless its final parameters are on disk (then load them)."""
-    done = ckpt_dir / f"{name}.done.eqx"
-    if done.exists():
-        metrics[name] = json.loads((ckpt_dir / f"{name}.metrics.json").read_text())
-        return eqx.tree_deserialise_leaves(done, model)
+    """Run a stage unless its final parameters are on disk (then load them); parameters and metrics are one file."""
+    header, done = _load(ckpt_dir / f"{name}.done.eqx", model)
+    if header is not None:
+        metrics[name] = header["metrics"]
+        return done
     model, m = run(model)
-    _save(done, model)
-    (ckpt_dir / f"{name}.metrics.json").write_text(json.dumps(m))
+    write_tree(ckpt_dir / f"{name}.done.eqx", {"stage": name, "metrics": m}, model)
     metrics[name] = m
     return model
 
@@ -398,6 +410,28 @@ def fit_activation(
     return ActivationLayer(b0=b0, b1=b1, mu=float(mu))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Where:
+    """The sub-module a stage trains, e.g. ``_Where("T_nets.mlp", 2)`` for ``e.T_nets[2].mlp``.
+
+    Equal by value (unlike a lambda), so the jitted steps, whose static
+    argument it is, compile once per process: a resumed run or a second call
+    reuses the compilation.
+    """
+
+    attrs: str
+    index: int | None = None
+
+    def __call__(self, e):
+        first, *rest = self.attrs.split(".")
+        e = getattr(e, first)
+        if self.index is not None:
+            e = e[self.index]
+        for a in rest:
+            e = getattr(e, a)
+        return e
+
+
 def train_eldl(
     cv_dir: str | os.PathLike,
     lh_dir: str | os.PathLike,
@@ -408,6 +442,7 @@ def train_eldl(
     progress: bool = True,
     max_cv_boxes: int | None = None,
     max_lh_boxes: int | None = None,
+    settings: dict | None = None,
 ) -> tuple[ExtendedLDL, dict]:
     """Train an `ExtendedLDL` in the stages of seed 001 Fig. 1 (resumable).
 
@@ -420,27 +455,46 @@ def train_eldl(
         progress: tqdm bars.
         max_cv_boxes: use at most this many CV boxes.
         max_lh_boxes: use at most this many LH boxes per redshift.
+        settings: more settings to record with the run (the CLI's model structure).
 
     Returns:
         (trained model, metrics per stage).
+
+    Raises:
+        ValueError: ``out_dir`` holds a training with other settings, another initial model or other
+            training files (naming each difference), or a corrupt checkpoint (naming it); a training
+            set that `jaxcluster data generate` has not finished.
     """
-    ckpt = Path(out_dir) / "checkpoints"
-    ckpt.mkdir(parents=True, exist_ok=True)
+    out = Path(out_dir)
+    ckpt = out / "checkpoints"
+    zs_used = (config.base_redshift, *model.T_redshifts)
+    for name, d in (("cv", cv_dir), ("lh", lh_dir)):
+        check_complete(d, f"--{name}")
+    mine = {**(settings or {}), **dataclasses.asdict(config), "max_cv_boxes": max_cv_boxes, "max_lh_boxes": max_lh_boxes,
+            "initial_model_sha256": pytree_digest(model),
+            "cv_sha256": training_files_digest(cv_dir, zs_used, max_cv_boxes),
+            "lh_sha256": training_files_digest(lh_dir, zs_used, max_lh_boxes)}
+    if ckpt.is_dir() and not (out / "settings.json").exists() and any(ckpt.iterdir()):
+        raise ValueError(f"{out} holds checkpoints from a version that recorded no settings.json: they cannot be "
+                         "checked against this run; remove the folder or use another output folder")
+    out.mkdir(parents=True, exist_ok=True)
+    record_settings(out / "settings.json", mine)
+    ckpt.mkdir(exist_ok=True)
     metrics: dict = {}
     z0 = config.base_redshift
     cv = load_training_boxes(cv_dir, z0, max_cv_boxes)
     model = _stage("base_n_e", model, lambda m: _fit_lbfgs(
         "base_n_e", eqx.tree_at(lambda e: e.n_e_base, m, warm_start(m.n_e_base, cv, "n_e", config.validation_fraction)),
-        lambda e: e.n_e_base, "n_e", cv, config, ckpt, progress), ckpt, metrics)
+        _Where("n_e_base"), "n_e", cv, config, ckpt, progress), ckpt, metrics)
     model = _stage("base_T", model, lambda m: _fit_lbfgs(
         "base_T", eqx.tree_at(lambda e: e.T_base, m, warm_start(m.T_base, cv, "T", config.validation_fraction)),
-        lambda e: e.T_base, "T", cv, config, ckpt, progress), ckpt, metrics)
+        _Where("T_base"), "T", cv, config, ckpt, progress), ckpt, metrics)
     # The T heads' offsets start from the warm-start power law of T at z0 on these boxes.
     fid0 = ldl_params(warm_start(model.T_base, cv, "T", config.validation_fraction))
     del cv
     lh = load_training_boxes(lh_dir, z0, max_lh_boxes)
     # Hypernetworks: only their MLPs train (on the LH set); δΘ(θ_fid) stays at the offset.
-    model = _stage("net_n_e", model, lambda m: _fit_adam("net_n_e", m, lambda e: e.n_e_net.mlp, "n_e", lh, config, ckpt,
+    model = _stage("net_n_e", model, lambda m: _fit_adam("net_n_e", m, _Where("n_e_net.mlp"), "n_e", lh, config, ckpt,
                                                           progress, None), ckpt, metrics)
     # T heads: the z0 head first, then every other redshift starting from it. A head's
     # offset (its shift at θ_fid) is the change of the warm-start power law of T between
@@ -457,7 +511,7 @@ def train_eldl(
                                           config.validation_fraction))
             head = eqx.tree_at(lambda h: h.offset, model.T_nets[k0], (fid_k - fid0).astype(model.T_nets[k0].offset.dtype))
             model = eqx.tree_at(lambda e: e.T_nets[k], model, head)
-        model = _stage(name, model, lambda m, k=k, b=boxes: _fit_adam(name, m, lambda e: e.T_nets[k].mlp, "T", b, config,
+        model = _stage(name, model, lambda m, k=k, b=boxes: _fit_adam(name, m, _Where("T_nets.mlp", k), "T", b, config,
                                                                      ckpt, progress, float(zs[k])), ckpt, metrics)
     return model, metrics
 
@@ -535,8 +589,12 @@ def main(argv: list[str] | None = None) -> int:
     model = ExtendedLDL.init(jax.random.key(args.seed), filter=args.filter, redshifts=redshifts, gradient=args.gradient,
                              source_stride=args.source_stride)
     t0 = time.time()
-    model, metrics = train_eldl(args.cv, args.lh, args.out, model, config, progress=not args.no_progress,
-                                max_cv_boxes=args.max_cv_boxes, max_lh_boxes=args.max_lh_boxes)
+    try:
+        model, metrics = train_eldl(args.cv, args.lh, args.out, model, config, progress=not args.no_progress,
+                                    max_cv_boxes=args.max_cv_boxes, max_lh_boxes=args.max_lh_boxes, settings=structure)
+    except ValueError as err:
+        print(f"jaxcluster: error: eldl train: {err}", file=sys.stderr)
+        return 2
     summary = {k: v["best_validation"] for k, v in metrics.items()}
     meta = {"cv": str(args.cv), "lh": str(args.lh), "config": dataclasses.asdict(config),
             # the first N boxes of each set (sorted by name) were trained on; the rest are held out

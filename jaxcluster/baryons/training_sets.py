@@ -18,9 +18,12 @@ spherical-overdensity halos are found and `synthetic_gas` paints n_e and T.
     out/LH_0/z0.100.h5 …      one `save_run` file per redshift: particles, fields
                               rho_dm, n_e_cm3, T_keV, and the halo catalogue (halo_*)
 
-Files are written to a temporary name and renamed, so a killed run leaves
-no partial file under a final name; a restart skips the samples whose files
-all exist and redoes the others (nothing lost, nothing duplicated).
+Files are written to a temporary name, fsynced and renamed
+(`jaxcluster.io.atomic`), so a killed run leaves no partial file under a
+final name; a restart skips the samples whose files all exist and redoes the
+others (nothing lost, nothing duplicated), and reproduces the same bits. A
+restart with another spec or gas model is refused, naming the difference;
+`check_complete` tells readers (``eldl train``) whether a set is finished.
 Samples are spread over the available devices, one share per device.
 """
 
@@ -41,6 +44,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology, growth_table
 from ..halos.so import HaloCatalogue, SOFinder, find_halos
+from ..io.atomic import atomic_path
 from ..io.camels import write_camels_params
 from ..io.runs import save_run
 from ..nbody import PMConfig, linear_field, lpt, nbody, paint_cic, step_grid, white_noise
@@ -266,15 +270,52 @@ def _write_sample(out: Path, spec: TrainingSetSpec, i: int, theta: ThetaSim, fie
     for j, (z, path) in enumerate(zip(spec.redshifts, _sample_paths(out, spec, i))):
         path.parent.mkdir(parents=True, exist_ok=True)
         halo = {f"halo_{n}": np.asarray(getattr(fields.halos, n)[j]) for n in _HALO_FIELDS}
-        tmp = path.with_name(path.name + ".tmp")
-        save_run(
-            tmp, pos=fields.pos[j], p=fields.p[j], theta=theta, z=z, config=config,
+        save_run(  # atomic: a final name only ever holds a whole file
+            path, pos=fields.pos[j], p=fields.p[j], theta=theta, z=z, config=config,
             fields={"rho_dm": fields.rho_dm[j], "n_e_cm3": fields.n_e[j], "T_keV": fields.T_keV[j], **halo},
             field_units={"rho_dm": "h^2 Msun Mpc^-3 (comoving)", "n_e_cm3": "cm^-3 (comoving)", "T_keV": "keV",
                          "halo_M200c": "h^-1 Msun", "halo_R200c": "h^-1 Mpc (comoving)"},
             metadata=meta | {"sample": spec.sample_name(i), "ic_seed": spec.ic_seed(i)},
         )
-        os.replace(tmp, path)  # atomic: a final name only ever holds a whole file
+
+
+def check_complete(out_dir: str | os.PathLike, label: str = "training set") -> None:
+    """Refuse a set that `generate_training_set` has not finished (one with a ``spec.json``, some sample files missing).
+
+    Sets without a ``spec.json`` (e.g. converted CAMELS snapshots) are not checked.
+
+    Raises:
+        ValueError: naming the folder, how many samples are missing, and how to finish it.
+    """
+    out = Path(out_dir)
+    if not (out / "spec.json").exists():
+        return
+    try:
+        spec, _ = stored_spec(out)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ValueError(f"{label} {out}: its spec.json cannot be read ({err})") from None
+    missing = [spec.sample_name(i) for i in range(spec.n_samples) if not all(p.exists() for p in _sample_paths(out, spec, i))]
+    if missing:
+        raise ValueError(f"{label} {out} is unfinished: {len(missing)} of its {spec.n_samples} samples "
+                         f"({', '.join(missing[:3])}{', …' if len(missing) > 3 else ''}) are missing; rerun "
+                         "`jaxcluster data generate` with the same options to finish it")
+
+
+def _spec_difference(stored: str, stamp: str) -> str:
+    """The keys in which two spec.json texts differ (stored → requested), for the refusal message."""
+    try:
+        old = json.loads(stored)
+    except json.JSONDecodeError:
+        return "its spec.json is corrupt"
+    new = json.loads(stamp)
+    diff = []
+    for part in ("spec", "model"):
+        a, b = old.get(part) if isinstance(old, dict) else None, new[part]
+        a = a if isinstance(a, dict) else {}
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                diff.append(f"{part}.{k}: {a.get(k)!r} there, {b.get(k)!r} requested")
+    return "; ".join(diff) or "its spec.json is written differently"
 
 
 def stored_halos(fields: dict) -> HaloCatalogue:
@@ -315,10 +356,13 @@ def generate_training_set(
     stamp = _spec_json(spec, model)
     spec_file = out / "spec.json"
     if spec_file.exists():
-        if spec_file.read_text() != stamp:
-            raise ValueError(f"{out} holds a training set made with another spec or model; use a new out_dir")
+        stored = spec_file.read_text()
+        if stored != stamp:
+            raise ValueError(f"{out} holds a training set made with another spec or model "
+                             f"({_spec_difference(stored, stamp)}); use a new out_dir")
     else:
-        spec_file.write_text(stamp)
+        with atomic_path(spec_file) as tmp:  # the first write: kept byte for byte, compared on every resume
+            tmp.write_text(stamp)
     theta, seeds = training_set_parameters(spec)
     names = [spec.sample_name(i) for i in range(spec.n_samples)]
     write_camels_params(out / "params.txt", theta, seeds, names)

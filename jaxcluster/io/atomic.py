@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "write_json", "write_tree", "read_tree"]
+__all__ = ["atomic_path", "write_json", "write_tree", "read_tree", "record_settings"]
 
 
 @contextlib.contextmanager
@@ -70,3 +70,29 @@ def read_tree(path: str | os.PathLike, like: Any) -> tuple[dict, Any]:
             return header, eqx.tree_deserialise_leaves(f, like)
     except (ValueError, RuntimeError, OSError, EOFError) as err:
         raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err})") from None
+
+
+def record_settings(path: str | os.PathLike, settings: dict[str, Any]) -> None:
+    """A resumable job's first write: record ``settings`` in ``path``, or refuse a resume with others.
+
+    ``settings`` (flat, JSON-serialisable: options and input digests) is
+    written to ``path`` if it does not exist; if it does, each key is
+    compared with the stored value after a JSON round trip.
+
+    Raises:
+        ValueError: ``path`` is corrupt, or holds other settings (naming each key: stored → requested).
+    """
+    from .chunks import check_settings
+
+    path = Path(path)
+    mine = json.loads(json.dumps(settings, sort_keys=True))
+    if not path.exists():
+        write_json(path, mine)
+        return
+    try:
+        theirs = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is corrupt ({err}): remove the folder {path.parent} to start again") from None
+    if not isinstance(theirs, dict):
+        raise ValueError(f"{path} is corrupt (not a JSON object): remove the folder {path.parent} to start again")
+    check_settings(path.parent, theirs, mine)

@@ -147,4 +147,7 @@ def write_camels_params(
     for i in range(n):
         row = [repr(float(values[c][i])) for c in CAMELS_COLUMNS[:-1]] + [str(int(seeds[i]))]
         lines.append(" ".join(([names[i]] if names is not None else []) + row))
-    Path(path).write_text("\n".join(lines) + "\n")
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")

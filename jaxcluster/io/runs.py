@@ -116,7 +116,10 @@ def save_run(
     except (TypeError, ValueError) as err:
         raise ValueError(f"metadata must be JSON-serialisable with str keys: {err}") from err
 
-    with h5py.File(path, "w") as f:
+    from .atomic import atomic_path
+
+    # atomically: a kill leaves the whole file or none (never a truncated HDF5 under the final name)
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs["format"] = RUN_FORMAT
         f.attrs["format_version"] = RUN_FORMAT_VERSION
         f.attrs["redshift"] = z

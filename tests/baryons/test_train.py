@@ -1,8 +1,10 @@
 """Staged eLDL training on tiny synthetic sets: losses go down, checkpoints resume exactly, weights round-trip."""
 
 import json
+import shutil
 
 import equinox as eqx
+import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ from jaxcluster.baryons import ExtendedLDL
 from jaxcluster.baryons.train import TrainingConfig, _fit_adam, _fit_lbfgs, fit_activation, load_training_boxes, main
 from jaxcluster.baryons.training_sets import cv_spec, generate_training_set, lh_spec
 from jaxcluster.baryons.weights import load_eldl, save_eldl
+from tests.faults import KilledAtWrite, count_writes, files_bytes, kill_at_write
 
 TINY = dict(n_side=16, box_size=12.5, redshifts=(0.21, 0.33), n_steps=3, max_halos=8, capacity=4096)
 
@@ -77,12 +80,10 @@ def test_stage_resumes_exactly_from_its_checkpoint(sets, tmp_path, kind):
     assert m2["best_validation"] == pytest.approx(min(h["validation"] for h in hist))
 
 
-@pytest.mark.slow
-def test_cli_trains_all_stages_and_weights_round_trip(sets, tmp_path, capsys):
+def test_cli_trains_all_stages_and_weights_round_trip(sets, trained, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["--cv", str(sets / "cv"), "--lh", str(sets / "lh"), "--out", str(out), "--base-iterations", "2",
-            "--epochs", "1", "--batch-size", "2", "--no-progress", "--gradient", "fd4", "--source-stride", "3"]
-    assert main(args) == 0
+    shutil.copytree(trained[0], out)
+    args = _train_args(sets, out)
     info = json.loads((out / "eldl.json").read_text())
     assert info["structure"]["redshifts"] == [0.21, 0.33]
     assert (info["structure"]["gradient"], info["structure"]["source_stride"]) == ("fd4", 3)
@@ -119,3 +120,134 @@ def test_weights_round_trip_and_errors(tmp_path):
     (tmp_path / "w.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(ValueError, match="not a jaxcluster-eldl"):
         load_eldl(tmp_path / "w.eqx")
+
+
+# ------------------------------------------------- kills, resumes, refusals (issue #26)
+
+FAST_CLI = ["--base-iterations", "2", "--epochs", "1", "--batch-size", "2", "--no-progress", "--gradient", "fd4",
+            "--source-stride", "3"]
+
+
+def _train_args(sets, out, *extra):
+    return ["--cv", str(sets / "cv"), "--lh", str(sets / "lh"), "--out", str(out), *FAST_CLI, *extra]
+
+
+@pytest.fixture(scope="module")
+def trained(sets, tmp_path_factory):
+    """An uninterrupted tiny run, and the targets of its writes in order."""
+    mp = pytest.MonkeyPatch()
+    out = tmp_path_factory.mktemp("eldl_ref") / "run"
+    with count_writes(mp) as writes:
+        assert main(_train_args(sets, out)) == 0
+    mp.undo()
+    return out, list(writes)
+
+
+def _same_training_bits(a, b):
+    """Weights, checkpoints and settings byte for byte (eldl.json differs only in its timing and provenance date)."""
+    fa, fb = files_bytes(a, skip=("eldl.json",)), files_bytes(b, skip=("eldl.json",))
+    assert fa.keys() == fb.keys()
+    assert [k for k in fa if fa[k] != fb[k]] == []
+    ja, jb = (json.loads((d / "eldl.json").read_text()) for d in (a, b))
+    for j in (ja, jb):
+        del j["metadata"]["train_seconds"], j["metadata"]["provenance"]
+    assert ja == jb
+
+
+def _kill_and_resume(sets, trained, tmp_path, monkeypatch, ns):
+    ref, writes = trained
+    for n in ns:
+        out = tmp_path / f"k{n}"
+        with kill_at_write(monkeypatch, n) as seen, pytest.raises(KilledAtWrite):
+            main(_train_args(sets, out))
+        assert seen[-1].name == writes[n - 1].name  # the same write order as the uninterrupted run
+        assert main(_train_args(sets, out)) == 0
+        _same_training_bits(ref, out)
+
+
+def test_eldl_train_writes_in_a_known_order(trained):
+    _, writes = trained
+    names = [p.name for p in writes]
+    assert names[0] == "settings.json" and names[-2:] == ["eldl.json", "eldl.eqx"]
+    assert names.count("base_n_e.done.eqx") == 1 and not any(n.endswith(".metrics.json") for n in names)
+
+
+def test_eldl_train_resumes_after_a_kill_at_every_write(sets, trained, tmp_path, monkeypatch):
+    """A kill at each write (settings, every checkpoint and done file, the JSON, the weights), then a rerun: the same bits."""
+    _kill_and_resume(sets, trained, tmp_path, monkeypatch, range(1, len(trained[1]) + 1))
+
+
+def test_eldl_train_refuses_other_settings_or_data(sets, trained, tmp_path, capsys):
+    ref, _ = trained
+    out = tmp_path / "run"
+    shutil.copytree(ref, out)
+    for extra, named in ((["--learning-rate", "0.01"], "learning_rate: 0.003 there, 0.01 requested"),
+                         (["--epochs", "3"], "hyper_epochs: 1 there, 3 requested"),
+                         (["--seed", "1"], "seed: 0 there, 1 requested"),
+                         (["--max-lh-boxes", "2"], "lh_sha256")):
+        capsys.readouterr()
+        assert main(_train_args(sets, out, *extra)) == 2
+        err = capsys.readouterr().err
+        assert named in err and str(out) in err, err
+    # another CV set of the same layout (one file changed) is another input
+    cv2 = tmp_path / "cv2"
+    shutil.copytree(sets / "cv", cv2)
+    victim = sorted(cv2.glob("*/z0.210.h5"))[0]
+    with h5py.File(victim, "r+") as f:
+        f["fields/T_keV"][0, 0, 0] += 1.0
+    args = _train_args(sets, out)
+    args[1] = str(cv2)
+    assert main(args) == 2 and "cv_sha256" in capsys.readouterr().err
+    # the refusals wrote nothing: the folder still resumes to the same bits
+    assert main(_train_args(sets, out)) == 0
+    _same_training_bits(ref, out)
+
+
+def test_eldl_train_refuses_corrupt_or_unfinished_inputs(sets, trained, tmp_path, capsys):
+    ref, _ = trained
+    out = tmp_path / "run"
+    shutil.copytree(ref, out)
+    done = out / "checkpoints" / "net_n_e.done.eqx"
+    done.write_bytes(done.read_bytes()[:-100])
+    assert main(_train_args(sets, out)) == 2
+    assert "net_n_e.done.eqx" in capsys.readouterr().err
+    (out / "settings.json").write_text("{")
+    assert main(_train_args(sets, out)) == 2
+    assert "settings.json is corrupt" in capsys.readouterr().err
+    # a set whose generation was killed: refused, naming the folder
+    cv2 = tmp_path / "cv2"
+    shutil.copytree(sets / "cv", cv2)
+    sorted(cv2.glob("*/z0.330.h5"))[-1].unlink()
+    args = _train_args(sets, tmp_path / "new")
+    args[1] = str(cv2)
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "unfinished" in err and str(cv2) in err and not (tmp_path / "new").exists()
+
+
+def test_eldl_files_are_checked_against_each_other(trained, tmp_path):
+    ref, _ = trained
+    for name in ("eldl.eqx", "eldl.json"):
+        shutil.copy(ref / name, tmp_path / name)
+    model, info = load_eldl(tmp_path / "eldl.eqx")
+    assert info["format_version"] == 2 and len(info["weights_sha256"]) == 64
+    # new weights beside old metadata (a kill between the two writes of an older save_eldl order)
+    other = jax.tree.map(lambda v: v * 2 if eqx.is_inexact_array(v) else v, model)
+    eqx.tree_serialise_leaves(tmp_path / "eldl.eqx", other)
+    with pytest.raises(ValueError, match="is not the weights .*eldl.json describes"):
+        load_eldl(tmp_path / "eldl.eqx")
+    shutil.copy(ref / "eldl.eqx", tmp_path / "eldl.eqx")
+    (tmp_path / "eldl.json").write_text((ref / "eldl.json").read_text()[:50])
+    with pytest.raises(ValueError, match=r"eldl.json is not valid JSON"):
+        load_eldl(tmp_path / "eldl.eqx")
+    # a JSON whose redshift list does not match the weights (digest left out: a version-1 file)
+    info1 = json.loads((ref / "eldl.json").read_text())
+    info1["format_version"], info1["structure"]["redshifts"] = 1, [0.21, 0.33, 0.4]
+    del info1["weights_sha256"]
+    (tmp_path / "eldl.json").write_text(json.dumps(info1))
+    with pytest.raises(ValueError, match=r"eldl.eqx does not hold the weights of the structure"):
+        load_eldl(tmp_path / "eldl.eqx")
+    info1["structure"]["redshifts"] = [0.21]
+    (tmp_path / "eldl.json").write_text(json.dumps(info1))
+    with pytest.raises(ValueError, match=r"eldl.eqx does not hold the weights of the structure"):
+        load_eldl(tmp_path / "eldl.eqx")
