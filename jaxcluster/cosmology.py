@@ -26,6 +26,7 @@ from .params import ThetaSim, _check_range
 
 __all__ = [
     "Cosmology",
+    "COSMO_RANGES",
     "C_OVER_H0_MPC_H",
     "RHO_CRIT0_MSUN_H2_MPC3",
     "E",
@@ -48,6 +49,21 @@ RHO_CRIT0_MSUN_H2_MPC3 = 2.77536627e11  # critical density today [h² M☉ Mpc�
 # Gauss–Legendre nodes for the distance integral over a ∈ [a, 1]: the integrand
 # 1/(a²E) is smooth, so 64 nodes reach float64 round-off for z ≲ 20.
 _GL_X, _GL_W = np.polynomial.legendre.leggauss(64)
+
+
+# Allowed range of every cosmological parameter (physical validity, wider than the prior): checked at
+# construction for concrete values and by `Cosmology.check` (`eqx.error_if`) for traced ones.
+COSMO_RANGES: dict[str, tuple[float, float]] = {
+    "Omega_m": (1e-3, 1.0),
+    "sigma_8": (1e-3, 5.0),
+    "Omega_b": (0.0, 0.5),
+    "h": (0.2, 1.5),
+    "n_s": (0.5, 1.5),
+    "w0": (-3.0, 1.0),
+    "wa": (-3.0, 3.0),
+    "Omega_k": (-0.5, 0.5),
+    "T_cmb": (0.1, 10.0),
+}
 
 
 class Cosmology(eqx.Module):
@@ -80,12 +96,9 @@ class Cosmology(eqx.Module):
         T_cmb: ArrayLike = 2.7255,
     ):
         # Physical validity, not the prior: a user may study Ω_m outside it.
-        _check_range("Omega_m", Omega_m, 1e-3, 1.0)
-        _check_range("sigma_8", sigma_8, 1e-3, 5.0)
-        _check_range("Omega_b", Omega_b, 0.0, 0.5)
-        _check_range("h", h, 0.2, 1.5)
-        _check_range("n_s", n_s, 0.5, 1.5)
-        _check_range("Omega_k", Omega_k, -0.5, 0.5)
+        for name, v in dict(Omega_m=Omega_m, sigma_8=sigma_8, Omega_b=Omega_b, h=h, n_s=n_s, w0=w0, wa=wa,
+                            Omega_k=Omega_k, T_cmb=T_cmb).items():
+            _check_range(name, v, *COSMO_RANGES[name])
         dtype = jnp.result_type(float)
         for name, v in dict(Omega_m=Omega_m, sigma_8=sigma_8, Omega_b=Omega_b, h=h, n_s=n_s,
                             w0=w0, wa=wa, Omega_k=Omega_k, T_cmb=T_cmb).items():
@@ -95,6 +108,20 @@ class Cosmology(eqx.Module):
         ):
             if np.any(np.asarray(self.Omega_b) >= np.asarray(self.Omega_m)):
                 raise ValueError(f"Omega_b = {Omega_b} must be smaller than Omega_m = {Omega_m}")
+
+    def check(self, names: tuple[str, ...] | None = None) -> Cosmology:
+        """Return `self`, raising (also under `jit`, `eqx.error_if`) if a parameter is outside `COSMO_RANGES`.
+
+        Args:
+            names: the parameters to check (default all); the message names the first one out of range.
+        """
+        names = tuple(COSMO_RANGES) if names is None else tuple(names)
+        new = []
+        for n in names:
+            lo, hi = COSMO_RANGES[n]
+            v = getattr(self, n)
+            new.append(eqx.error_if(v, ~((v >= lo) & (v <= hi)), f"{n} is outside its allowed range [{lo}, {hi}]"))
+        return eqx.tree_at(lambda c: [getattr(c, n) for n in names], self, new)
 
     @classmethod
     def from_theta(cls, theta: ThetaSim, **fixed) -> Cosmology:

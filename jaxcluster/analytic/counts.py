@@ -151,18 +151,22 @@ class SurveySpec(eqx.Module):
     def __check_init__(self):
         if not self.area_deg2 > 0 or not self.area_deg2 <= 41253.0:
             raise ValueError(f"area_deg2 = {self.area_deg2} is outside its allowed range (0, 41253]")
-        if not self.cr_cut > 0:
+        if not 0 < self.cr_cut < math.inf:
             raise ValueError(f"cr_cut = {self.cr_cut} is outside its allowed range (0, inf) counts/s")
-        if not self.sigma_log10_cr >= 0:
+        if not 0 <= self.sigma_log10_cr < math.inf:
             raise ValueError(f"sigma_log10_cr = {self.sigma_log10_cr} is outside its allowed range [0, inf)")
-        if not self.sigma_log10_hr > 0:
+        if not 0 < self.sigma_log10_hr < math.inf:
             raise ValueError(f"sigma_log10_hr = {self.sigma_log10_hr} is outside its allowed range (0, inf)")
+        for name in ("log10_M_min", "log10_M_max"):
+            if not 8.0 <= getattr(self, name) <= 17.0:
+                raise ValueError(f"{name} = {getattr(self, name)} is outside its allowed range [8, 17] "
+                                 "(log10 M / h⁻¹ M☉)")
         if not self.log10_M_min < self.log10_M_max:
             raise ValueError(f"log10_M_min = {self.log10_M_min} must be < log10_M_max = {self.log10_M_max}")
         for name in ("n_mass", "n_z_per_bin", "n_gh"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name} = {v!r} is outside its allowed range: an integer >= 1")
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 10_000:
+                raise ValueError(f"{name} = {v!r} is outside its allowed range: an integer in [1, 10000]")
         if not isinstance(self.n_sigma_knots, int) or self.n_sigma_knots == 1 or self.n_sigma_knots < 0:
             raise ValueError(f"n_sigma_knots = {self.n_sigma_knots!r} is outside its allowed range: 0 or an integer >= 2")
         _parse_mdef(self.mdef)

@@ -14,6 +14,7 @@ $\mathrm{FoM} = 1/\sqrt{\det \mathrm{Cov}(Ω_m, σ_8)}$.
 
 from __future__ import annotations
 
+import math
 import os
 
 from collections.abc import Sequence
@@ -114,9 +115,48 @@ class AnalyticModel(eqx.Module):
             scaling = scaling.replace(tuple(sn), jnp.stack([theta[self.names.index(n)] for n in sn]))
         return cosmo, scaling
 
+    def check_theta(self, theta: Float[ArrayLike, " n_param"]) -> Float[Array, " n_param"]:
+        """θ, validated: finite, cosmological parameters inside `cosmology.COSMO_RANGES` (Ω_m in [0.001, 1], …),
+        slopes and scatters of the scaling relations > 0.
+
+        Concrete values raise a `ValueError` naming the parameter and its range;
+        traced ones (under `jit`, `grad`, `vmap`) raise through `eqx.error_if`
+        with the same message, so λ(θ) is never a silent NaN or a finite but
+        meaningless number for an impossible θ.
+        """
+        from ..cosmology import COSMO_RANGES
+        from .scaling import _POSITIVE
+
+        theta = jnp.asarray(theta)
+        if theta.shape != (self.n_param,):
+            raise ValueError(f"theta must have shape ({self.n_param},) for names {self.names}, got {theta.shape}")
+        ranges = {n: COSMO_RANGES[n] if n in COSMO_RANGES else ((0.0, math.inf) if n in _POSITIVE else None)
+                  for n in self.names}
+        if not isinstance(theta, jax.core.Tracer):
+            for i, n in enumerate(self.names):
+                v = float(theta[i])
+                lo, hi = ranges[n] or (-math.inf, math.inf)
+                open_low = n in _POSITIVE
+                if not math.isfinite(v) or v > hi or (v <= lo if open_low else v < lo):
+                    where = ("(0, inf)" if open_low else f"[{lo}, {hi}]") if ranges[n] else "(-inf, inf) (finite)"
+                    raise ValueError(f"{n} = {v!r} is outside its allowed range {where} (AnalyticModel θ)")
+            return theta
+        checked = []
+        for i, n in enumerate(self.names):
+            v = theta[i]
+            if ranges[n] is None:
+                bad, where = ~jnp.isfinite(v), "(-inf, inf) (finite)"
+            elif n in _POSITIVE:
+                bad, where = ~((v > 0) & jnp.isfinite(v)), "(0, inf)"
+            else:
+                lo, hi = ranges[n]
+                bad, where = ~((v >= lo) & (v <= hi)), f"[{lo}, {hi}]"
+            checked.append(eqx.error_if(v, bad, f"{n} is outside its allowed range {where} (AnalyticModel θ)"))
+        return jnp.stack(checked)
+
     def __call__(self, theta: Float[Array, " n_param"]) -> Float[Array, "n_cr n_hr n_z"]:
-        """Expected XOD λ(θ), (n_cr, n_hr, n_z)."""
-        cosmo, scaling = self.unpack(theta)
+        """Expected XOD λ(θ), (n_cr, n_hr, n_z); θ outside its allowed ranges raises (`check_theta`)."""
+        cosmo, scaling = self.unpack(self.check_theta(theta))
         return expected_xod(cosmo, scaling, self.tables, self.survey, self.binning)
 
 

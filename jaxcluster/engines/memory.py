@@ -41,9 +41,9 @@ ENV_OFF = "JAXCLUSTER_NO_MEMORY_CHECK"
 # Calibration of `estimate_survey_bytes` (measured peak RSS, jit-compiled `simulate_xod` on the CPU, float32,
 # 2-core x86 machine; see its docstring): the fixed part (JAX, XLA's compiled programs, eLDL, tables) and the
 # bytes per voxel of the largest box and per map pixel.
-_SURVEY_BASE_BYTES = 1.2e9
-_SURVEY_BYTES_PER_VOXEL = 600.0
-_SURVEY_BYTES_PER_PIXEL = 64.0
+_SURVEY_BASE_BYTES = 1.0e9
+_SURVEY_BYTES_PER_VOXEL = 500.0
+_SURVEY_BYTES_PER_PIXEL = 32.0
 
 
 class MemoryEstimateError(ValueError):
@@ -166,14 +166,27 @@ def estimate_survey_bytes(config, *, keep_maps: bool = True, mesh_factor: int | 
     the whole survey (n_lightcones × n_boxes × n_pix², the maps are stacked);
     the survey's own 64-bit arrays double a and b under x64.
 
-    Calibration (peak RSS by `resource.getrusage`, jit-compiled `simulate_xod` on a
-    2-core x86 CPU, float32, 4 deg², 12 boxes, 4 PM steps, 3′ pixels): cell
-    sizes 4, 2, 1.5 and 1 h⁻¹ Mpc (29 k to 1.3 M voxels a box) gave peaks that
-    grow by about 400–600 bytes per voxel over a fixed ~1 GB (JAX, XLA's
-    compiled programs, eLDL, tables); a = 600 B/voxel and base = 1.2 GB
-    bound them. The maps (5 float32 channels, a segmentation, catalogue
-    buffers) cost b ≈ 64 B a pixel. Expect the true peak within a factor of
-    ~2 (GPU allocators differ).
+    Calibration (peak RSS by `resource.getrusage` of a fresh process running a
+    jit-compiled `simulate_xod`, CPU, float32, 2-core x86 machine; 4 deg², 12
+    boxes, 4 PM steps, sep detection, Ω_m = 0.3):
+
+    ======================  ===========  ==========  ===========  ==========
+    cell [h⁻¹ Mpc], pixel    voxels/box   map pixels   peak RSS     estimate
+    ======================  ===========  ==========  ===========  ==========
+    4, 3′                       3 168       19 200     0.87 GB      1.00 GB
+    2, 3′                      24 768       19 200     0.93 GB      1.01 GB
+    1, 3′                     189 974       19 200     1.02 GB      1.10 GB
+    0.7, 3′                   535 788       19 200     1.12 GB      1.27 GB
+    0.5, 3′                 1 487 628       19 200     1.52 GB      1.74 GB
+    4, 0.25′                    3 168    2 764 800     0.94 GB      1.09 GB
+    ======================  ===========  ==========  ===========  ==========
+
+    The peak grows by ~420 B per voxel of the largest box (PM arrays, FFTs,
+    the eLDL's painted fields and XLA's temporaries) and ~23 B per kept map
+    pixel over a fixed ~0.9 GB (JAX, compiled programs, eLDL, tables); the
+    constants, base 1.0 GB, a = 500 B/voxel, b = 32 B/pixel, bound every
+    measurement by 10–40 %. Larger boxes, float64 or a GPU allocator may differ
+    by up to a factor of ~2; hence ``--no-memory-check``.
 
     Args:
         config: `survey.SurveyConfig`.

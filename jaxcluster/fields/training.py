@@ -53,12 +53,13 @@ class FitConfig:
     seed: int = 0
 
     def __post_init__(self):
+        from ..params import check_scalar
+
         for name in ("max_steps", "batch_size", "eval_every", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} = {getattr(self, name)} must be >= 1")
+            check_scalar(name, getattr(self, name), 1, 2**31 - 1, integer=True)
         for name in ("learning_rate", "clip_norm"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} = {getattr(self, name)} must be > 0")
+            check_scalar(name, getattr(self, name), 0.0, 1e6, low_open=True)
+        check_scalar("seed", self.seed, 0, 2**32 - 1, integer=True)
 
 
 class FitResult(eqx.Module):

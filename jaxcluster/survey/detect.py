@@ -109,14 +109,13 @@ class DetectionConfig(eqx.Module):
     ):
         if method not in DETECTORS:
             raise ValueError(f"method = {method!r} is not an allowed detector {DETECTORS}")
-        if not (math.isfinite(threshold) and threshold > 0):
-            raise ValueError(f"threshold = {threshold!r} is outside its allowed range (0, inf) [counts s⁻¹ arcmin⁻²]")
-        for name, v, lo, hi in (("min_area", min_area, 1, 10**6), ("deblend_nthresh", deblend_nthresh, 1, 256),
-                                ("max_sources", max_sources, 1, 65535)):
-            if int(v) != v or not lo <= v <= hi:
-                raise ValueError(f"{name} = {v!r} is outside its allowed range [{lo}, {hi}] (integer)")
-        if not 0.0 <= deblend_cont <= 1.0:
-            raise ValueError(f"deblend_cont = {deblend_cont!r} is outside its allowed range [0, 1]")
+        from ..params import check_scalar
+
+        threshold = check_scalar("threshold", threshold, 0.0, math.inf, low_open=True)
+        min_area = check_scalar("min_area", min_area, 1, 10**6, integer=True)
+        deblend_nthresh = check_scalar("deblend_nthresh", deblend_nthresh, 1, 256, integer=True)
+        max_sources = check_scalar("max_sources", max_sources, 1, 65535, integer=True)
+        deblend_cont = check_scalar("deblend_cont", deblend_cont, 0.0, 1.0)
         self.method, self.threshold, self.min_area = method, float(threshold), int(min_area)
         self.deblend_nthresh, self.deblend_cont, self.max_sources = int(deblend_nthresh), float(deblend_cont), int(max_sources)
 

@@ -113,9 +113,7 @@ class LightconeGeometry(eqx.Module):
         self.z_min = _check("z_min", z_min, 0.01, self.z_max)
         if not self.z_min < self.z_max:
             raise ValueError(f"z_min = {z_min!r} is outside its allowed range [0.01, z_max = {z_max}) (must be < z_max)")
-        if int(n_boxes) != n_boxes:
-            raise ValueError(f"n_boxes = {n_boxes!r} must be an integer in [1, 64]")
-        self.n_boxes = int(_check("n_boxes", n_boxes, 1, 64))
+        self.n_boxes = _check("n_boxes", n_boxes, 1, 64, integer=True)
         self.cell_size = _check("cell_size", cell_size, 0.0, 50.0, low_open=True)
         self.pixel_arcmin = _check("pixel_arcmin", pixel_arcmin, 0.0, 60.0, low_open=True)
         self.omega_m_min = _check("omega_m_min", omega_m_min, 0.01, 0.999)
