@@ -5,6 +5,12 @@ EPIC-pn canned response (thin filter, AO20) or any (ARF, RMF) pairs::
 
     python -m jaxcluster.xray.build_tables --arf pn.arf --rmf pn.rmf -o table.npz
 
+Without ``-o`` the file goes to ``./emissivity_pn_default.npz`` in the
+current directory, never over the installed package's table; to refresh the
+shipped table, name it: ``-o jaxcluster/data/emissivity_pn_default.npz``.
+The file is written atomically (temporary name, fsync, rename): a kill
+leaves the previous file, whole.
+
 Several ``--arf/--rmf`` pairs add up (e.g. MOS1, MOS2, pn). The file holds
 the count-rate table ("count_rate"), the energy-flux table ("energy_flux")
 and the band-collapsed response it was built from ("response:pn"), with
@@ -64,7 +70,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--arf", action="append",
                    help="ARF file (repeat, one per --rmf) (default: the maintainers' XMM-Newton pn thin-filter ARF)")
     p.add_argument("--rmf", action="append", help="RMF file (repeat, one per --arf) (default: the matching pn RMF)")
-    p.add_argument("-o", "--output", default=None, help="output .npz (default: the shipped file, overwritten)")
+    p.add_argument("-o", "--output", default=None,
+                   help="output .npz (default: ./emissivity_pn_default.npz in the current directory; the package's "
+                   "shipped table is only replaced when named here)")
     p.add_argument("--bands", type=_bands, default=DEFAULT_BANDS_KEV,
                    help=f"observer-frame count-rate bands [keV] (default: {_band_text(DEFAULT_BANDS_KEV)})")
     p.add_argument("--energy-bands", type=_bands, default=DEFAULT_ENERGY_BANDS_KEV,
@@ -102,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not (0 < args.T_min < args.T_max) or args.n_T < 4 or args.n_z < 4 or not (-1 < args.z_min < args.z_max):
         print("error: need 0 < T-min < T-max, -1 < z-min < z-max, n-T, n-z >= 4", file=sys.stderr)
         return 2
-    output = args.output or os.path.join(os.path.dirname(__file__), "..", "data", "emissivity_pn_default.npz")
+    output = args.output or "emissivity_pn_default.npz"
     def say(text: str) -> None:
         print(f"jaxcluster tables build: {text}", flush=True)
 

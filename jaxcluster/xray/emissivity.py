@@ -543,16 +543,23 @@ def save_emissivity_tables(
         out[f"response:{name}/area_cm2"] = np.asarray(r.area_cm2, dtype=np.float64)
         out[f"response:{name}/bands_keV"] = np.asarray(r.bands_keV, dtype=np.float64)
         out[f"response:{name}/sources"] = np.asarray([os.path.basename(s) for s in r.sources], dtype=str)
-    with open(path, "wb") as f:
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a kill leaves the old file or the new one, whole
         np.savez_compressed(f, **out)
 
 
 def _load_npz(source) -> dict[str, np.ndarray]:
+    """Every array of the file, each member read whole, so the zip's CRC-32s check that it is complete."""
+    import zipfile
+    import zlib
+
     try:
-        with np.load(source, allow_pickle=False) as data:
+        with open(source, "rb") as fh, np.load(fh, allow_pickle=False) as data:  # our handle: closed on a bad zip too
             d = {k: data[k] for k in data.files}
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{source}: not a readable emissivity table file ({err})") from err
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{source}: not a readable emissivity table file, truncated or corrupt "
+                         f"({type(err).__name__}: {err})") from err
     if str(d.get("format", "")) != "jaxcluster.emissivity/1":
         raise ValueError(f"{source}: not a jaxcluster emissivity table file (no 'format' key)")
     return d
@@ -565,6 +572,10 @@ def load_emissivity_tables(path) -> dict[str, EmissivityTable]:
     names = sorted({k.split("/")[0] for k in d if "/" in k and not k.startswith("response:")})
     out = {}
     for n in names:
+        missing = [f"{n}/{k}" for k in ("log10_T_keV", "z", "log10_eps", "log10_T_break", "log10_jump", "bands_keV",
+                                         "responses", *_META) if f"{n}/{k}" not in d]
+        if missing:
+            raise ValueError(f"{path}: emissivity table {n!r} lacks {missing} (an incomplete or foreign file)")
         out[n] = EmissivityTable(
             log10_T_keV=jnp.asarray(d[f"{n}/log10_T_keV"], dtype=dtype),
             z=jnp.asarray(d[f"{n}/z"], dtype=dtype),

@@ -490,3 +490,31 @@ def test_default_table_loads_and_evaluates_in_float32():
         eps = table(jnp.asarray([2.0, 5.0], dtype=jnp.float32), jnp.asarray(0.2, dtype=jnp.float32))
         assert eps.dtype == jnp.float32
         assert bool(jnp.all(jnp.isfinite(eps)) & jnp.all(eps > 0))
+
+
+def test_build_tables_writes_atomically_and_never_over_the_shipped_table(tmp_path, monkeypatch, capsys):
+    """No -o: the table goes to the current directory; a kill at the write leaves the old file; corrupt files are named."""
+    from jaxcluster.xray.build_tables import main
+    from jaxcluster.xray.emissivity import _default_file
+    from tests.faults import KilledAtWrite, kill_at_write
+
+    arf, rmf, *_ = write_pair(tmp_path)
+    shipped = _default_file().read_bytes()
+    monkeypatch.chdir(tmp_path)
+    argv = ["--arf", str(arf), "--rmf", str(rmf), "--n-T", "4", "--n-z", "4", "--T-min", "0.5", "--T-max", "8",
+            "--z-max", "1", "--method", "brems", "--no-progress"]
+    assert main(argv) == 0
+    out = tmp_path / "emissivity_pn_default.npz"
+    first = out.read_bytes()
+    assert load_emissivity_tables(out)["count_rate"].log10_eps.shape == (4, 4, 2)
+    assert _default_file().read_bytes() == shipped
+    with kill_at_write(monkeypatch, 1), pytest.raises(KilledAtWrite):
+        main([*argv, "--n-T", "5"])
+    assert out.read_bytes() == first and sorted(p.name for p in tmp_path.glob(".*tmp")) == []
+    assert main(argv) == 0 and out.read_bytes() == first  # the same bits again
+    capsys.readouterr()
+    for broken in (first[: len(first) // 2], first[:-30], first[:200] + bytes(64) + first[264:]):
+        bad = tmp_path / "bad.npz"
+        bad.write_bytes(broken)
+        with pytest.raises(ValueError, match="bad.npz: not a readable emissivity table file"):
+            load_emissivity_tables(bad)
