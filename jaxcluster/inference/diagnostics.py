@@ -244,8 +244,12 @@ def plot_rank_histograms(ranks: Int[ArrayLike, "n d"], n_samples: int, names: Se
     d = h["counts"].shape[1]
     if len(names) != d:
         raise ValueError(f"names has {len(names)} entries, ranks {d} columns")
-    fig, axes = plt.subplots(1, d, figsize=(3.2 * d, 2.8), squeeze=False)
-    for j, ax in enumerate(axes[0]):
+    n_col = min(d, 4)  # rows of at most four panels: eight parameters stay readable
+    n_row = -(-d // n_col)
+    fig, axes = plt.subplots(n_row, n_col, figsize=(3.2 * n_col, 2.6 * n_row), squeeze=False)
+    for ax in axes.ravel()[d:]:
+        ax.axis("off")
+    for j, ax in enumerate(axes.ravel()[:d]):
         ax.axhspan(h["lower"], h["upper"], color="0.85", label="99 % binomial band")
         ax.axhline(h["expected"], color="k", ls="--", lw=0.8)
         ax.stairs(h["counts"][:, j], h["edges"], color="C0", lw=1.5)

@@ -437,7 +437,8 @@ def write_calibration(out: str | os.PathLike, report: Mapping[str, Any], names, 
         marginal=dict(levels=report["marginal"]["levels"], coverage=report["marginal"]["coverage"])))
     _save_figure(plot_rank_histograms(report["ranks"], report["n_draws"], list(names), n_bins=10), paths["ranks"])
     fig = plot_coverage({"HPD regions": (hpd["levels"], hpd["coverage"]), "TARP": (tp["alpha"], tp["ecp"])})
-    fig.axes[0].set_title(f"calibration on {report['n_test']} test XODs × {report['n_draws']} draws", fontsize=9)
+    fig.axes[0].set_title(f"{report['n_test']} test XODs × {report['n_draws']} draws", fontsize=9)
+    fig.tight_layout()
     _save_figure(fig, paths["coverage"])
     return paths
 
