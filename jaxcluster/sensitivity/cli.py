@@ -13,6 +13,12 @@ Writes into DIR:
 * ``fisher_simulation.png``, ``fisher_analytic.png``, ``fisher_om_s8.png``.
 * ``scaling.json``, ``scaling_cr_m.png``, ``scaling_theta.png`` (unless ``--skip-scaling``).
 * ``stage_*.npz``: per-stage results; a rerun with the same options resumes from them.
+* ``settings.json`` (the first write): the options the stages depend on and
+  the digests of the eLDL weights and emission table used; a rerun with
+  others is refused, naming the difference. Every file is written
+  atomically (temporary name, fsync, rename): a kill leaves whole files, and
+  a rerun ends with the same stage files; an unreadable stage file is
+  recomputed (the rerun says so).
 
 Defaults are a small configuration for a CPU (2 deg², 4 boxes, 2 h⁻¹ Mpc
 cells, 3′ pixels, 3 PM steps, coarse XOD bins, thresholds scaled to the
@@ -70,18 +76,56 @@ def _parser():
     return p
 
 
+# Options the stage files depend on (the others: what is done with them afterwards).
+_STAGE_OPTIONS = ("area", "boxes", "cell_size", "pixel", "steps", "threshold", "cr_min", "cr_bins", "hr_bins", "hr_min",
+                  "hr_max", "z_bins", "max_sources", "softness", "softness_z", "isophote_softness", "keys", "fd_fraction",
+                  "seed")
+
 FIXED_FD_FRACTION = np.array([1e-3, 1e-3, 1e-2, 1e-2, 1e-2, 1e-2])  # of the hard FD step, PARAM_NAMES order
+
+
+def _read_stage(path: pathlib.Path) -> dict | None:
+    """A stage file's arrays (every member read, so the zip's CRC-32s are checked), or None if it is unreadable."""
+    import zipfile
+    import zlib
+
+    try:
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:  # our handle: closed on a bad zip too
+            return {k: f[k] for k in f.files}
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError, KeyError) as err:
+        print(f"jaxcluster sensitivity: {path} is unreadable ({type(err).__name__}: {err}); recomputing it",
+              file=sys.stderr, flush=True)
+        return None
 
 
 def _stage(out: pathlib.Path, name: str, fn):
     """Run fn() → dict of arrays, or load it if a previous run saved it (resume after a kill)."""
+    from ..io.atomic import atomic_path
+
     path = out / f"stage_{name}.npz"
     if path.exists():
-        with np.load(path, allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
+        res = _read_stage(path)
+        if res is not None:
+            return res
     res = {k: np.asarray(v) for k, v in fn().items()}
-    np.savez(path, **res)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **res)
     return res
+
+
+def _savefig(fig, path: pathlib.Path, dpi: int) -> None:
+    """``fig.savefig``, atomically."""
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix[1:])
+
+
+def _write_json(path: pathlib.Path, obj) -> None:
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,9 +172,17 @@ def _run(args) -> int:
     def resumed(name: str) -> str:
         return " (resumed from stage_%s.npz)" % name if (out / f"stage_{name}.npz").exists() else " …"
 
+    from ..io.atomic import record_settings
+    from ..io.chunks import pytree_digest
+
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     table = default_emissivity_table()
+    if any(out.glob("stage_*.npz")) and not (out / "settings.json").exists():
+        raise ValueError(f"{out} holds stage files from a version that recorded no settings.json: they cannot be "
+                         "checked against these options; remove them or use another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    record_settings(out / "settings.json", {**{k: getattr(args, k) for k in _STAGE_OPTIONS},
+                                            "eldl_sha256": pytree_digest(eldl), "emissivity_table_sha256": pytree_digest(table)})
     theta = ThetaSim()
     h = np.asarray(default_steps(args.fd_fraction, theta))
     om = float(theta.Omega_m)
@@ -267,16 +319,20 @@ def _run(args) -> int:
     th0 = np.asarray(theta.to_array())
     try:
         cov_s = np.asarray(fisher_covariance(jnp.asarray(F)))
-        plot_fisher_corner(cov_s, th0, PARAM_NAMES, path=out / "fisher_simulation.png")
+        fig = plot_fisher_corner(cov_s, th0, PARAM_NAMES)
+        _savefig(fig, out / "fisher_simulation.png", 110)
+        plt.close(fig)
         cov_a = np.asarray(fisher_covariance(Fa, prior))
-        plot_fisher_corner(cov_a, np.asarray(model.theta0()), model.names, path=out / "fisher_analytic.png")
+        fig = plot_fisher_corner(cov_a, np.asarray(model.theta0()), model.names)
+        _savefig(fig, out / "fisher_analytic.png", 110)
+        plt.close(fig)
         _plot_om_s8(plt, out, cov_s[:2, :2], cov_a[:2, :2], th0[:2])
     except Exception as err:  # noqa: BLE001 plots of a singular matrix
         result["fisher"]["plot_error"] = str(err)
     result["timings"] = timings
     th_named = dict(zip(PARAM_NAMES, np.asarray(theta.to_array()).tolist()))
     result["provenance"] = provenance("sensitivity", seed=args.seed, theta=th_named, settings=result["config"])
-    (out / "sensitivity.json").write_text(json.dumps(clean_json(result), indent=2))
+    _write_json(out / "sensitivity.json", clean_json(result))
 
     if not args.skip_scaling:
         from .scaling_study import run_scaling_study
@@ -311,7 +367,7 @@ def _plot_derivatives(plt, out, names, jac_k, fd, project):
         axes[0].legend(fontsize=7)
         fig.suptitle(f"{name}: mean over keys ± MC error (SYNTHETIC baryons, small configuration)", fontsize=9)
         fig.tight_layout()
-        fig.savefig(out / f"derivatives_{name}.png", dpi=100)
+        _savefig(fig, out / f"derivatives_{name}.png", 100)
         plt.close(fig)
 
 
@@ -332,7 +388,7 @@ def _plot_om_s8(plt, out, cov_s, cov_a, mean):
     ax.set_ylabel("σ_8")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "fisher_om_s8.png", dpi=110)
+    _savefig(fig, out / "fisher_om_s8.png", 110)
     plt.close(fig)
 
 

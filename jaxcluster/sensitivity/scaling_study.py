@@ -189,7 +189,9 @@ def run_scaling_study(args, theta: ThetaSim, eldl: ExtendedLDL, table: Emissivit
 
     res["provenance"] = provenance("sensitivity", seed=args.seed, theta=dict(zip(PARAM_NAMES, np.asarray(th).tolist())),
                                    settings={k: v for k, v in vars(args).items() if k.startswith("scaling") or k == "seed"})
-    (out / "scaling.json").write_text(json.dumps(clean_json(res), indent=2))
+    from .cli import _savefig, _write_json
+
+    _write_json(out / "scaling.json", clean_json(res))
     # figures
     lm, lc = centre.log10()
     w = np.asarray(centre.sample_weights(config)).ravel()
@@ -204,7 +206,7 @@ def run_scaling_study(args, theta: ThetaSim, eldl: ExtendedLDL, table: Emissivit
     ax.set_title(f"B = {float(fit0.slope):.2f} ± {float(fit0.errors[1]):.2f}, σ = {float(fit0.scatter):.2f} dex "
                  "(SYNTHETIC)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "scaling_cr_m.png", dpi=110)
+    _savefig(fig, out / "scaling_cr_m.png", 110)
     plt.close(fig)
     fig, axes = plt.subplots(2, 6, figsize=(15, 5), sharey="row")
     for a, name in enumerate(PARAM_NAMES):
@@ -222,6 +224,6 @@ def run_scaling_study(args, theta: ThetaSim, eldl: ExtendedLDL, table: Emissivit
     axes[0, 0].legend(fontsize=7)
     fig.suptitle("CR–M slope and scatter vs θ_sim (same keys at every point; SYNTHETIC baryons)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out / "scaling_theta.png", dpi=100)
+    _savefig(fig, out / "scaling_theta.png", 100)
     plt.close(fig)
     return res
