@@ -32,6 +32,26 @@ def _pair(text: str) -> tuple[float, float]:
     return lo, hi
 
 
+def _edges_spec(text: str) -> tuple[float, float, int]:
+    try:
+        lo, hi, n = text.split(",")
+        lo, hi, n = float(lo), float(hi), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected LOW,HIGH,N (N bins), got {text!r}") from None
+    if not (0 < lo < hi < float("inf")) or not 1 <= n <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 < LOW < HIGH (finite) and 1 <= N <= 1000 bins")
+    return lo, hi, n
+
+
+def _edges(spec, log: bool):
+    import numpy as np
+
+    if spec is None:
+        return None
+    lo, hi, n = spec
+    return np.geomspace(lo, hi, n + 1) if log else np.linspace(lo, hi, n + 1)
+
+
 @dataclass(frozen=True)
 class DatasetJob:
     """A ``dataset generate`` command as plain, picklable data; calling it builds the `Campaign`.
@@ -66,6 +86,27 @@ class DatasetJob:
     detector: str = "sep"
     omega_m: tuple[float, float] | None = None
     sigma_8: tuple[float, float] | None = None
+    # XOD binning (both simulators; None: the simulator's default edges)
+    cr_edges: tuple[float, float, int] | None = None
+    hr_edges: tuple[float, float, int] | None = None
+    z_edges: tuple[float, float, int] | None = None
+    memory_check: bool = True
+
+    def survey_config(self):
+        """The `survey.SurveyConfig` of ``--simulator survey`` (its default CR edges: 8 log bins over 10³ × cr_min)."""
+        import numpy as np
+
+        from ..survey import SurveyConfig
+
+        area = 4.0 if self.area is None else self.area
+        om = self.omega_m if self.omega_m is not None else _theta_sim_bounds("Omega_m")
+        cr = _edges(self.cr_edges, True)
+        return SurveyConfig(area_deg2=area, n_boxes=self.n_boxes, cell_size=self.cell_size,
+                            pixel_arcmin=self.pixel, n_steps=self.steps, threshold=self.threshold,
+                            cr_min=self.cr_min,
+                            cr_edges=np.geomspace(self.cr_min, 1e3 * self.cr_min, 9) if cr is None else cr,
+                            hr_edges=_edges(self.hr_edges, True), z_edges=_edges(self.z_edges, False),
+                            detector=self.detector, omega_m_min=om[0], omega_m_max=om[1])
 
     def __call__(self):
         """The campaign (`jaxcluster.io.Campaign`) of this dataset."""
@@ -82,22 +123,20 @@ class DatasetJob:
 
             names = tuple(v.strip() for v in self.params.split(",") if v.strip())
             area = 200.0 if self.area is None else self.area
-            model = AnalyticModel(names, survey=SurveySpec(area_deg2=area, cr_cut=self.cr_cut))
+            from ..analytic import XODBinning
+
+            binning = XODBinning(_edges(self.cr_edges, True), _edges(self.hr_edges, True),
+                                 _edges(self.z_edges, False))
+            model = AnalyticModel(names, survey=SurveySpec(area_deg2=area, cr_cut=self.cr_cut), binning=binning)
             prior = BoxPrior.analytic(names, n_sigma=self.n_sigma)
             sim, mode, chunk = AnalyticSimulator(model), "vmap", 128
             meta = dict(simulator="analytic", params=list(names), area_deg2=area, cr_cut=self.cr_cut,
                         n_sigma=self.n_sigma, x64=bool(self.x64))
         elif self.simulator == "survey":
-            from ..survey import SurveyConfig
-
             area = 4.0 if self.area is None else self.area
             bounds = {k: v for k, v in (("Omega_m", self.omega_m), ("sigma_8", self.sigma_8)) if v is not None}
             prior = BoxPrior.theta_sim(**bounds)
-            om = bounds.get("Omega_m", (prior.low[0], prior.high[0]))
-            config = SurveyConfig(area_deg2=area, n_boxes=self.n_boxes, cell_size=self.cell_size,
-                                  pixel_arcmin=self.pixel, n_steps=self.steps, threshold=self.threshold,
-                                  cr_min=self.cr_min, cr_edges=np.geomspace(self.cr_min, 1e3 * self.cr_min, 9),
-                                  detector=self.detector, omega_m_min=om[0], omega_m_max=om[1])
+            config = self.survey_config()
             sim, mode, chunk = SurveySimulator(config), "map", 1
             meta = dict(simulator="survey", area_deg2=area, n_boxes=self.n_boxes, cell_size=self.cell_size,
                         pixel_arcmin=self.pixel, n_steps=self.steps, threshold=self.threshold, cr_min=self.cr_min,
@@ -105,8 +144,43 @@ class DatasetJob:
         else:
             raise ValueError(f"simulator = {self.simulator!r} is not allowed; choose from ('analytic', 'survey')")
         chunk = chunk if self.chunk_size is None else self.chunk_size
+        self._check_memory(sim, prior.dim, chunk, mode)
         return dataset_campaign(sim, prior, self.n, self.out, seed=self.seed, design=self.design, chunk_size=chunk,
                                 batch_mode=mode, batch_size=self.batch_size, metadata=meta)
+
+
+    def _check_memory(self, sim, dim: int, chunk: int, mode: str) -> None:
+        """Refuse at once a chunk that cannot fit in memory (`engines.memory`), before any simulation."""
+        import math
+
+        from ..engines.memory import (
+            _SURVEY_BASE_BYTES,
+            check_memory,
+            estimate_dataset_chunk_bytes,
+            estimate_survey_bytes,
+            format_bytes,
+        )
+
+        shape = sim.binning.shape
+        batch = 1 if mode == "map" else (self.batch_size or max(b for b in range(1, 33) if chunk % b == 0))
+        if self.simulator == "survey":
+            per = estimate_survey_bytes(sim.config) - _SURVEY_BASE_BYTES
+            base = _SURVEY_BASE_BYTES
+            what = (f"one survey simulation ({sim.config.geometry.mesh_shape} voxels a box, "
+                    f"{format_bytes(_SURVEY_BASE_BYTES + per)}) in chunks of {chunk}")
+        else:  # the analytic XOD: (mass × z × Gauss–Hermite nodes) × (CR, HR) bins of float64 temporaries, ×4
+            sp = sim.model.survey
+            per = 32.0 * sp.n_mass * sp.n_z_per_bin * shape[2] * sp.n_gh * math.prod(shape[:2])
+            base = 5e8
+            what = f"the analytic simulator in batches of {batch}, chunks of {chunk}"
+        check_memory(estimate_dataset_chunk_bytes(chunk, batch, shape, dim, per_sample_bytes=per, base_bytes=base),
+                     what, enabled=self.memory_check)
+
+
+def _theta_sim_bounds(name: str) -> tuple[float, float]:
+    from ..params import PRIOR_BOUNDS
+
+    return PRIOR_BOUNDS[name]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -133,6 +207,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="samples per vmap, a divisor of the chunk size (default: min(chunk, 32); survey: 1)")
     g.add_argument("--x64", action="store_true", help="simulate in float64")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_memory_check(g)
+    b = g.add_argument_group("XOD binning (both simulators; recorded in the file as xod_edges)")
+    b.add_argument("--cr-edges", type=_edges_spec, default=None, metavar="LOW,HIGH,N",
+                   help="N log-spaced CR[0.5–2] bins [counts s⁻¹] (default: analytic 8 over [0.02, 3]; survey 8 over "
+                   "[cr_min, 10³ cr_min])")
+    b.add_argument("--hr-edges", type=_edges_spec, default=None, metavar="LOW,HIGH,N",
+                   help="N log-spaced hardness-ratio bins (default: 6 over [0.1, 2]; coarse survey cells give "
+                   "softer sources: e.g. 0.01,2,6)")
+    b.add_argument("--z-edges", type=_edges_spec, default=None, metavar="LOW,HIGH,N",
+                   help="N linear redshift bins (default: 4 over [0.1, 0.5])")
+    b.add_argument("--no-binning-check", action="store_true",
+                   help="survey: skip the one simulation at the prior's centre that warns when most detected "
+                   "sources fall outside the bins")
     w = g.add_argument_group("workers (SLURM job arrays, Dask)")
     w.add_argument("--task-id", type=int, default=None,
                    help="this array task's index (default: from SLURM_ARRAY_TASK_ID when set)")
@@ -184,7 +271,43 @@ def _parser() -> argparse.ArgumentParser:
 
 def _job(args) -> DatasetJob:
     keys = {k for k in DatasetJob.__dataclass_fields__}
-    return DatasetJob(**{k: v for k, v in vars(args).items() if k in keys})
+    return DatasetJob(**{k: v for k, v in vars(args).items() if k in keys},
+                      memory_check=not getattr(args, "no_memory_check", False))
+
+
+_FEW_SOURCES = 5  # fewer selected sources at the prior's centre than this: the XODs will be mostly zero
+
+
+def _warn_binning(job: DatasetJob) -> None:
+    """Simulate once at the prior's centre and warn if most detected sources fall outside the XOD bins."""
+    import jax
+    import numpy as np
+
+    from .datasets import BoxPrior, survey_bin_coverage
+
+    bounds = {k: v for k, v in (("Omega_m", job.omega_m), ("sigma_8", job.sigma_8)) if v is not None}
+    prior = BoxPrior.theta_sim(**bounds)
+    theta = prior.from_unit(np.full(prior.dim, 0.5))
+    print("jaxcluster dataset: checking the XOD bins with one survey simulation at the prior's centre "
+          "(--no-binning-check skips it) …", file=sys.stderr, flush=True)
+    cov = survey_bin_coverage(job.survey_config(), theta, jax.random.key(job.seed))
+    if cov["selected"] and cov["fraction_outside"] > 0.5:
+        parts = []
+        for k, flag in (("cr", "--cr-edges"), ("hr", "--hr-edges"), ("z", "--z-edges")):
+            c = cov[k]
+            if c["below"] or c["above"]:
+                parts.append(f"{k.upper()}: {c['below']} below {c['edges'][0]:.3g}, {c['above']} above "
+                             f"{c['edges'][1]:.3g} (sources span {c['range'][0]:.3g}–{c['range'][1]:.3g}; {flag})")
+        print(f"jaxcluster dataset: warning: {cov['selected'] - cov['binned']} of the {cov['selected']} detected "
+              f"sources above --cr-min ({100 * cov['fraction_outside']:.0f} %) fall outside the XOD bins, so the "
+              f"XODs will be mostly zero: " + "; ".join(parts), file=sys.stderr)
+    elif cov["selected"] < _FEW_SOURCES:
+        spans = "; ".join(f"{k.upper()} {cov[k]['range'][0]:.3g}–{cov[k]['range'][1]:.3g} (bins "
+                          f"{cov[k]['edges'][0]:.3g}–{cov[k]['edges'][1]:.3g})" for k in ("cr", "hr", "z")
+                          if cov[k]["range"] is not None)
+        print(f"jaxcluster dataset: warning: only {cov['selected']} source(s) above --cr-min detected at the prior's "
+              f"centre{': ' + spans if spans else ''}; most XODs will be zero (lower --threshold or --cr-min, use "
+              "finer cells, or widen --hr-edges / --cr-edges)", file=sys.stderr)
 
 
 # options of one simulator only: given with the other one they would do nothing, so they are refused
@@ -201,6 +324,14 @@ def _generate(args) -> int:
         if given:
             flags = ", ".join("--" + n.replace("_", "-") for n in given)
             raise ValueError(f"{flags}: option(s) of the {simulator} simulator, not of --simulator {args.simulator}")
+    from pathlib import Path
+
+    from ..io.chunks import parts_dir
+
+    fresh = not Path(args.out).exists() and not parts_dir(Path(args.out)).exists()
+    if args.simulator == "survey" and fresh and not args.no_binning_check:
+        job()  # bad options and the memory check fail here, before the check simulation
+        _warn_binning(job)
     if args.scheduler is not None or args.dask_workers is not None:
         from ..engines.dask import run_on_dask
 

@@ -93,6 +93,7 @@ __all__ = [
     "pytree_digest",
     "Dataset",
     "check_dataset",
+    "survey_bin_coverage",
     "load_dataset",
 ]
 
@@ -338,6 +339,54 @@ class SurveySimulator(eqx.Module):
     def area_deg2(self) -> float:
         """The survey area of the XODs (all lightcones) [deg²]."""
         return float(self.config.area_deg2)
+
+
+def survey_bin_coverage(config: Any, theta: Float[ArrayLike, " 6"], key: PRNGKeyArray, *, eldl: Any = None,
+                        table: Any = None) -> dict[str, Any]:
+    """Where the detected sources of one survey simulation fall relative to the XOD bins (a cheap check).
+
+    A binning that leaves most sources outside (e.g. coarse cells, whose
+    sources' hardness ratios lie below the lowest default HR edge) gives
+    all-zero XODs; `jaxcluster dataset generate --simulator survey` runs this
+    once before a new dataset and warns.
+
+    Args:
+        config: `survey.SurveyConfig`.
+        theta: θ_sim (6,), e.g. the prior's centre.
+        key: PRNG key of the simulation.
+        eldl, table: as `SurveySimulator`.
+
+    Returns:
+        dict with ``selected`` (sources above ``cr_min``), ``binned`` (those inside every bin
+        range), ``fraction_outside``, and per axis the counts ``below`` / ``above`` the edges
+        (``cr``, ``hr``, ``z``) with the observed (min, max) of each quantity.
+    """
+    from ..params import ThetaSim
+    from ..survey import simulate_survey
+
+    sim = SurveySimulator(config, eldl, table)
+
+    @eqx.filter_jit
+    def catalogue(s, th, k):
+        return simulate_survey(ThetaSim.from_array(th), k, s.config, eldl=s.eldl, table=s.table).catalogue
+
+    cat = catalogue(sim, jnp.asarray(theta, jnp.result_type(float)), key)
+    valid = np.asarray(cat.valid).reshape(-1)
+    cr = np.asarray(cat.count_rate_total, np.float64).reshape(-1)
+    sel = valid & (cr > config.cr_min)
+    values = {"cr": cr[sel], "hr": np.asarray(cat.hardness_ratio, np.float64).reshape(-1)[sel],
+              "z": np.asarray(cat.z, np.float64).reshape(-1)[sel]}
+    inside = np.ones(int(sel.sum()), bool)
+    out: dict[str, Any] = {"selected": int(sel.sum())}
+    for k, v in values.items():
+        e = getattr(config.binning, f"{k}_edges")
+        below, above = v < e[0], v >= e[-1]
+        inside &= ~below & ~above
+        out[k] = dict(below=int(below.sum()), above=int(above.sum()), edges=(e[0], e[-1]),
+                      range=(float(v.min()), float(v.max())) if v.size else None)
+    out["binned"] = int(inside.sum())
+    out["fraction_outside"] = 1.0 - out["binned"] / out["selected"] if out["selected"] else 0.0
+    return out
 
 
 def _check_design(design: str) -> None:

@@ -88,3 +88,45 @@ def test_memory_check_refuses_before_reading(tmp_path, monkeypatch):
     assert load_dataset(path, memory_check=False).theta.shape == (N, D)
     monkeypatch.setenv("JAXCLUSTER_NO_MEMORY_CHECK", "1")
     assert load_dataset(path).theta.shape == (N, D)
+
+
+def test_generate_refuses_a_chunk_too_large_for_memory(tmp_path, monkeypatch, capsys):
+    import jaxcluster.engines.memory as memory
+
+    monkeypatch.setattr(memory, "available_memory_bytes", lambda: (10**6, "test limit"))
+    out = tmp_path / "a.h5"
+    assert main(["generate", "--simulator", "analytic", "--n", "4", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "needs about" in err and "more than the 977 KiB available (test limit)" in err and "--no-memory-check" in err
+    assert not out.exists()
+
+
+def test_binning_options_and_warning(monkeypatch, capsys):
+    import argparse
+
+    from jaxcluster.inference import cli
+
+    assert cli._edges_spec("0.01,2,6") == (0.01, 2.0, 6)
+    for bad in ("0,2,6", "2,1,3", "1,2", "1,2,0", "a,b,c"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            cli._edges_spec(bad)
+    job = cli.DatasetJob(simulator="survey", n=1, out="x.h5", cell_size=2.0, pixel=3.0, hr_edges=(0.01, 2.0, 6))
+    assert job.survey_config().binning.hr_edges[0] == pytest.approx(0.01)
+    assert cli.DatasetJob(simulator="survey", n=1, out="x.h5").survey_config().binning.hr_edges[0] == pytest.approx(0.1)
+
+    def coverage(config, theta, key):
+        return {"selected": 10, "binned": 2, "fraction_outside": 0.8,
+                "cr": dict(below=0, above=0, edges=(1e-5, 1e-2), range=(2e-5, 1e-3)),
+                "hr": dict(below=8, above=0, edges=(0.1, 2.0), range=(0.03, 0.2)),
+                "z": dict(below=0, above=0, edges=(0.1, 0.5), range=(0.1, 0.4))}
+
+    import jaxcluster.inference.datasets as datasets
+
+    monkeypatch.setattr(datasets, "survey_bin_coverage", coverage)
+    cli._warn_binning(job)
+    err = capsys.readouterr().err
+    assert "8 of the 10 detected sources" in err and "HR: 8 below 0.1" in err and "--hr-edges" in err
+    monkeypatch.setattr(datasets, "survey_bin_coverage", lambda c, t, k: coverage(c, t, k) | {
+        "selected": 1, "binned": 1, "fraction_outside": 0.0})
+    cli._warn_binning(job)
+    assert "only 1 source(s) above --cr-min" in capsys.readouterr().err
