@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -58,13 +57,16 @@ def _run(args) -> int:
     axes[1].axvline(0.5 * 3.14159265 * n / args.box, color="grey", lw=0.8, ls=":")
     axes[1].set_title(r"$P(k)$ at z = 0 (dotted: $k_{\rm Nyq}/2$ of the particles)")
     fig.tight_layout()
-    fig.savefig(out / "pm_density_and_power.png", dpi=120)
+    from .io.atomic import atomic_path, write_json
+
+    with atomic_path(out / "pm_density_and_power.png") as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     from .io.provenance import clean_json, provenance
 
     settings = dict(box_size=box, particles=config.particle_shape, mesh=config.mesh_shape, steps=args.steps,
                     a_init=args.a_init, x64=args.x64)
     prov = provenance("run", seed=args.seed, theta=dict(Omega_m=args.omega_m, sigma_8=args.sigma_8), settings=settings)
-    with open(out / "power_spectrum.txt", "w") as f:
+    with atomic_path(out / "power_spectrum.txt") as tmp, open(tmp, "w") as f:
         f.write(f"# {prov['software']}, `jaxcluster run` on {prov['date_utc']}: seed {args.seed}, "
                 f"Omega_m = {args.omega_m:g}, sigma_8 = {args.sigma_8:g}, {n}^3 particles in {box[0]:g} h^-1 Mpc, "
                 f"mesh {config.mesh_shape[0]}^3, {args.steps} steps from a = {args.a_init:g} (summary.json: full record)\n")
@@ -77,7 +79,7 @@ def _run(args) -> int:
         wall_time_s_including_compile=wall, sigma_delta=float(jnp.std(delta)),
         outputs=["pm_density_and_power.png", "power_spectrum.txt"], provenance=prov,
     )
-    (out / "summary.json").write_text(json.dumps(clean_json(summary), indent=2))
+    write_json(out / "summary.json", clean_json(summary), indent=2)
     print(f"jaxcluster run: {n}³ particles, {args.steps} steps in {wall:.1f} s (with compilation); wrote {out}/")
     return 0
 

@@ -116,7 +116,10 @@ def _write_json(path: Path, res: dict, command: str, model, args, seed: int | No
     settings = _settings(args) | dict(area_deg2=model.survey.area_deg2, cr_cut=model.survey.cr_cut,
                                       xod_shape=list(model.binning.shape))
     res = dict(res, provenance=provenance(command, seed=seed, theta=theta, settings=settings))
-    path.write_text(json.dumps(clean_json(res, _JSON_DIGITS), indent=2))
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(clean_json(res, _JSON_DIGITS), indent=2))
 
 
 def fisher_main(argv: list[str] | None = None) -> int:
@@ -171,8 +174,12 @@ def fisher_main(argv: list[str] | None = None) -> int:
     _write_json(args.out / "fisher.json", res, "fisher", model, args)
     import matplotlib.pyplot as plt
 
-    fig = plot_fisher_corner(cov, model.theta0(), model.names, path=args.out / "fisher_corner.png",
+    from ..io.atomic import atomic_path
+
+    fig = plot_fisher_corner(cov, model.theta0(), model.names,
                              title=f"Fisher forecast, analytic model, {model.survey.area_deg2:g} deg²")
+    with atomic_path(args.out / "fisher_corner.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     for n, e in zip(model.names, np.asarray(err)):
         say(f"σ({n}) = {e:.4g}")
@@ -290,13 +297,18 @@ def hmc_main(argv: list[str] | None = None) -> int:
         res |= dict(xod=observed.source, total_counts_observed=float(np.sum(observed.xod)),
                     truth=None if truth is None else np.asarray(truth))
     _write_json(args.out / "hmc.json", res, "hmc", model, args, seed=args.seed)
-    np.savez(args.out / "hmc_samples.npz", samples=np.asarray(out["samples"]), names=np.array(model.names))
+    from ..io.atomic import atomic_path
+
+    with atomic_path(args.out / "hmc_samples.npz") as tmp, open(tmp, "wb") as f:
+        np.savez(f, samples=np.asarray(out["samples"]), names=np.array(model.names))
     flat = np.asarray(out["samples"]).reshape(-1, model.n_param)
     import matplotlib.pyplot as plt
 
     what = observed.source if observed is not None else ("Poisson mock" if args.mock else "Asimov XOD")
-    fig = plot_fisher_corner(cov, th0, model.names, samples=flat, path=args.out / "hmc_corner.png",
+    fig = plot_fisher_corner(cov, th0, model.names, samples=flat,
                              title=f"NUTS on {what} vs Fisher at the fiducial")
+    with atomic_path(args.out / "hmc_corner.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
     if observed is not None:
         from ..inference.posterior_files import write_posterior

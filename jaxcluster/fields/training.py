@@ -14,7 +14,6 @@ at once.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray, PyTree
+
+from ..io.atomic import read_tree, write_tree
 
 __all__ = ["FitConfig", "FitResult", "fit"]
 
@@ -88,12 +89,8 @@ def _n_samples(data) -> int:
 
 
 def _save(path: Path, tree, meta: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    eqx.tree_serialise_leaves(tmp, tree)
-    os.replace(tmp, path)  # a kill never leaves a half-written checkpoint
-    tmp_meta = path.with_name(path.name + ".json.tmp")
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, path.with_name(path.name + ".json"))
+    # One file, written atomically: the counters and losses (JSON header) always match the arrays.
+    write_tree(path, meta, tree)
 
 
 def _optimiser(learning_rate: float, clip_norm: float) -> optax.GradientTransformation:
@@ -140,8 +137,8 @@ def fit(
         valid: validation set, same structure (evaluated in one batch).
         config: optimiser and stopping settings. A resumed run may raise
             ``max_steps``; the optimiser settings must be those of the checkpoint.
-        checkpoint: file to save to and resume from (``.eqx``; a ``.json``
-            beside it records the counters and losses); default none.
+        checkpoint: file to save to and resume from (``.eqx``, `jaxcluster.io.atomic.write_tree`: a JSON
+            header with the counters and losses, then the arrays; atomic); default none.
         progress: show a tqdm bar.
 
     Returns:
@@ -158,9 +155,8 @@ def fit(
     state = (params, opt_state, params, jnp.asarray(np.inf, jnp.float32), jax.random.key_data(key))
     meta = {"step": 0, "n_bad": 0, "train_loss": [], "valid_loss": []}
     path = None if checkpoint is None else Path(checkpoint)
-    if path is not None and path.exists() and path.with_name(path.name + ".json").exists():
-        state = eqx.tree_deserialise_leaves(path, state)
-        meta = json.loads(path.with_name(path.name + ".json").read_text())
+    if path is not None and path.exists():
+        meta, state = read_tree(path, state)  # ValueError naming the file if it is not a whole checkpoint
 
     params, opt_state, best, best_loss, key_data = state
     key = jax.random.wrap_key_data(key_data)

@@ -145,7 +145,6 @@ def run_scaling_study(args, theta: ThetaSim, eldl: ExtendedLDL, table: Emissivit
 
     Writes ``scaling.json``, ``scaling_cr_m.png`` and ``scaling_theta.png`` into `out`.
     """
-    import json
     import time
 
     from ..params import PARAM_NAMES
