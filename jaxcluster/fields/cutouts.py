@@ -567,28 +567,59 @@ def load_cutouts(path: str | os.PathLike) -> CutoutSet:
     """Read a file written by `save_cutouts`.
 
     Raises:
-        ValueError: not a ``jaxcluster-cutouts`` file, or a newer version.
+        ValueError: not a ``jaxcluster-cutouts`` file, a newer version, or arrays that do not match
+            (shapes, dtypes, non-finite maps, split codes, channels, normalisation); the message names
+            the file and the problem.
     """
-    with h5py.File(path, "r") as f:
+    from ..io.checks import LoadError, check_array, open_hdf5
+
+    with open_hdf5(path, "cutout file") as f:
         if f.attrs.get("format") != CUTOUT_FORMAT:
-            raise ValueError(f"{path} is not a {CUTOUT_FORMAT} file")
+            raise LoadError(f"{path} is not a {CUTOUT_FORMAT} file")
         if int(f.attrs["format_version"]) > _FORMAT_VERSION:
-            raise ValueError(f"{path}: format_version {f.attrs['format_version']} is newer than {_FORMAT_VERSION}")
+            raise LoadError(f"{path}: format_version {f.attrs['format_version']} is newer than {_FORMAT_VERSION}")
+        for name in ("maps", "cluster_id", "axis", "split", "normalisation/lo", "normalisation/hi",
+                     "normalisation/floor"):
+            if name not in f:
+                raise LoadError(f"{path}: {name!r} is missing")
+        for name in ("channels", "pixel_size_Mpc_h", "depth_Mpc_h", "metadata_json"):
+            if name not in f.attrs:
+                raise LoadError(f"{path}: attribute {name!r} is missing")
+        channels = tuple(str(c) for c in f.attrs["channels"])
+        maps = f["maps"][()]
+        check_array(path, "maps", maps, ndim=4)
+        n, c = maps.shape[:2]
+        if c != len(channels):
+            raise LoadError(f"{path}: 'maps' has {c} channels but the channels attribute lists {channels}")
+        cols = {k: f[k][()] for k in ("cluster_id", "axis", "split")}
+        for k, v in cols.items():
+            check_array(path, k, v, kind="iu", shape=(n,))
+        if n and not np.isin(cols["split"], np.arange(len(SPLITS))).all():
+            raise LoadError(f"{path}: 'split' holds codes other than {tuple(range(len(SPLITS)))} ({SPLITS})")
+        if n and not np.isin(cols["axis"], (0, 1, 2)).all():
+            raise LoadError(f"{path}: 'axis' holds values other than 0, 1, 2")
         g = f["normalisation"]
-        norm = CutoutNormalisation(lo=jnp.asarray(g["lo"][()]), hi=jnp.asarray(g["hi"][()]),
-                                   floor=jnp.asarray(g["floor"][()]), log=tuple(bool(v) for v in g.attrs["log"]))
-        return CutoutSet(
-            maps=f["maps"][()],
-            channels=tuple(str(c) for c in f.attrs["channels"]),
-            cluster_id=f["cluster_id"][()],
-            axis=f["axis"][()],
-            split=f["split"][()],
-            halo={k: v[()] for k, v in f["halo"].items()} if "halo" in f else {},
-            normalisation=norm,
-            pixel_size=float(f.attrs["pixel_size_Mpc_h"]),
-            depth=float(f.attrs["depth_Mpc_h"]),
-            metadata=json.loads(f.attrs["metadata_json"]),
-        )
+        norm_arrays = {k: g[k][()] for k in ("lo", "hi", "floor")}
+        for k, v in norm_arrays.items():
+            check_array(path, f"normalisation/{k}", v, shape=(c,))
+        log = tuple(bool(v) for v in g.attrs["log"]) if "log" in g.attrs else ()
+        if len(log) != c:
+            raise LoadError(f"{path}: normalisation/log has {len(log)} flags for {c} channels")
+        halo = {k: v[()] for k, v in f["halo"].items()} if "halo" in f else {}
+        for k, v in halo.items():
+            if np.shape(v)[:1] != (n,):
+                raise LoadError(f"{path}: 'halo/{k}' has shape {np.shape(v)}, expected leading length {n}")
+        pixel_size, depth = float(f.attrs["pixel_size_Mpc_h"]), float(f.attrs["depth_Mpc_h"])
+        if not (0 < pixel_size < np.inf and 0 < depth < np.inf):
+            raise LoadError(f"{path}: pixel_size_Mpc_h = {pixel_size}, depth_Mpc_h = {depth} must be finite and > 0")
+        try:
+            metadata = json.loads(f.attrs["metadata_json"])
+        except (json.JSONDecodeError, TypeError) as err:
+            raise LoadError(f"{path}: attribute 'metadata_json' is not JSON ({err})") from None
+        norm = CutoutNormalisation(lo=jnp.asarray(norm_arrays["lo"]), hi=jnp.asarray(norm_arrays["hi"]),
+                                   floor=jnp.asarray(norm_arrays["floor"]), log=log)
+        return CutoutSet(maps=maps, channels=channels, halo=halo, normalisation=norm, pixel_size=pixel_size,
+                         depth=depth, metadata=metadata, **cols)
 
 
 def make_cutout_dataset(

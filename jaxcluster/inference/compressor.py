@@ -486,13 +486,54 @@ def save_compressor(path: str | os.PathLike, compressor: Compressor) -> None:
     write_tree(Path(path), header, compressor)
 
 
+_HEADER_INTS = {"n_param": (1, 10_000), "width": (1, 100_000), "hidden": (1, 100_000), "n_blocks": (1, 1_000)}
+
+
+def _check_compressor_header(path: Path, h) -> None:
+    from ..io.checks import LoadError
+
+    if not isinstance(h, dict):
+        raise LoadError(f"{path}: the header is not a JSON object: not a compressor file")
+    missing = [k for k in ("xod_shape", "head", *_HEADER_INTS) if k not in h]
+    if missing:
+        raise LoadError(f"{path}: header keys {missing} missing: not a compressor written by save_compressor")
+    shape = h["xod_shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(isinstance(v, int) and 1 <= v <= 10_000 for v in shape)):
+        raise LoadError(f"{path}: header xod_shape = {shape!r} must be three integers in [1, 10000]")
+    if h["head"] not in HEADS:
+        raise LoadError(f"{path}: header head = {h['head']!r} is not one of {HEADS}")
+    for k, (lo, hi) in _HEADER_INTS.items():
+        v = h[k]
+        if not (isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi):
+            raise LoadError(f"{path}: header {k} = {v!r} is outside its allowed range: an integer in [{lo}, {hi}]")
+
+
 def load_compressor(path: str | os.PathLike) -> Compressor:
-    """Read a compressor written by `save_compressor`."""
+    """Read a compressor written by `save_compressor`, checked.
+
+    Raises:
+        ValueError: the file is missing, not a compressor (header keys, types and ranges), truncated,
+            shaped for another architecture, or holds non-finite weights; the message names the file.
+    """
+    from ..io.checks import LoadError
+
     path = Path(path)
-    h = _read_header(path)
+    if not path.is_file():
+        raise LoadError(f"compressor {path} does not exist")
+    try:
+        h = _read_header(path)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise LoadError(f"{path}: the first line is not a JSON header ({type(err).__name__}): not a compressor "
+                        "file") from None
+    _check_compressor_header(path, h)
     net = ResNetCompressor(tuple(h["xod_shape"]), h["n_param"], h["head"], h["width"], h["hidden"], h["n_blocks"],
                            key=jax.random.key(0))
     shape, d = tuple(h["xod_shape"]), h["n_param"]
     like = Compressor(net, Normaliser(jnp.zeros(shape, _F32), jnp.zeros(shape, _F32), True),
                       Normaliser(jnp.zeros((d,), _F32), jnp.zeros((d,), _F32), False))
-    return _read_tree(path, like)
+    comp = _read_tree(path, like)
+    bad = [i for i, leaf in enumerate(jax.tree.leaves(eqx.filter(comp, eqx.is_inexact_array)))
+           if not bool(jnp.all(jnp.isfinite(leaf)))]
+    if bad:
+        raise LoadError(f"{path}: {len(bad)} weight array(s) hold NaN or inf (a diverged or damaged compressor)")
+    return comp

@@ -168,13 +168,15 @@ def load_run(path: str | Path) -> RunData:
         `RunData`, arrays as JAX arrays with their stored dtypes (float64 needs x64).
 
     Raises:
-        ValueError: not a jaxcluster run file, an unsupported version, or a
-            missing group, dataset or attribute (named in the message).
+        ValueError: not a jaxcluster run file, an unsupported version, a missing
+            group, dataset or attribute, particles of the wrong shape or dtype for the
+            stored configuration, non-finite values, or θ outside the prior (the message
+            names the file and the problem).
     """
+    from .checks import LoadError, check_array, open_hdf5
+
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"run file {path} does not exist")
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path, "run file") as f:
         fmt = _text(f.attrs.get("format", ""))
         if fmt != RUN_FORMAT:
             raise ValueError(f"run file {path}: attribute 'format' is {fmt!r}, expected {RUN_FORMAT!r}")
@@ -182,25 +184,42 @@ def load_run(path: str | Path) -> RunData:
         if version != RUN_FORMAT_VERSION:
             raise ValueError(f"run file {path}: format_version {version} is not supported ({RUN_FORMAT_VERSION})")
         z = float(_attr(f, "redshift", path))
-        metadata = json.loads(_text(_attr(f, "metadata_json", path)))
+        if not (math.isfinite(z) and z > -1):
+            raise LoadError(f"run file {path}: redshift = {z} must be finite and > -1")
+        try:
+            metadata = json.loads(_text(_attr(f, "metadata_json", path)))
+        except json.JSONDecodeError as err:
+            raise LoadError(f"run file {path}: attribute 'metadata_json' is not JSON ({err})") from None
         cfg = _get(f, "config", path)
-        config = PMConfig(
-            box_size=tuple(float(b) for b in _attr(cfg, "box_size_Mpc_h", path)),
-            particle_shape=tuple(int(n) for n in _attr(cfg, "particle_shape", path)),
-            mesh_shape=tuple(int(n) for n in _attr(cfg, "mesh_shape", path)),
-            gradient=_text(_attr(cfg, "gradient", path)),
-        )
+        try:
+            config = PMConfig(
+                box_size=tuple(float(b) for b in _attr(cfg, "box_size_Mpc_h", path)),
+                particle_shape=tuple(int(n) for n in _attr(cfg, "particle_shape", path)),
+                mesh_shape=tuple(int(n) for n in _attr(cfg, "mesh_shape", path)),
+                gradient=_text(_attr(cfg, "gradient", path)),
+            )
+        except (ValueError, TypeError) as err:
+            raise LoadError(f"run file {path}: the PM configuration in /config is invalid ({err})") from None
+        want = (config.n_particles, 3)
         pos = np.asarray(_get(f, "particles/pos", path)[()])
         p = np.asarray(_get(f, "particles/p", path)[()])
+        check_array(path, "particles/pos", pos, shape=want)
+        check_array(path, "particles/p", p, shape=want)
         grp = _get(f, "fields", path)
         fields = {name: np.asarray(grp[name][()]) for name in grp}
+        for name, a in fields.items():
+            check_array(path, f"fields/{name}", a, kind="fiub", finite=True)
         field_units = {name: _text(grp[name].attrs["units"]) for name in grp if "units" in grp[name].attrs}
         th = _get(f, "theta", path)
         names = tuple(_text(n) for n in _attr(th, "names", path))
         values = np.asarray(th[()])
     if names != PARAM_NAMES or values.shape != (len(PARAM_NAMES),):
         raise ValueError(f"run file {path}: 'theta' must hold {PARAM_NAMES}, got names {names}, shape {values.shape}")
-    theta = ThetaSim(**{n: values[i] for i, n in enumerate(PARAM_NAMES)})
+    check_array(path, "theta", values)
+    try:
+        theta = ThetaSim(**{n: values[i] for i, n in enumerate(PARAM_NAMES)})
+    except ValueError as err:
+        raise ValueError(f"run file {path}: 'theta' is outside the prior ({err})") from None
     return RunData(
         pos=jnp.asarray(pos), p=jnp.asarray(p), fields={k: jnp.asarray(v) for k, v in fields.items()},
         field_units=field_units, theta=theta, z=z, config=config, metadata=metadata,
