@@ -139,3 +139,31 @@ def test_generation_resumes_after_a_kill(tmp_path):
         stored_halos({k: v for k, v in run.fields.items() if k != "halo_R200c"})
     with pytest.raises(ValueError, match="another spec"):
         generate_training_set(out, lh_spec(n, **(TINY | {"n_steps": 4})), progress=False)
+
+
+def test_generation_resumes_after_a_kill_at_every_write_to_the_same_bits(tmp_path, monkeypatch):
+    """A kill at each write (spec.json, params.txt, every sample file), then a rerun: the same files, byte for byte;
+    an unfinished set is refused by `check_complete`; another spec is refused naming the difference."""
+    from jaxcluster.baryons.training_sets import check_complete
+    from tests.faults import KilledAtWrite, count_writes, files_bytes, kill_at_write
+
+    spec = lh_spec(3, **TINY)
+    ref = tmp_path / "ref"
+    with count_writes(monkeypatch) as writes:
+        generate_training_set(ref, spec, progress=False)
+    names = [f"{p.parent.name}/{p.name}" for p in writes]
+    assert names[:2] == ["ref/spec.json", "ref/params.txt"] and len(names) == 2 + 3 * len(TINY["redshifts"])
+    want = files_bytes(ref)
+    check_complete(ref)
+    for n in range(1, len(writes) + 1):
+        out = tmp_path / f"k{n}"
+        with kill_at_write(monkeypatch, n), pytest.raises(KilledAtWrite):
+            generate_training_set(out, spec, progress=False)
+        if n > 2:
+            with pytest.raises(ValueError, match=f"{out.name} is unfinished: .* rerun `jaxcluster data generate`"):
+                check_complete(out)
+        generate_training_set(out, spec, progress=False)
+        got = files_bytes(out)
+        assert got.keys() == want.keys() and [k for k in got if got[k] != want[k]] == []
+    with pytest.raises(ValueError, match=r"another spec or model \(spec.n_samples: 3 there, 4 requested"):
+        generate_training_set(ref, lh_spec(4, **TINY), progress=False)
