@@ -259,7 +259,7 @@ def plot_rank_histograms(ranks: Int[ArrayLike, "n d"], n_samples: int, names: Se
     axes[0, 0].legend(fontsize=7, loc="lower center")
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=110)
+        _savefig(fig, path)
     return fig
 
 
@@ -277,7 +277,7 @@ def plot_coverage(curves: Mapping[str, tuple[ArrayLike, ArrayLike]], *, xlabel: 
     ax.legend(fontsize=7)
     fig.tight_layout()
     if path is not None:
-        fig.savefig(path, dpi=110)
+        _savefig(fig, path)
     return fig
 
 
@@ -354,5 +354,16 @@ def corner_plot(samples: Mapping[str, Float[ArrayLike, "L d"]], names: Sequence[
     if title:
         fig.suptitle(title, x=0.02, y=0.995, ha="left", va="top", fontsize=10)
     if path is not None:
-        fig.savefig(path, dpi=110)
+        _savefig(fig, path)
     return fig
+
+
+def _savefig(fig, path) -> None:
+    """``fig.savefig(path)``, atomically (the format from the name's suffix, PNG by default)."""
+    from pathlib import Path
+
+    from ..io.atomic import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format=path.suffix[1:] or "png")

@@ -61,7 +61,10 @@ def import_pyatomdb(cache_dir: str | os.PathLike | None = None):
         root.mkdir(parents=True, exist_ok=True)
         userdata = root / "userdata"
         if not userdata.exists():
-            userdata.write_text(_USERDATA)
+            from ..io.atomic import atomic_path
+
+            with atomic_path(userdata) as tmp:  # never a half-written config for pyatomdb to read
+                tmp.write_text(_USERDATA)
     except OSError as err:
         raise RuntimeError(
             f"cannot prepare the AtomDB directory {root} (pyatomdb needs {root}/userdata "
