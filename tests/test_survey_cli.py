@@ -179,3 +179,36 @@ def test_bad_field_centre_is_one_clear_line(tmp_path, capsys):
 def test_simulate_bad_input_is_one_clear_line(tmp_path):
     res = _cli("--out", str(tmp_path), "--omega-m", "0.7")
     assert res.returncode == 2 and "Omega_m" in res.stderr and "[0.1, 0.5]" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_rerun_replaces_out_whole_and_a_kill_leaves_the_old_run(run, tmp_path, monkeypatch):
+    """--out holds one complete run: a rerun replaces it whole, a kill while writing leaves the previous one."""
+    import shutil
+
+    from jaxcluster.survey import products
+
+    out = tmp_path / "out"
+    shutil.copytree(run, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    args = ["--out", str(out), "--area", "1", "--cell-size", "2", "--pixel", "6", "--steps", "2", "--threshold",
+            "3e-6", "--cr-min", "5e-4", "--boxes", "3", "--no-figures", "--no-halos", "--seed", "9"]
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt  # a kill between the catalogue and the XOD
+
+    with monkeypatch.context() as m:
+        m.setattr(products, "write_xod", killed)
+        with pytest.raises(KeyboardInterrupt):
+            main(args)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched: the old run, complete
+    assert not list(tmp_path.glob(".out.*"))  # no staging folder left
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seed"] == 9 and summary["n_boxes"] == 3
+    assert sorted(p.name for p in out.iterdir()) == ["catalogue.ecsv", "maps.fits", "summary.json", "xod.npz"]
+    # a folder holding anything else is refused before any work, naming the file
+    (out / "notes.txt").write_text("mine")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(args) == 2
+    assert "notes.txt" in err.getvalue() and (out / "notes.txt").read_text() == "mine"

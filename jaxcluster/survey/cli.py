@@ -123,8 +123,10 @@ def _simulate(args) -> int:
     from .pipeline import box_keys, box_particles, simulate_box, survey_xods
     from .truth import MAX_HALOS, BoxHaloFinder, match_detections
 
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..io.atomic import atomic_folder, check_replaceable
+
+    final = pathlib.Path(args.out)
+    check_replaceable(final, PRODUCTS)  # before the work: --out may only hold an earlier run's products
     g = config.geometry
     theta_dict = {n: getattr(args, n) for n in ThetaSim.names}  # as given (no float32 round trip)
     centre = (args.ra, args.dec)
@@ -197,7 +199,9 @@ def _simulate(args) -> int:
     z_boxes = np.asarray(layout.z, np.float64)
     wcs = WCS(products.wcs_header(g, z_boxes, config.n_lightcones, centre))
     outputs = ["maps.fits", "catalogue.ecsv", "xod.npz", "summary.json"]
-    with tqdm(total=len(outputs) + (0 if args.no_figures else 1), desc="writing", unit="file") as bar:
+    # every product goes to a staging folder that replaces --out at the end: never a mix of two runs
+    with atomic_folder(final, PRODUCTS) as out, \
+            tqdm(total=len(outputs) + (0 if args.no_figures else 1), desc="writing", unit="file") as bar:
         products.write_maps(out / "maps.fits", maps, seg, g, z_boxes, n_lightcones=config.n_lightcones,
                             centre_deg=centre, hubble_h=hubble_h, cards=fits_cards(record))
         bar.update(1)
@@ -234,8 +238,13 @@ def _simulate(args) -> int:
         products.write_json(out / "summary.json", clean_json(summary))
         bar.update(1)
     print(f"jaxcluster simulate: {len(tab)} sources detected, {n_sel} above {config.cr_min:g} ct/s "
-          f"({n_match} matched to halos), in {wall:.1f} s (with compilation); wrote {out}/")
+          f"({n_match} matched to halos), in {wall:.1f} s (with compilation); wrote {final}/")
     return 0
+
+
+# everything `simulate` writes in --out (a folder holding only these may be replaced by a new run)
+PRODUCTS = frozenset({"maps.fits", "catalogue.ecsv", "xod.npz", "summary.json", "maps.png", "lightcone.png",
+                      "xod.png", "dndz.png"})
 
 
 def _figures_written(out, maps, cat, hard, config, z_boxes, wcs, theta, seed) -> list[str]:
