@@ -212,3 +212,14 @@ def test_rerun_replaces_out_whole_and_a_kill_leaves_the_old_run(run, tmp_path, m
     with contextlib.redirect_stderr(err):
         assert main(args) == 2
     assert "notes.txt" in err.getvalue() and (out / "notes.txt").read_text() == "mine"
+
+
+def test_a_survey_too_large_for_memory_is_refused_at_once(tmp_path, monkeypatch):
+    from jaxcluster.engines import memory
+
+    monkeypatch.setattr(memory, "estimate_survey_bytes", lambda *a, **k: 10**15)  # a petabyte
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["--out", str(tmp_path / "out"), "--area", "1", "--cell-size", "2", "--pixel", "6"]) == 2
+    assert "the survey of 1 deg²" in err.getvalue() and "--no-memory-check" in err.getvalue()
+    assert not (tmp_path / "out").exists()

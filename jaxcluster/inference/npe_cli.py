@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
 
     d = NPESettings()
     from ..clihelp import HelpFormatter as fmt
+    from ..clihelp import add_memory_check, seed_type
 
     p = argparse.ArgumentParser(prog="jaxcluster npe", description=__doc__.splitlines()[0], formatter_class=fmt)
     sub = p.add_subparsers(dest="action", required=True)
@@ -58,15 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--test-fraction", type=float, default=d.test_fraction,
                    help="share of the dataset held out for the calibration report")
     t.add_argument("--draws", type=int, default=d.n_draws, help="posterior draws per test XOD in the calibration")
-    t.add_argument("--seed", type=int, default=d.seed, help="seed of the split, initialisation and batches")
+    t.add_argument("--seed", type=seed_type, default=d.seed, help="seed of the split, initialisation and batches")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_memory_check(t)
 
     i = sub.add_parser("infer", help="posterior of θ given an observed XOD file", formatter_class=fmt)
     i.add_argument("trained", type=Path, help="folder written by `npe train`")
     i.add_argument("--xod", type=Path, required=True, help="XOD file: xod.npz of `simulate`, or a dataset (HDF5)")
     i.add_argument("--index", type=int, default=None, help="which XOD of a dataset (required for one)")
     i.add_argument("--samples", type=int, default=10000, help="posterior draws")
-    i.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    i.add_argument("--seed", type=seed_type, default=0, help="seed of the draws")
     i.add_argument("--out", type=Path, default=None, help="output folder (default TRAINED/infer_<xod file>[_<index>])")
     i.add_argument("--no-figure", action="store_true", help="no corner plot")
     i.add_argument("--compare", type=Path, nargs="+", default=None, metavar="POSTERIOR_H5",
@@ -77,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--dataset", type=Path, required=True, help="test dataset (HDF5, same parameters and bins)")
     v.add_argument("--draws", type=int, default=500, help="posterior draws per test XOD")
     v.add_argument("--max", type=int, default=None, help="use only the first MAX XODs")
-    v.add_argument("--seed", type=int, default=0, help="seed of the draws")
+    v.add_argument("--seed", type=seed_type, default=0, help="seed of the draws")
     v.add_argument("--out", type=Path, default=None, help="output folder (default TRAINED/validate_<dataset file>)")
     return p
 
@@ -91,7 +93,8 @@ def _train(args) -> int:
                            compressor_hidden=args.compressor_hidden, compressor_blocks=args.compressor_blocks,
                            compressor_batch_size=args.compressor_batch_size,
                            test_fraction=args.test_fraction, n_draws=args.draws, seed=args.seed)
-    train_npe(args.dataset, args.out, settings, progress=not args.no_progress, say=_say)
+    train_npe(args.dataset, args.out, settings, progress=not args.no_progress, say=_say,
+              memory_check=not args.no_memory_check)
     import json
 
     cal = json.loads((args.out / "npe.json").read_text()).get("calibration")

@@ -191,11 +191,11 @@ def _split(n: int, settings: NPESettings) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(order[n_test:]), np.sort(order[:n_test])
 
 
-def _dataset_record(path: Path) -> tuple[Any, dict[str, Any]]:
+def _dataset_record(path: Path, memory_check: bool = True) -> tuple[Any, dict[str, Any]]:
     from ..io.chunks import array_digest
     from .datasets import load_dataset
 
-    data = load_dataset(path)
+    data = load_dataset(path, memory_check=memory_check)
     theta, xod, meta = data.theta, data.xod, data.metadata
     if theta.ndim != 2 or xod.ndim != 4 or len(theta) != len(xod):
         raise ValueError(f"dataset {path}: theta {theta.shape} and xod {xod.shape} are not (n, d) and (n, n_cr, n_hr, n_z)")
@@ -236,7 +236,8 @@ def _check_resume(out: Path, mine: dict[str, Any]) -> None:
 
 
 def train_npe(dataset: str | os.PathLike, out: str | os.PathLike, settings: NPESettings = NPESettings(), *,
-              progress: bool = True, say: Callable[[str], None] = lambda text: None) -> TrainedNPE:
+              progress: bool = True, say: Callable[[str], None] = lambda text: None,
+              memory_check: bool = True) -> TrainedNPE:
     """Train (or resume training) a compressor and posterior on a dataset; write everything to ``out``.
 
     Args:
@@ -245,6 +246,8 @@ def train_npe(dataset: str | os.PathLike, out: str | os.PathLike, settings: NPES
         settings: `NPESettings`.
         progress: tqdm bars over epochs.
         say: receives one line per stage (the CLI prints them).
+        memory_check: refuse at once a training set whose estimated memory
+            (`engines.memory.estimate_training_bytes`) exceeds the memory available.
 
     Returns:
         The `TrainedNPE` (also on disk: `load_npe(out)`).
@@ -260,8 +263,12 @@ def train_npe(dataset: str | os.PathLike, out: str | os.PathLike, settings: NPES
     from ..io.provenance import provenance
 
     out = Path(out)
-    data, record = _dataset_record(Path(dataset))
+    data, record = _dataset_record(Path(dataset), memory_check)
     n = record["n"]
+    from ..engines.memory import check_memory, estimate_training_bytes
+
+    check_memory(estimate_training_bytes(n, record["xod_shape"], len(record["param_names"])),
+                 f"training on {n} XODs of {dataset}", enabled=memory_check)
     train, test = _split(n, settings)
     cfg = settings.train_config()
     n_val = max(1, int(round(cfg.validation_fraction * len(train))))

@@ -46,7 +46,7 @@ __all__ = ["main"]
 
 
 def _parser():
-    from ..clihelp import HelpFormatter
+    from ..clihelp import HelpFormatter, add_memory_check, seed_type
     from ..params import FIDUCIAL
     from .products import XXL_N_CENTRE_DEG
 
@@ -71,12 +71,13 @@ def _parser():
                     help="RA of the field centre [deg]; the default is XXL-N's centre, 2h23m")
     ap.add_argument("--dec", type=float, default=XXL_N_CENTRE_DEG[1],
                     help="Dec of the field centre [deg]; the default is XXL-N's centre, −4°30′")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the PRNG key (initial conditions)")
+    ap.add_argument("--seed", type=seed_type, default=0, help="seed of the PRNG key (initial conditions)")
     ap.add_argument("--eldl", default=None,
                     help="eLDL weights (.eqx written by `jaxcluster eldl train`); default: the shipped ones")
     ap.add_argument("--no-halos", action="store_true",
                     help="skip the SO halo finder (the catalogue's m500c column is then empty)")
     ap.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    add_memory_check(ap)
     return ap
 
 
@@ -108,6 +109,11 @@ def _simulate(args) -> int:
         n_steps=args.steps, detector=args.detector, threshold=args.threshold, cr_min=args.cr_min,
     )
     _check_centre(args.ra, args.dec)
+    from ..engines.memory import check_memory, estimate_survey_bytes
+
+    g0 = config.geometry
+    check_memory(estimate_survey_bytes(config), f"the survey of {config.area_deg2:g} deg² in {config.n_lightcones} × "
+                 f"{g0.n_boxes} boxes of {g0.mesh_shape} voxels", enabled=not args.no_memory_check)
     import equinox as eqx
     import jax
     import jax.numpy as jnp

@@ -177,5 +177,18 @@ def test_train_refuses_other_settings_or_dataset(dataset, tmp_path, capsys):
     (["--batch-size", "10000"], "batch_size = 10000"),
 ])
 def test_train_refuses_bad_settings_by_name(dataset, tmp_path, capsys, argv, needle):
-    assert main(["train", str(dataset), "--out", str(tmp_path / "x"), "--no-progress", *argv]) == 2
-    assert needle in capsys.readouterr().err
+    try:
+        code = main(["train", str(dataset), "--out", str(tmp_path / "x"), "--no-progress", *argv])
+    except SystemExit as exit_:  # refused by the argument parser
+        code = exit_.code
+    assert code == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+
+
+def test_train_refuses_a_training_set_too_large_for_memory(dataset, tmp_path, capsys, monkeypatch):
+    from jaxcluster.engines import memory
+
+    monkeypatch.setattr(memory, "estimate_training_bytes", lambda *a, **k: 10**15)  # a petabyte
+    assert main(["train", str(dataset), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "training on 300 XODs" in err and "--no-memory-check" in err
