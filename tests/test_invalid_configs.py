@@ -29,6 +29,7 @@ from jaxcluster.fields.training import FitConfig
 from jaxcluster.halos.so import SOFinder
 from jaxcluster.inference.datasets import BoxPrior
 from jaxcluster.inference.npe import TrainConfig
+from jaxcluster.inference.npe_run import NPESettings
 from jaxcluster.nbody.config import PMConfig
 from jaxcluster.params import PRIOR_BOUNDS, ThetaSim
 from jaxcluster.survey.detect import DetectionConfig
@@ -113,7 +114,17 @@ CASES = {
         "width": _spec(1, INF, integer=True),
         "batch_size": _spec(1, INF, integer=True),
         "validation_fraction": _spec(0, 1, low_open=True, high_open=True),
-        "learning_rate": _spec(0, INF, low_open=True),  # TrainConfig (npe.py) still accepts inf: reported
+        "learning_rate": _spec(0, INF, low_open=True, high_open=True),
+        "clip_norm": _spec(0, INF, low_open=True, high_open=True),
+    }),
+    "NPESettings": (NPESettings, dict(), {
+        "n_members": _spec(1, INF, integer=True),
+        "epochs": _spec(1, INF, integer=True),
+        "compressor_width": _spec(1, INF, integer=True),
+        "test_fraction": _spec(0, 0.5, high_open=True),
+        "learning_rate": _spec(0, INF, low_open=True, high_open=True),
+        "n_draws": _spec(1, INF, integer=True),
+        "seed": _spec(0, 2**32 - 1, integer=True),
     }),
 }
 

@@ -399,7 +399,7 @@ class TrainConfig(eqx.Module):
         if not 0.0 < self.validation_fraction < 1.0:
             raise ValueError(f"validation_fraction = {self.validation_fraction} is outside its allowed range (0, 1)")
         for name in ("learning_rate", "clip_norm", "bound"):
-            if not getattr(self, name) > 0:
+            if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name} = {getattr(self, name)} is outside its allowed range (0, inf)")
 
     def to_dict(self) -> dict:

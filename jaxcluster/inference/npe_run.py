@@ -94,7 +94,7 @@ class NPESettings(eqx.Module):
                 raise ValueError(f"{name} = {v!r} is outside its allowed range: an integer >= 1")
         if not 0.0 <= self.test_fraction < 0.5:
             raise ValueError(f"test_fraction = {self.test_fraction} is outside its allowed range [0, 0.5)")
-        if not self.learning_rate > 0:
+        if not 0 < self.learning_rate < float("inf"):
             raise ValueError(f"learning_rate = {self.learning_rate} is outside its allowed range (0, inf)")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed = {self.seed!r} is outside its allowed range [0, 2**32)")
