@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["HelpFormatter", "add_deprecated_alias", "seed_type", "SEED_RANGE", "add_memory_check"]
+__all__ = ["odd_positive", "HelpFormatter", "add_deprecated_alias", "seed_type", "SEED_RANGE", "add_memory_check"]
 
 # a PRNG seed is one uint32 word of `jax.random.key`: larger or negative values alias (2**32 ≡ 0, −1 ≡ 2**32 − 1)
 SEED_RANGE = (0, 2**32)
@@ -69,3 +69,14 @@ def add_memory_check(parser) -> None:
     parser.add_argument("--no-memory-check", action="store_true",
                         help="run even if the up-front memory estimate exceeds the memory available "
                         "(the estimate is rough; see jaxcluster.engines.memory)")
+
+
+def odd_positive(text: str) -> int:
+    """`argparse` type of an odd integer ≥ 1 (e.g. a stride that must keep a particle grid symmetric)."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an odd integer >= 1, got {text!r}") from None
+    if value < 1 or value % 2 == 0:
+        raise argparse.ArgumentTypeError(f"{value} is outside its allowed range: an odd integer >= 1")
+    return value

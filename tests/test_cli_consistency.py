@@ -149,3 +149,33 @@ def test_sensitivity_smallest_run_writes_provenance_and_stages(tmp_path, capsys)
     # a rerun resumes from the saved stages and says so
     assert main(args) == 0
     assert "resumed from stage_segmentations.npz" in capsys.readouterr().out
+
+
+# every command that takes a seed refuses one that would alias another (jax.random.key keeps 32 bits)
+SEEDED = [
+    ["run"], ["simulate"], ["hmc", "--out", "x"], ["sensitivity", "--out", "x"],
+    ["data", "generate", "cv", "--out", "x"], ["eldl", "train", "--cv", "a", "--lh", "b", "--out", "x"],
+    ["dataset", "generate", "--simulator", "analytic", "--n", "4", "--out", "x.h5"],
+    ["npe", "train", "d.h5", "--out", "x"], ["npe", "infer", "x", "--xod", "x.npz"],
+    ["npe", "validate", "x", "--dataset", "d.h5"],
+]
+
+
+@pytest.mark.parametrize("argv", SEEDED, ids=[" ".join(a[:2]) for a in SEEDED])
+@pytest.mark.parametrize("seed", ["4294967296", "-1", "1.5"])
+def test_every_seed_option_refuses_values_outside_the_key_range(argv, seed, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written, but if it were, not into the checkout
+    try:
+        code = main([*argv, "--seed", seed])
+    except SystemExit as exit_:  # argparse's refusal
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and ("outside its allowed range" in err or "integer" in err)
+    assert not any(tmp_path.iterdir())
+
+
+def test_eldl_source_stride_must_be_odd(capsys):
+    with pytest.raises(SystemExit):
+        main(["eldl", "train", "--cv", "a", "--lh", "b", "--out", "x", "--source-stride", "2"])
+    assert "odd integer" in capsys.readouterr().err

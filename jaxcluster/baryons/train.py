@@ -49,6 +49,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float
 
+from ..clihelp import odd_positive, seed_type
 from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology
 from ..io.atomic import read_tree, record_settings, write_tree
 from ..io.chunks import pytree_digest
@@ -551,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="Fourier filter of the displacement layers")
     parser.add_argument("--gradient", choices=GRADIENTS, default="exact",
                         help="displacement gradient: exact (Fourier, seed 001) or fd4 (real-space stencil, one inverse FFT)")
-    parser.add_argument("--source-stride", type=int, default=1,
+    parser.add_argument("--source-stride", type=odd_positive, default=1,
                         help="paint each displacement layer's source from every N-th particle (odd N; 1: all)")
     parser.add_argument("--base-iterations", type=int, default=TrainingConfig.base_iterations,
                         help="L-BFGS iterations of the base LDL (CV set, z = 0.21)")
@@ -564,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="epochs without a better validation loss before a stage stops early")
     parser.add_argument("--max-cv-boxes", type=int, default=None, help="use at most this many CV boxes")
     parser.add_argument("--max-lh-boxes", type=int, default=None, help="use at most this many LH boxes per redshift")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the initial weights and of the batch order")
+    parser.add_argument("--seed", type=seed_type, default=0, help="seed of the initial weights and of the batch order")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:

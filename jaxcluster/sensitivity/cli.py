@@ -39,7 +39,7 @@ import numpy as np
 
 
 def _parser():
-    from ..clihelp import HelpFormatter
+    from ..clihelp import HelpFormatter, seed_type
 
     p = argparse.ArgumentParser(prog="jaxcluster sensitivity", description=__doc__.splitlines()[0],
                                 formatter_class=HelpFormatter)
@@ -72,7 +72,7 @@ def _parser():
     p.add_argument("--scaling-cell", type=float, default=1.0, help="cell of the CR–M study's boxes [h⁻¹ Mpc]")
     p.add_argument("--scaling-steps", type=int, default=5, help="PM steps of the boxes")
     p.add_argument("--scaling-fraction", type=float, default=0.1, help="grid step, fraction of each prior width")
-    p.add_argument("--seed", type=int, default=0, help="seed of the lightcone and box keys")
+    p.add_argument("--seed", type=seed_type, default=0, help="seed of the lightcone and box keys")
     return p
 
 
