@@ -354,7 +354,8 @@ def survey_bin_coverage(config: Any, theta: Float[ArrayLike, " 6"], key: PRNGKey
         config: `survey.SurveyConfig`.
         theta: θ_sim (6,), e.g. the prior's centre.
         key: PRNG key of the simulation.
-        eldl, table: as `SurveySimulator`.
+        eldl: baryon painter, as `SurveySimulator`.
+        table: count-rate table, as `SurveySimulator`.
 
     Returns:
         dict with ``selected`` (sources above ``cr_min``), ``binned`` (those inside every bin

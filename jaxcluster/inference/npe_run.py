@@ -387,7 +387,8 @@ def calibration(trained: TrainedNPE, theta: Float[ArrayLike, "n d"], xod: Float[
         xod: (n, n_cr, n_hr, n_z) their XODs.
         key: PRNG key of the draws.
         n_draws: draws per test XOD.
-        lo, hi: (d,) the prior box (TARP's rescaling).
+        lo: (d,) lower corner of the prior box (TARP's rescaling; default the smallest true values).
+        hi: (d,) upper corner (default the largest true values).
 
     Returns:
         ``ranks`` (n, d), ``rank_ks_pvalue`` (d,), ``hpd`` (levels, coverage, ks_pvalue),
