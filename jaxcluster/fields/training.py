@@ -138,7 +138,9 @@ def fit(
         config: optimiser and stopping settings. A resumed run may raise
             ``max_steps``; the optimiser settings must be those of the checkpoint.
         checkpoint: file to save to and resume from (``.eqx``, `jaxcluster.io.atomic.write_tree`: a JSON
-            header with the counters and losses, then the arrays; atomic); default none.
+            header with the counters and losses, then the arrays; atomic); default none. It records the
+            settings and the digests of the initial model and of the data; a resume with others is refused,
+            naming them.
         progress: show a tqdm bar.
 
     Returns:
@@ -155,8 +157,22 @@ def fit(
     state = (params, opt_state, params, jnp.asarray(np.inf, jnp.float32), jax.random.key_data(key))
     meta = {"step": 0, "n_bad": 0, "train_loss": [], "valid_loss": []}
     path = None if checkpoint is None else Path(checkpoint)
+    if path is not None:
+        from ..io.chunks import pytree_digest
+
+        # what a checkpoint must have been made with (max_steps may be raised on a resume)
+        settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "max_steps"}
+        meta["ident"] = dict(config=settings, model=pytree_digest(model), train=pytree_digest(train),
+                             valid=pytree_digest(valid))
     if path is not None and path.exists():
+        ident = meta["ident"]
         meta, state = read_tree(path, state)  # ValueError naming the file if it is not a whole checkpoint
+        theirs = meta.get("ident", {})
+        diff = [k for k in ident if theirs.get(k) != ident[k]]
+        diff += [f"config.{k}" for k in ident["config"] if theirs.get("config", {}).get(k) != ident["config"][k]]
+        if diff:
+            raise ValueError(f"checkpoint {path} was made with another {', '.join(sorted(set(diff)))}: "
+                             "use another checkpoint file, or remove it to start again")
 
     params, opt_state, best, best_loss, key_data = state
     key = jax.random.wrap_key_data(key_data)

@@ -282,6 +282,14 @@ def read_dark_matter(path: str | Path, *, length_unit_Mpc_h: float = CKPC_H_IN_M
     for name in ("Coordinates", "Velocities"):
         if cat[name].ndim != 2 or cat[name].shape[1] != 3:
             raise ValueError(f"snapshot {path}: 'PartType1/{name}' must have shape (n, 3), got {cat[name].shape}")
+    from .checks import check_array
+
+    # positions and velocities are wrapped and differentiated downstream: a NaN or a string would go silently
+    check_array(path, "PartType1/Coordinates", cat["Coordinates"], ndim=2, shape=(None, 3))
+    check_array(path, "PartType1/Velocities", cat["Velocities"], ndim=2, shape=(None, 3))
+    check_array(path, "PartType1/Masses", cat["Masses"], kind="f", nonnegative=True)
+    if cat["ParticleIDs"].dtype.kind not in "iu":
+        raise ValueError(f"snapshot {path}: 'PartType1/ParticleIDs' must be integers, got {cat['ParticleIDs'].dtype}")
     box = header.box_size_Mpc_h(length_unit_Mpc_h)
     pos = np.mod(cat["Coordinates"].astype(np.float64) * length_unit_Mpc_h, box)
     return DarkMatter(

@@ -103,8 +103,10 @@ def test_cli_trains_all_stages_and_weights_round_trip(sets, trained, tmp_path, c
     assert np.all(np.isfinite(np.asarray(n_e))) and np.all(np.asarray(T) >= 0)
     assert main(["--cv", str(tmp_path / "none"), "--lh", str(sets / "lh"), "--out", str(out)]) == 2
     assert "--cv" in capsys.readouterr().err
-    assert main(["--cv", str(sets / "cv"), "--lh", str(sets / "lh"), "--out", str(out), "--source-stride", "0"]) == 2
-    assert "--source-stride" in capsys.readouterr().err
+    for stride in ("0", "2"):  # refused by the argument parser: an odd integer >= 1
+        with pytest.raises(SystemExit) as exit_:
+            main(["--cv", str(sets / "cv"), "--lh", str(sets / "lh"), "--out", str(out), "--source-stride", stride])
+        assert exit_.value.code == 2 and "--source-stride" in capsys.readouterr().err
 
 
 def test_weights_round_trip_and_errors(tmp_path):

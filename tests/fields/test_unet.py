@@ -71,3 +71,24 @@ def test_l1_loss_falls_and_checkpoint_resumes(getkey, tmp_path):
     leaves = zip(jax.tree.leaves(eqx.filter(resumed.model, eqx.is_array)), jax.tree.leaves(eqx.filter(full.model, eqx.is_array)))
     for a, b in leaves:
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_checkpoint_refuses_other_settings_model_or_data(getkey, tmp_path):
+    views, target = toy_clusters(getkey(), 12)
+    net = make_net(getkey())
+    data, valid = (views[:8], target[:8]), (views[8:], target[8:])
+
+    def loss(m, b, k):
+        return unet_loss(m, b[0], b[1], key=k)
+
+    config = FitConfig(max_steps=2, batch_size=4, learning_rate=1e-2, eval_every=1, patience=100)
+    ckpt = tmp_path / "unet.eqx"
+    fit(net, loss, data, valid, config, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="config.learning_rate"):
+        fit(net, loss, data, valid, FitConfig(**{**config.__dict__, "learning_rate": 1e-3}), checkpoint=ckpt)
+    with pytest.raises(ValueError, match="train"):
+        fit(net, loss, (views[:8] + 1.0, target[:8]), valid, config, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="model"):
+        fit(make_net(getkey()), loss, data, valid, config, checkpoint=ckpt)
+    # raising max_steps is a resume, not a change of settings
+    assert fit(net, loss, data, valid, FitConfig(**{**config.__dict__, "max_steps": 3}), checkpoint=ckpt).steps == 3

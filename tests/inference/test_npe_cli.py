@@ -192,3 +192,26 @@ def test_train_refuses_a_training_set_too_large_for_memory(dataset, tmp_path, ca
     assert main(["train", str(dataset), "--out", str(tmp_path / "x"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "training on 300 XODs" in err and "--no-memory-check" in err
+
+
+def test_train_resumes_after_a_kill_at_every_write(dataset, tmp_path, monkeypatch):
+    """A kill at each atomic write of `npe train` in turn (tests/faults.py), then a rerun: the same bits."""
+    from tests.faults import count_writes, kill_at_write
+
+    args = ["train", str(dataset), "--summary", "sqrt", "--epochs", "3", "--batch-size", "64", "--draws", "20",
+            "--no-progress"]
+    with count_writes(monkeypatch) as writes:
+        assert main([*args, "--out", str(tmp_path / "ref")]) == 0
+    names = [w.name for w in writes]
+    assert names[0] == "settings.json" and names[-1] == "npe.json"  # settings first, the manifest last
+    same = ("posterior.eqx", "posterior.json", "calibration.json")  # training.json and npe.json hold wall times
+    ref = {n: (tmp_path / "ref" / n).read_bytes() for n in same}
+    for n in range(1, len(writes) + 1):
+        out = tmp_path / f"k{n}"
+        with kill_at_write(monkeypatch, n), pytest.raises(KeyboardInterrupt):
+            main([*args, "--out", str(out)])
+        if n < len(writes):
+            with pytest.raises(ValueError, match="unfinished|no npe.json"):
+                load_npe(out)
+        assert main([*args, "--out", str(out)]) == 0
+        assert {k: (out / k).read_bytes() for k in same} == ref, f"killed at write {n} ({names[n - 1]})"

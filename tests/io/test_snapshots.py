@@ -305,3 +305,14 @@ def test_dark_matter_without_masses_is_named(tmp_path):
     write_snapshot(tmp_path / "t.hdf5", box_kpc_h=1000.0, redshift=0.0, dm=dm, dm_mass=1.0)
     with pytest.raises(ValueError, match="PartType1/Velocities"):
         read_dark_matter(tmp_path / "t.hdf5")
+
+
+@pytest.mark.parametrize("field, bad", [("Coordinates", np.nan), ("Velocities", np.inf)])
+def test_read_dark_matter_refuses_non_finite_particles_naming_the_file(tmp_path, field, bad):
+    dm = {"Coordinates": np.full((8, 3), 100.0), "Velocities": np.zeros((8, 3)),
+          "ParticleIDs": np.arange(1, 9, dtype=np.uint64)}
+    dm[field][3, 1] = bad
+    path = tmp_path / "snap_000.hdf5"
+    write_snapshot(path, box_kpc_h=1000.0, redshift=1.0, dm_mass=0.5, dm=dm)
+    with pytest.raises(ValueError, match=rf"{path}.*PartType1/{field}"):
+        read_dark_matter(path)
