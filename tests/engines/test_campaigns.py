@@ -117,7 +117,12 @@ def test_dask_worker_killed_mid_chunk(tmp_path, reference):
     assert killed, "no worker was killed"
     assert report.failed == {} and report.out == out
     assert sorted(t["chunk"] for t in report.tasks) == list(range(10))
-    assert sorted(t["chunk"] for t in report.tasks if t["published"]) == list(range(10))
+    published = sorted(t["chunk"] for t in report.tasks if t["published"])
+    # the killed worker may have published its chunk in the instant before the kill: then the retried task
+    # finds it there and publishes nothing. Every chunk is published once, by a reported task or by the victim.
+    killed_chunk = int(killed[0][1].split("_")[1])
+    assert len(set(published)) == len(published)
+    assert set(published) | {killed_chunk} == set(range(10)) and set(range(10)) - set(published) <= {killed_chunk}
     assert _sha(out) == _sha(reference) and not parts_dir(out).exists()
 
 
