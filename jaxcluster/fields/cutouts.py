@@ -59,7 +59,6 @@ from pathlib import Path
 from typing import Any
 
 import equinox as eqx
-import h5py
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -114,8 +114,6 @@ class DatasetJob:
 
         if self.x64:
             jax.config.update("jax_enable_x64", True)  # opt-in at the entry point, never at import
-        import numpy as np
-
         from .datasets import AnalyticSimulator, BoxPrior, SurveySimulator, dataset_campaign
 
         if self.simulator == "analytic":

@@ -6,7 +6,6 @@ import math
 
 import equinox as eqx
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, Float
 
 __all__ = ["PMConfig"]
