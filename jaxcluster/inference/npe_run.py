@@ -14,8 +14,9 @@ This is what ``jaxcluster npe train | infer | validate`` run, as a library:
 * Every stage checkpoints after each epoch and writes its product
   atomically, so a killed ``train`` run again resumes where it stopped and
   ends with the same bits; the folder's ``settings.json`` (settings and the
-  SHA-256 of the dataset's arrays) is written first, and a rerun with other
-  settings or another dataset is refused, naming the difference;
+  SHA-256 of the dataset's arrays, `io.atomic.record_settings`) is written
+  first, and a rerun with other settings or another dataset is refused,
+  naming the difference;
   ``npe.json`` (the manifest: settings, provenance, bins, histories,
   calibration figures) is written last and marks the folder complete.
 * `load_npe(out)` gives a `TrainedNPE`: ``summary(xod)``,
@@ -212,29 +213,6 @@ def _dataset_record(path: Path, memory_check: bool = True) -> tuple[Any, dict[st
     return data, record
 
 
-def _check_resume(out: Path, mine: dict[str, Any]) -> None:
-    path = out / "settings.json"
-    if not path.exists():
-        return
-    try:
-        theirs = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is corrupt ({err}): remove the folder {out} to train again") from None
-    from ..io.provenance import clean_json
-
-    mine = clean_json(mine, 10)
-    diff = []
-    for k in sorted(set(mine["settings"]) | set(theirs.get("settings", {}))):
-        if mine["settings"].get(k) != theirs.get("settings", {}).get(k):
-            diff.append(f"{k}: {theirs.get('settings', {}).get(k)!r} there, {mine['settings'].get(k)!r} now")
-    if mine["dataset"]["digest"] != theirs.get("dataset", {}).get("digest"):
-        diff.append(f"dataset: {theirs.get('dataset', {}).get('path')} (SHA-256 {str(theirs.get('dataset', {}).get('digest'))[:12]}…) "
-                    f"there, {mine['dataset']['path']} (SHA-256 {mine['dataset']['digest'][:12]}…) now")
-    if diff:
-        raise ValueError(f"{out} holds a training with other settings ({'; '.join(diff)}): "
-                         "use another --out, or remove it to start again")
-
-
 def train_npe(dataset: str | os.PathLike, out: str | os.PathLike, settings: NPESettings = NPESettings(), *,
               progress: bool = True, say: Callable[[str], None] = lambda text: None,
               memory_check: bool = True) -> TrainedNPE:
@@ -277,11 +255,13 @@ def train_npe(dataset: str | os.PathLike, out: str | os.PathLike, settings: NPES
                          f"(the training pairs after validation, of {n} in {dataset})")
     mine = dict(settings=settings.to_dict(), dataset=record)
     out.mkdir(parents=True, exist_ok=True)
-    _check_resume(out, mine)
+    from ..io.atomic import record_settings
+
+    # the first write; a rerun with other settings or another dataset is refused, naming each difference
+    record_settings(out / "settings.json", dict(settings.to_dict(), dataset_sha256=record["digest"]))
     if (out / "npe.json").exists():
         say(f"{out} is already trained on these settings and this dataset")
         return load_npe(out)[0]
-    _write_json(out / "settings.json", mine)
     ckpt = out / "checkpoints"
     ckpt.mkdir(exist_ok=True)
     key = jax.random.key(settings.seed)

@@ -155,7 +155,7 @@ def test_train_refuses_other_settings_or_dataset(dataset, tmp_path, capsys):
     assert main(["train", str(dataset), "--out", str(out), "--summary", "sqrt", *FAST]) == 0
     capsys.readouterr()
     assert main(["train", str(dataset), "--out", str(out), "--summary", "sqrt", *FAST, "--seed", "1"]) == 2
-    assert "seed: 0 there, 1 now" in capsys.readouterr().err
+    assert "seed: 0 there, 1 requested" in capsys.readouterr().err
     other = tmp_path / "other.h5"
     with h5py.File(dataset) as f, h5py.File(other, "w") as g:
         for k in ("theta", "xod"):
@@ -164,7 +164,7 @@ def test_train_refuses_other_settings_or_dataset(dataset, tmp_path, capsys):
         for k, v in f.attrs.items():
             g.attrs[k] = v
     assert main(["train", str(other), "--out", str(out), "--summary", "sqrt", *FAST]) == 2
-    assert "dataset:" in capsys.readouterr().err
+    assert "dataset_sha256:" in capsys.readouterr().err
     # a finished folder, same command: nothing to do
     assert main(["train", str(dataset), "--out", str(out), "--summary", "sqrt", *FAST]) == 0
     assert "already trained" in capsys.readouterr().out
