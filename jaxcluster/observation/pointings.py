@@ -90,7 +90,8 @@ def pixel_centres_arcmin(shape: tuple[int, int], pixel_arcmin: float, dtype=None
     dtype = dtype or jnp.result_type(float)
     x = (jnp.arange(shape[0], dtype=dtype) + 0.5) * pixel_arcmin
     y = (jnp.arange(shape[1], dtype=dtype) + 0.5) * pixel_arcmin
-    return jnp.meshgrid(x, y, indexing="ij")
+    xx, yy = jnp.meshgrid(x, y, indexing="ij")
+    return xx, yy
 
 
 def off_axis_arcmin(pointings: Pointings, shape: tuple[int, int], pixel_arcmin: float) -> Float[Array, "n_point n m"]:

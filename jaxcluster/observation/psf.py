@@ -65,7 +65,7 @@ _SUB = 33  # sub-samples per axis of the central kernel pixels
 _CORE = 2  # half-width in pixels of the sub-sampled kernel core
 
 
-def king_parameters(energy_keV: Float[ArrayLike, "*p"], off_axis_arcmin: Float[ArrayLike, "*#p"]):
+def king_parameters(energy_keV: Float[ArrayLike, "..."], off_axis_arcmin: Float[ArrayLike, "..."]):
     """(r_c [arcsec], α) of the pn King PSF at energy [keV] and off-axis angle [arcmin]."""
     e = jnp.asarray(energy_keV)
     dtype = e.dtype if jnp.issubdtype(e.dtype, jnp.floating) else jnp.result_type(float)

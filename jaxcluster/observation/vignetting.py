@@ -30,8 +30,8 @@ _C0 = 0.40  # 1 − V(15′) at 1 keV (approximation, module docstring)
 _C1 = 0.02  # its change per keV (approximation, module docstring) [keV⁻¹]
 
 
-def vignetting(off_axis_arcmin: Float[ArrayLike, "*p"], energy_keV: Float[ArrayLike, "*#p"]) -> Float[Array, "*p"]:
-    """Vignetting V(θ, E) ∈ [0, 1] at off-axis angle θ [arcmin] and photon energy E [keV].
+def vignetting(off_axis_arcmin: Float[ArrayLike, "..."], energy_keV: Float[ArrayLike, "..."]) -> Float[Array, "..."]:
+    """Vignetting V(θ, E) ∈ [0, 1] at off-axis angle θ [arcmin] and photon energy E [keV] (broadcast together).
 
     Defined for all θ ≥ 0 (the field-of-view cut is applied by the exposure map).
     """
