@@ -34,7 +34,6 @@ from __future__ import annotations
 import itertools
 import math
 
-import blackjax
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -363,6 +362,8 @@ def run_nuts(
         if not dense_mass_matrix:
             imm = jnp.diag(imm)
 
+    import blackjax  # here, not at import: importing blackjax starts the XLA backend, which must wait for jax.distributed
+
     def one_chain(k, u0):
         k_warm, k_run = jax.random.split(k)
         warmup = blackjax.window_adaptation(
@@ -414,6 +415,8 @@ def nuts_diagnostics(samples: Float[ArrayLike, "n_chains n_samples n_param"]) ->
         dict with ``rhat``, ``ess``, ``mean``, ``std``, each (n_param,).
         R̂ needs ≥ 2 chains (NaN otherwise).
     """
+    import blackjax.diagnostics
+
     s = jnp.asarray(samples)
     if s.ndim != 3:
         raise ValueError(f"samples must be (n_chains, n_samples, n_param), got shape {s.shape}")

@@ -33,6 +33,8 @@ equals the base LDLs for every θ_sim and z.
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -40,7 +42,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ..params import FIDUCIAL, PARAM_NAMES, ThetaSim
+from ..params import _LOG_UNIFORM, FIDUCIAL, PARAM_NAMES, PRIOR_BOUNDS, ThetaSim
 from .ldl import LDL
 
 __all__ = ["CAMELS_REDSHIFTS", "PARAM_SCALES", "n_ldl_params", "ldl_params", "ldl_param_scales", "shift_ldl_params",
@@ -96,7 +98,20 @@ def ldl_param_scales(ldl: LDL) -> tuple[float, ...]:
     return tuple(out)
 
 
-_U_FID = np.asarray(ThetaSim(**FIDUCIAL).to_unit(), dtype=np.float64)  # θ_fid in unit-cube coordinates
+def _unit_fiducial() -> np.ndarray:
+    """θ_fid in unit-cube coordinates (`ThetaSim.to_unit`), in numpy: importing must not start the XLA
+    backend, which `jax.distributed.initialize` has to precede."""
+    out = []
+    for name, is_log in zip(PARAM_NAMES, _LOG_UNIFORM):
+        lo, hi = PRIOR_BOUNDS[name]
+        v = FIDUCIAL[name]
+        if is_log:
+            v, lo, hi = math.log(v), math.log(lo), math.log(hi)
+        out.append((v - lo) / (hi - lo))
+    return np.asarray(out, dtype=np.float64)
+
+
+_U_FID = _unit_fiducial()
 
 
 class Hypernetwork(eqx.Module):
