@@ -1,0 +1,74 @@
+"""One box over 2 processes × 2 virtual CPU devices (`jax.distributed` on localhost, gloo collectives).
+
+The processes run `distributed_worker.py`; this test compares what process 0
+gathered with the single-device run on the same key, in this process.
+"""
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxcluster.cosmology import Cosmology, growth_table
+from jaxcluster.nbody import linear_field, lpt, nbody, paint_cic, white_noise
+
+from . import distributed_worker as worker
+from .test_sharding import _assert_close, _engine_annotation_workaround, _engine_promotion  # noqa: F401
+
+WORKER = Path(worker.__file__)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _env(devices_per_process: int) -> dict:
+    root = str(Path(__file__).resolve().parents[2])
+    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
+                JAX_PLATFORMS="cpu", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def test_import_does_not_start_the_backend():
+    """`jax.distributed.initialize` must come before the XLA backend starts, so importing us must not start it."""
+    code = ("import jax._src.xla_bridge as xb, jaxcluster, jaxcluster.cli, jaxcluster.survey.cli, "
+            "jaxcluster.engines.distributed; print(xb.backends_are_initialized())")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(1), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
+def test_two_processes_equal_one_device(tmp_path):
+    port, out = _free_port(), tmp_path / "result.npz"
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), "2", str(port), str(out)], env=_env(2),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    try:
+        logs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    got = np.load(out)
+    assert int(got["processes"]) == 2 and int(got["n_devices"]) == 4 and int(got["local_devices"]) == 2
+
+    cfg, cosmo = worker.CONFIG, Cosmology(0.3, 0.8)
+
+    @jax.jit
+    def single(key):
+        growth = growth_table(cosmo)
+        pos, p = lpt(linear_field(white_noise(key, cfg.particle_shape), cosmo, cfg), cosmo, growth, cfg,
+                     worker.A_STEPS[0])
+        x = nbody(pos, p, cosmo, cfg, worker.A_STEPS, growth=growth).pos[-1]
+        return x, paint_cic(x / cfg.cell_size, jnp.ones_like(x[:, 0]), cfg.mesh_shape)
+
+    with _engine_promotion():
+        pos, rho = single(jax.random.key(worker.SEED))
+    _assert_close(got["pos"], pos)
+    _assert_close(got["rho"], rho)
