@@ -72,3 +72,29 @@ def test_two_processes_equal_one_device(tmp_path):
         pos, rho = single(jax.random.key(worker.SEED))
     _assert_close(got["pos"], pos)
     _assert_close(got["rho"], rho)
+
+
+@pytest.mark.slow  # three processes, ~35–50 s on 2 cores; the worker test above checks the same engine in CI
+def test_run_command_distributed(tmp_path):
+    """`jaxcluster run --distributed` on 2 processes writes what the single-process command writes (P(k) to float32)."""
+    common = ["-m", "jaxcluster", "run", "--box", "64", "--particles", "16", "--steps", "2", "--seed", "5"]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, *common, "--out", str(tmp_path / "dist"), "--distributed", "--halo", "7",
+                               "--coordinator", f"localhost:{port}", "--num-processes", "2", "--process-id", str(i)],
+                              env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=_env(1),
+                            capture_output=True, text=True, timeout=240)
+    try:
+        logs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "over 2 processes, 4 devices" in logs[0]
+    assert "jaxcluster run" not in logs[1]  # only process 0 prints
+    pk_dist = np.loadtxt(tmp_path / "dist" / "power_spectrum.txt")
+    pk_one = np.loadtxt(tmp_path / "one" / "power_spectrum.txt")
+    np.testing.assert_allclose(pk_dist, pk_one, rtol=2e-4)
+    assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
