@@ -61,7 +61,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..cosmology import Cosmology, GrowthTable, growth_table, linear_power
 from .config import PMConfig
-from .mesh import gradient_kernel, paint_cic, read_cic
+from .mesh import gradient_kernel, paint_cic, read_cic, read_gradient
 from .sharding import _slab_fft, _slab_ifft, device_mesh
 from .solver import NBodyResult, nbody
 
@@ -130,16 +130,21 @@ class SlabDecomposition(eqx.Module):
             raise ValueError(f"{name} = {tuple(shape)}: n_x and n_y must be multiples of the {p} devices (slabs "
                              "and the transposed FFT layout)")
 
-    def check(self, mesh_shape: tuple[int, int, int], particle_shape: tuple[int, int, int] | None = None) -> None:
-        """Refuse a box this decomposition cannot paint on (slabs, Lagrangian slabs, halo), naming the parameter."""
+    def check(self, mesh_shape: tuple[int, int, int], particle_shape: tuple[int, int, int] | None = None,
+              reach: int = 1) -> None:
+        """Refuse a box this decomposition cannot paint on (slabs, Lagrangian slabs, halo), naming the parameter.
+
+        `reach`: cells beyond the halo a read touches on the right (1 for CIC, 3 for CIC of the
+        4-point gradient, which the fd4 PM force reads); halo + reach must fit in one slab.
+        """
         self.check_fft(mesh_shape)
         nx = mesh_shape[0]
         p = self.n_devices
         if particle_shape is not None and particle_shape[0] % p:
             raise ValueError(f"particle_shape = {tuple(particle_shape)}: n_x must be a multiple of the {p} devices "
                              "(Lagrangian slabs)")
-        if self.halo + 1 > nx // p:
-            raise ValueError(f"halo = {self.halo} cells is outside its allowed range [0, {nx // p - 1}] for "
+        if self.halo + reach > nx // p:
+            raise ValueError(f"halo = {self.halo} cells is outside its allowed range [0, {nx // p - reach}] for "
                              f"{p} slabs of {nx // p} cells: use fewer devices or a smaller halo")
 
     def padded_width(self, nx: int) -> int:
@@ -304,8 +309,24 @@ def _local_pm_force(pos_loc, config, halo, axis_name, n_dev):
     mass = jnp.ones_like(pos_cell[:, 0]) * float(config.mesh_factor**3)
     rho = local_paint(pos_cell, mass, config.mesh_shape, halo, axis_name, n_dev)
     delta_k = _slab_fft(rho, axis_name)  # the mean (k = 0) is dropped by the kernel, so ρ serves as δ
+    if config.gradient == "fd4":
+        # As mesh.read_force: the 4-point stencil on φ, read directly. φ's slab is padded by the halo plus
+        # the stencil's reach (2 cells left, 3 right), so one channel crosses devices instead of three.
+        kvec = local_wavevectors(config.mesh_shape, axis_name, n_dev, rho.dtype)
+        phi = _slab_ifft(-(_inverse_k2(kvec).astype(delta_k.dtype) * delta_k), config.mesh_shape[2], axis_name)
+        padded = _halo_fill(phi, halo + 2, axis_name, n_dev)[: phi.shape[0] + 2 * halo + 5]  # 2 + halo | slab | halo + 3
+        nx = config.mesh_shape[0]
+        nx_loc, x0 = _slab_origin(nx, axis_name, n_dev)
+        u, outside = _to_slab_frame(pos_cell, nx, nx_loc, x0, halo)
+        u = u + jnp.asarray([2.0, 0.0, 0.0], u.dtype)[None, :]
+        # read_gradient wraps x over the padded buffer; positions within the halo never reach the wrap.
+        return _poison(-read_gradient(padded, u), outside, axis_name) * cell
     force = local_force_from_density_k(delta_k, config.mesh_shape, config.gradient, axis_name, n_dev, rho.dtype)
     return local_read(force, pos_cell, halo, axis_name, n_dev) * cell
+
+
+def _reach(config: PMConfig) -> int:
+    return 3 if config.gradient == "fd4" else 1
 
 
 def pm_force_decomposed(
@@ -332,7 +353,7 @@ def pm_force_decomposed(
     dec = decomposition
     if pos.ndim != 2 or pos.shape[1] != 3:
         raise ValueError(f"pos must have shape (n_ptcl, 3), got {pos.shape}")
-    dec.check(config.mesh_shape, config.particle_shape)
+    dec.check(config.mesh_shape, config.particle_shape, reach=_reach(config))
     body = lambda x: _local_pm_force(x, config, dec.halo, dec.axis_name, dec.n_devices)
     spec = _particle_spec(dec)
     return jax.shard_map(body, mesh=dec.mesh, in_specs=spec, out_specs=spec)(pos)
@@ -429,7 +450,7 @@ def nbody_decomposed(
     Gradients (either adjoint) go through the decomposed force.
     """
     dec = decomposition
-    dec.check(config.mesh_shape, config.particle_shape)
+    dec.check(config.mesh_shape, config.particle_shape, reach=_reach(config))
     pos = jax.lax.with_sharding_constraint(pos, dec.particles)
     p = jax.lax.with_sharding_constraint(p, dec.particles)
     res = nbody(pos, p, cosmo, config, a_steps, snapshots, growth=growth, adjoint=adjoint, checkpoints=checkpoints,
@@ -489,7 +510,7 @@ def simulate_decomposed(
             `jit`) a particle that moved further than the halo.
     """
     dec = decomposition
-    dec.check(config.mesh_shape, config.particle_shape)
+    dec.check(config.mesh_shape, config.particle_shape, reach=_reach(config))
     if lpt_order not in (1, 2):
         raise ValueError(f"lpt_order must be 1 or 2, got {lpt_order}")
     if not jax.config.jax_threefry_partitionable:

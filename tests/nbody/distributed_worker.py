@@ -22,9 +22,9 @@ from jaxcluster.nbody import PMConfig, step_grid  # noqa: E402
 from jaxcluster.nbody.domain import SlabDecomposition, paint_decomposed, simulate_decomposed  # noqa: E402
 
 CONFIG = PMConfig(64.0, 16, 32)
-A_STEPS = step_grid(0.1, 1.0, 3)
+A_STEPS = step_grid(0.1, 0.6, 3)
 SEED = 3
-HALO = 7
+HALO = 5
 
 
 def main(process_id: int, num_processes: int, port: int, out: str) -> None:
