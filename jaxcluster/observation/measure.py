@@ -49,7 +49,8 @@ background model. HR = CR[1–2]/CR[0.5–1] and its error propagate these
 from __future__ import annotations
 
 import math
-from typing import Callable, SupportsFloat, SupportsInt
+from collections.abc import Callable
+from typing import SupportsFloat, SupportsInt
 
 import equinox as eqx
 import jax
@@ -72,7 +73,7 @@ __all__ = [
 _LN2 = math.log(2.0)
 
 
-def _check_positive(name: str, value, integer: bool = False, low: float = 0.0, high: float = math.inf):
+def _check_positive(name: str, value, integer: bool = False, low: float | int = 0.0, high: float | int = math.inf):
     from ..params import check_scalar
 
     return check_scalar(name, value, low, high, integer=integer, low_open=not integer)
@@ -137,12 +138,12 @@ class SourceModel(eqx.Module):
         s, c = self.supersample, self.cutout
         return sub.reshape(c, s, c, s).sum(axis=(1, 3))
 
-    def beta_transfer(self, core_radius_arcsec: Float[Array, "*k"]) -> Float[Array, "*k L L"]:
+    def beta_transfer(self, core_radius_arcsec: Float[Array, " k"]) -> Float[Array, "k L L"]:
         """$e^{-2π r_c q}$ on the padded (2 × cutout) sub-pixel FFT grid: the unit-flux β = 2/3 kernel."""
         L = 2 * self.cutout * self.supersample
         q = np.fft.fftfreq(L, d=self.sub_arcsec)  # cycles / arcsec
         qq = jnp.asarray(np.sqrt(q[:, None] ** 2 + q[None, :] ** 2), dtype=core_radius_arcsec.dtype)
-        return jnp.exp(-2.0 * math.pi * core_radius_arcsec[..., None, None] * qq)
+        return jnp.exp(-2.0 * math.pi * core_radius_arcsec[:, None, None] * qq[None])
 
     def templates(self, centre: Float[Array, " 2"], core_radii_arcsec: Float[Array, " k"]) -> Float[Array, "k c c"]:
         """Unit-flux (β = 2/3) ⊗ PSF templates of the cutout for each core radius (0: the PSF itself)."""
@@ -150,7 +151,7 @@ class SourceModel(eqx.Module):
         sub = jnp.pad(self.point_subpixels(centre), ((0, cs), (0, cs)))
         ft = jnp.fft.rfft2(sub)
         transfer = self.beta_transfer(core_radii_arcsec)[..., : ft.shape[-1]]
-        img = jnp.fft.irfft2(ft[None] * transfer, s=sub.shape)[:, :cs, :cs]
+        img = jnp.fft.irfft2(ft[None] * transfer.astype(ft.dtype), s=sub.shape)[:, :cs, :cs]
         img = jnp.maximum(img, 0.0)  # FFT round-off below zero
         return jax.vmap(self.bin)(img)
 
@@ -212,7 +213,7 @@ def likelihood_from_delta_cash(delta_c: Float[Array, "*s"], dof: int) -> Float[A
         ln_p = jnp.logaddexp(ln_p1, 0.5 * jnp.log(2.0 * jnp.where(x > 0, x, 1.0) / math.pi) - 0.5 * x)
     else:
         raise ValueError(f"dof = {dof}: must be 1 or 3")
-    return jnp.where(x > 0, -ln_p, 0.0)
+    return jnp.where(x > 0, jnp.maximum(-ln_p, 0.0), 0.0)
 
 
 class SourceFit(eqx.Module):

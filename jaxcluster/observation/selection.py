@@ -35,7 +35,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax

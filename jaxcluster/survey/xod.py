@@ -31,6 +31,7 @@ and the box redshifts.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -38,7 +39,7 @@ from jaxtyping import Array, Bool, Float
 
 from ..analytic.counts import XODBinning
 
-__all__ = ["XODBinning", "hard_xod", "soft_xod", "soft_bin_weights"]
+__all__ = ["XODBinning", "hard_xod", "soft_xod", "soft_bin_weights", "measured_xod"]
 
 
 def _safe_log10(x, ok):
@@ -89,8 +90,14 @@ def soft_bin_weights(x: Float[Array, " s"], edges, softness: float) -> Float[Arr
 def soft_xod(
     cr: Float[Array, " s"], hr: Float[Array, " s"], z: Float[Array, " s"], valid: Bool[Array, " s"],
     binning: XODBinning, cr_min: float, softness: float = 0.02, softness_z: float = 0.005,
+    selection_weight: Float[Array, " s"] | None = None,
 ) -> Float[Array, "n_cr n_hr n_z"]:
     """Differentiable XOD (module docstring): logistic bin assignment and CR threshold.
+
+    With `selection_weight` (e.g. `jaxcluster.observation.selection.selection_probability`
+    of each source's expected, noise-free CR, core radius and z: P(C1), in [0, 1]) each
+    source counts with that weight **instead of** the CR cut (`cr_min` is then not
+    applied); gradients flow through the weight too.
 
     Args:
         cr: (s,) CR(0.5–2 keV) [counts s⁻¹].
@@ -101,17 +108,49 @@ def soft_xod(
         cr_min: CR cut [counts s⁻¹].
         softness: logistic scale in log10 CR and log10 HR [dex], > 0.
         softness_z: logistic scale in z, > 0.
+        selection_weight: (s,) selection probability per source in [0, 1], replacing
+            the CR cut; None: the cut.
 
     Returns:
-        (n_cr, n_hr, n_z) expected counts (float), differentiable in cr, hr, z.
+        (n_cr, n_hr, n_z) expected counts (float), differentiable in cr, hr, z (and the weight).
     """
     if not (softness > 0 and softness_z > 0):
         raise ValueError(f"softness = {softness}, softness_z = {softness_z}: both must be > 0")
     ok = valid & (cr > 0) & (hr > 0)
     u = _safe_log10(cr, ok)
-    cr_edges = np.maximum(np.log10(np.asarray(binning.cr_edges)), np.log10(cr_min))
+    cr_edges = np.log10(np.asarray(binning.cr_edges))
+    if selection_weight is None:
+        cr_edges = np.maximum(cr_edges, np.log10(cr_min))
+    else:
+        if selection_weight.shape != cr.shape:
+            raise ValueError(f"selection_weight shape {selection_weight.shape} != cr shape {cr.shape}")
+        selection_weight = eqx.error_if(selection_weight, ~jnp.all((selection_weight >= 0) & (selection_weight <= 1)),
+                                        "selection_weight must be in [0, 1]")
     p_cr = soft_bin_weights(u, cr_edges, softness)
     p_hr = soft_bin_weights(_safe_log10(hr, ok), np.log10(np.asarray(binning.hr_edges)), softness)
     p_z = soft_bin_weights(z, binning.z_edges, softness_z)
     w = ok.astype(cr.dtype)
+    if selection_weight is not None:
+        w = w * selection_weight.astype(cr.dtype)
     return jnp.einsum("s,si,sj,sk->ijk", w, p_cr, p_hr, p_z)
+
+
+def measured_xod(
+    catalogue, z: Float[Array, " s"], binning: XODBinning, cr_min: float, classes: tuple[int, ...] = (1,),
+) -> Float[Array, "n_cr n_hr n_z"]:
+    """Hard XOD of a measured photon-image catalogue (`jaxcluster.observation.measure.MeasuredCatalogue`).
+
+    Sources of the given classes (default C1 only; `observation.classes`) with measured
+    CR[0.5–2] > cr_min and HR > 0 are histogrammed at their measured CR and HR.
+
+    Args:
+        catalogue: a `MeasuredCatalogue` (s slots).
+        z: (s,) redshift of each slot (e.g. of the matched true halo, as a spectroscopic follow-up gives).
+        binning: bin edges.
+        cr_min: CR cut [counts s⁻¹].
+        classes: the source classes counted.
+    """
+    cls = catalogue.source_class
+    keep = catalogue.valid & jnp.isin(cls, jnp.asarray(classes, cls.dtype))
+    hr = jnp.nan_to_num(catalogue.hardness_ratio, nan=-1.0)
+    return hard_xod(catalogue.count_rate_total, hr, z, keep, binning, cr_min)
