@@ -27,6 +27,12 @@ Outputs in `--out` (`survey.products` for the units and headers):
 * `xod.npz`: hard and soft XODs, their bin edges, θ_sim, the area and the
   provenance (`jaxcluster.inference.observed.read_xod` reads it);
   `summary.json` (counts, settings, a `units` mapping, the provenance).
+* with `--mode observed` (`survey.observed`; the default `--mode ideal` is seed
+  001's noiseless chain alone): `observation.fits` (photon counts, exposure,
+  background and expected counts per band, segmentation), `pointings/` (each
+  pointing's photons, exposure and background), `observed_catalogue.ecsv`
+  (fitted positions, DET_LH, EXT_LH, extent, CR and errors per band, HR and
+  error, C1/C2 class, matched truth) and `observation.png`;
 * `maps.png` (the [0.5–2] keV map of each box with its detections),
   `lightcone.png` (the whole lightcone projected, all detections),
   `xod.png` (CR–HR slices per z bin), `dndz.png`.
@@ -78,6 +84,7 @@ def _parser():
                     help="skip the SO halo finder (the catalogue's m500c column is then empty)")
     ap.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     add_memory_check(ap)
+    _add_observation_options(ap)
     return ap
 
 
@@ -109,6 +116,7 @@ def _simulate(args) -> int:
         n_steps=args.steps, detector=args.detector, threshold=args.threshold, cr_min=args.cr_min,
     )
     _check_centre(args.ra, args.dec)
+    _check_observation(args)
     from ..engines.memory import check_memory, estimate_survey_bytes
 
     g0 = config.geometry
@@ -200,6 +208,7 @@ def _simulate(args) -> int:
     seg = np.asarray(stack(*[r[1] for r in results]))
     cat = jax.tree.map(stack, *[r[2] for r in results])
     hard, soft = survey_xods(cat, config)
+    observed = _observe(args, maps, seg, cat, config, layout.z) if args.mode == "observed" else None
     wall = time.perf_counter() - t0
 
     z_boxes = np.asarray(layout.z, np.float64)
@@ -241,16 +250,26 @@ def _simulate(args) -> int:
                        threshold="ct / (s arcmin2)", cr_min="ct / s", wall_time_s_including_compile="s"),
             provenance=record,
         )
+        if args.mode == "observed":
+            names, extra = _write_observed(out, args, observed, centre, record, maps, wcs, theta_dict)
+            outputs += names
+            summary |= extra
+        else:
+            summary["mode"] = "ideal"
         products.write_json(out / "summary.json", clean_json(summary))
         bar.update(1)
     print(f"jaxcluster simulate: {len(tab)} sources detected, {n_sel} above {config.cr_min:g} ct/s "
           f"({n_match} matched to halos), in {wall:.1f} s (with compilation); wrote {final}/")
+    if observed is not None:
+        print(f"jaxcluster simulate: observed: {summary['n_detected_observed']} sources on the photon images, "
+              f"{summary['n_c1']} C1, {summary['n_c2']} C2")
     return 0
 
 
 # everything `simulate` writes in --out (a folder holding only these may be replaced by a new run)
 PRODUCTS = frozenset({"maps.fits", "catalogue.ecsv", "xod.npz", "summary.json", "maps.png", "lightcone.png",
-                      "xod.png", "dndz.png"})
+                      "xod.png", "dndz.png"}) | frozenset({"observation.fits", "pointings", "observed_catalogue.ecsv",
+                                                          "observation.png"})  # --mode observed (survey.observed)
 
 
 def _figures_written(out, maps, cat, hard, config, z_boxes, wcs, theta, seed) -> list[str]:
@@ -258,3 +277,37 @@ def _figures_written(out, maps, cat, hard, config, z_boxes, wcs, theta, seed) ->
 
     return survey_figures(out, maps=maps, cat=cat, hard_xod=hard, config=config, z_boxes=z_boxes, wcs=wcs,
                           theta=theta, seed=seed, pixel_arcmin=math.degrees(config.geometry.pixel_rad) * 60)
+
+
+# ---- --mode observed (jaxcluster.survey.observed): kept apart from the idealised pipeline above
+
+
+def _add_observation_options(ap) -> None:
+    from .observed import add_observation_options
+
+    add_observation_options(ap)
+
+
+def _check_observation(args) -> None:
+    from .observed import check_observation_options
+
+    check_observation_options(args)
+
+
+def _observe(args, maps, seg, cat, config, z_boxes):
+    from .observed import run_observation
+
+    print("jaxcluster simulate: observing the field (XMM-Newton EPIC-pn), detecting and measuring on the photons",
+          file=sys.stderr)
+    return run_observation(args, maps=maps, seg=np.asarray(seg), cat=cat, config=config,
+                           z_boxes=np.asarray(z_boxes, np.float64),
+                           progress=lambda line: print(f"jaxcluster simulate: {line}", file=sys.stderr))
+
+
+def _write_observed(out, args, observed, centre, record, maps, wcs, theta):
+    from ..io.provenance import fits_cards
+    from .observed import write_observation_products
+
+    return write_observation_products(out, observed, centre_deg=centre, record=record, cards=fits_cards(record),
+                                      maps=maps, wcs_maps=wcs, theta=theta, seed=args.seed,
+                                      figures=not args.no_figures)
