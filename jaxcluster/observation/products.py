@@ -183,8 +183,8 @@ def split_counts_by_pointing(
     e_tot = jnp.sum(vignetted, axis=0)
     t_tot = jnp.sum(plain, axis=0)
     focused = jnp.maximum(model - particle, 0.0)
-    share_e = jnp.where(e_tot > 0, vignetted / jnp.where(e_tot > 0, e_tot, 1.0), 0.0)
-    share_t = jnp.where(t_tot > 0, plain / jnp.where(t_tot > 0, t_tot, 1.0), 0.0)
+    share_e = jnp.where(e_tot[None] > 0, vignetted / jnp.where(e_tot > 0, e_tot, 1.0)[None], 0.0)
+    share_t = jnp.where(t_tot[None] > 0, plain / jnp.where(t_tot > 0, t_tot, 1.0)[None], 0.0)
     mu = focused[None] * share_e + particle[None] * share_t[:, None]  # (P, B, n, m)
 
     def step(carry, x):
