@@ -1,0 +1,145 @@
+"""Figures and numbers of docs/validation/observations.md: AGN logN–logS recovered, CR pulls, background per pointing.
+
+    python docs/validation/make_observations.py [--fields 2] [--side 60]
+
+The logN–logS: `--fields` AGN-only fields (no clusters) of `--side`′ × `--side`′
+observed as `jaxcluster simulate --mode observed` does (7.5″ pixels, 10 ks,
+XXL-N N_H, backgrounds, PSF; `observation.field`), detected and measured;
+detections are matched to the input AGN within 10″ (the brightest input within
+the radius). Measured fluxes are CR[0.5–2] / ECF (the same power-law ECF that
+made the input count rates, `observation.agn.energy_conversion_factor`).
+Completeness = matched fraction of the input per flux bin; the recovered
+N(>S) counts every detection (matched or not, as a real survey would) by its
+measured flux, against the input N(>S) of the drawn sources. The CR pulls and the
+background per pointing are read from benchmarks/results/observations.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def lognlogs(fields: int, side_arcmin: float, seed: int) -> dict:
+    from jaxcluster.observation import ObservationConfig, energy_conversion_factor
+    from jaxcluster.observation.field import FieldSettings, measure_chunk, observe_and_detect
+    from jaxcluster.xray.emissivity import default_band_response
+
+    response = default_band_response()
+    map_pix = 1.0  # survey pixel [arcmin], split 8 × 8 into 7.5″ observation pixels
+    n = int(round(side_arcmin / map_pix))
+    area = (n * map_pix / 60.0) ** 2
+    settings = FieldSettings(pixel_arcsec=7.5, max_sources=int(750 * area + 64))
+    config = ObservationConfig()
+    ecf = float(jnp.sum(energy_conversion_factor(jnp.asarray(config.nh_cm2), response, config.agn_photon_index)))
+    stage1 = eqx.filter_jit(lambda k, c: observe_and_detect(k, c, map_pix, config, settings, response))
+    stage2 = eqx.filter_jit(lambda p, d, c: measure_chunk(p, d, settings, response, c))
+    zero = jnp.zeros((n, n, 2))
+    s_in, s_det, s_matched_in = [], [], []
+    for f in range(fields):
+        obs, padded, det, _ = stage1(jax.random.fold_in(jax.random.key(seed), f), zero)
+        n_det = int(jnp.max(det.segmentation))
+        cats = [stage2(padded, det, jnp.asarray(c)) for c in range(-(-n_det // settings.chunk))]
+        cat = jax.tree.map(lambda *a: jnp.concatenate(a), *cats)
+        v = np.asarray(cat.valid)
+        pos = (np.asarray(cat.position)[v] + 0.5) * settings.pixel_arcsec / 60.0  # [arcmin]
+        flux = np.asarray(cat.count_rate_total)[v] / ecf
+        a_ok = np.asarray(obs.agn.valid)
+        a_pos = np.asarray(obs.agn.position_arcmin)[a_ok]
+        a_flux = np.asarray(obs.agn.flux_cgs)[a_ok]
+        d = np.hypot(*(pos[:, None, :] - a_pos[None, :, :]).transpose(2, 0, 1)) * 60.0
+        near = d <= 10.0
+        matched = np.zeros(a_flux.size, bool)
+        for k in range(pos.shape[0]):
+            cand = np.nonzero(near[k])[0]
+            if cand.size:
+                matched[cand[np.argmax(a_flux[cand])]] = True
+        s_in.append(a_flux)
+        s_matched_in.append(a_flux[matched])
+        s_det.append(flux)
+    s_in, s_det, s_m = (np.concatenate(x) for x in (s_in, s_det, s_matched_in))
+    edges = np.geomspace(1e-15, 1e-12, 16)
+    n_in, _ = np.histogram(s_in, edges)
+    n_m, _ = np.histogram(s_m, edges)
+    comp = np.where(n_in > 0, n_m / np.maximum(n_in, 1), np.nan)
+    centres = np.sqrt(edges[1:] * edges[:-1])
+    # 90 % completeness flux: the lowest bin edge above which every bin is ≥ 0.9 complete
+    ok = np.nan_to_num(comp, nan=1.0) >= 0.9
+    first = next((i for i in range(ok.size) if ok[i:].all()), ok.size - 1)
+    s90 = float(edges[first])
+    grid = np.geomspace(s90, 1e-13, 6)
+    total_area = fields * area
+    n_gt_in = np.array([np.sum(s_in > s) for s in grid]) / total_area
+    n_gt_det = np.array([np.sum(s_det > s) for s in grid]) / total_area
+    return dict(fields=fields, area_deg2_total=total_area, ecf_cts_per_cgs=ecf, n_input=int(s_in.size),
+                n_detected=int(s_det.size), n_matched=int(s_m.size), flux_bin_centres=centres, completeness=comp,
+                s90_cgs=s90, s_grid=grid, n_gt_input_deg2=n_gt_in, n_gt_detected_deg2=n_gt_det,
+                ratio_detected_over_input=n_gt_det / np.maximum(n_gt_in, 1e-30))
+
+
+def figures(res: dict, bench: dict | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    ax = axes[0]
+    ax.semilogx(res["flux_bin_centres"], res["completeness"], "o-", color="#0072B2")
+    ax.axhline(0.9, ls=":", color="0.4")
+    ax.axvline(res["s90_cgs"], ls="--", color="#D55E00", label=f"90 % completeness: {res['s90_cgs']:.2g}")
+    ax.set(xlabel="input AGN flux, 0.5–2 keV [erg s$^{-1}$ cm$^{-2}$]", ylabel="fraction recovered (10″ match)",
+           title=f"point-source completeness, {res['area_deg2_total']:.2g} deg², 10 ks")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    ax.loglog(res["s_grid"], res["n_gt_input_deg2"], "k-", label="input (drawn AGN)")
+    ax.loglog(res["s_grid"], res["n_gt_detected_deg2"], "o", color="#0072B2", label="detected, measured flux")
+    ax.set(xlabel="S [erg s$^{-1}$ cm$^{-2}$]", ylabel="N(>S) [deg$^{-2}$]", title="logN–logS above S$_{90}$")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    if bench and bench.get("cr_pull"):
+        p = np.asarray(bench["cr_pull"]["selection_settings"]["pulls"])
+        q = np.asarray(bench["cr_pull"]["survey_chain_settings"]["pulls"])
+        bins = np.linspace(-5, 5, 26)
+        ax.hist(p, bins, histtype="step", color="#0072B2", lw=1.6,
+                label=f"injection–recovery settings: mean {p.mean():.2f}, sd {p.std(ddof=1):.2f}")
+        ax.hist(q, bins, histtype="step", color="#D55E00", lw=1.6, ls="--",
+                label=f"survey-chain settings: mean {q.mean():.2f}, sd {q.std(ddof=1):.2f}")
+        x = np.linspace(-5, 5, 200)
+        ax.plot(x, p.size * (bins[1] - bins[0]) * np.exp(-0.5 * x**2) / np.sqrt(2 * np.pi), "k:", label="N(0, 1)")
+        inj = bench["cr_pull"]["injected"]
+        ax.set(xlabel="(CR$_{meas}$ − CR$_{true}$) / σ$_{CR}$", ylabel="injections",
+               title=f"β-model CR = {inj['count_rate']} s$^{{-1}}$, r$_c$ = {inj['core_radius_arcsec']}″")
+        ax.legend(fontsize=7)
+    fig.savefig(HERE / "observations_recovery.png", dpi=100)
+
+
+def main(argv=None) -> None:
+    from jaxcluster.io.provenance import clean_json
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--fields", type=int, default=2)
+    ap.add_argument("--side", type=float, default=60.0, help="field side [arcmin]")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    res = lognlogs(args.fields, args.side, args.seed)
+    bench_path = HERE.parent.parent / "benchmarks" / "results" / "observations.json"
+    bench = json.loads(bench_path.read_text()) if bench_path.exists() else None
+    figures(res, bench)
+    (HERE / "observations_lognlogs.json").write_text(json.dumps(clean_json(res), indent=1))
+    print(json.dumps(clean_json({k: v for k, v in res.items() if k not in ("flux_bin_centres",)}), indent=1))
+
+
+if __name__ == "__main__":
+    main()
