@@ -77,6 +77,7 @@ __all__ = [
     "max_displacement",
     "halo_for",
     "halo_for_box",
+    "rms_displacement",
 ]
 
 
@@ -545,25 +546,30 @@ def halo_for(displacement_mpc_h: float, config: PMConfig, margin: float = 1.25) 
     return int(math.ceil(margin * displacement_mpc_h / config.cell_size))
 
 
-def halo_for_box(cosmo: Cosmology, config: PMConfig, a: float = 1.0, n_sigma: float = 6.0) -> int:
-    r"""A halo [mesh cells] from linear theory: `n_sigma` times the rms 1-D displacement at `a`, plus one cell.
+def rms_displacement(cosmo: Cosmology, box_size: tuple[float, float, float], spacing: float, a: float = 1.0) -> float:
+    r"""Linear-theory rms 1-D displacement [h⁻¹ Mpc] of particles of lattice `spacing` [h⁻¹ Mpc] in a box at `a`.
 
-    $σ_Ψ^2 = \frac{D(a)^2}{6π^2} \int_0^{k_N} P_\mathrm{lin}(k)\, dk$ per axis (Zel'dovich), with k_N = π/spacing
-    the particles' Nyquist wavenumber and
-    the integral starting at the box's fundamental mode 2π/L. The largest of N Gaussian displacements
-    is ≈ √(2 ln N) σ (5.1 σ for 64³ particles, 6.4 σ for 1024³); the default
-    6 σ held in every box we ran (`tests/nbody/test_domain.py` checks one).
-    Nonlinear infall adds little to the largest displacements, which come
-    from the bulk flows that linear theory sets.
+    $σ_Ψ^2 = \frac{D(a)^2}{6π^2} \int_{2π/L}^{k_N} P_\mathrm{lin}(k)\, dk$ per axis (Zel'dovich), with
+    k_N = π/spacing the particles' Nyquist wavenumber and L the longest side (the box has no longer modes).
     """
     if not 0 < a <= 1:
         raise ValueError(f"a = {a} is outside its allowed range (0, 1]")
+    k = np.geomspace(2 * math.pi / max(box_size), math.pi / spacing, 2048)
+    pk = np.asarray(linear_power(cosmo, jnp.asarray(k)))
+    d1 = float(growth_table(cosmo).D1(jnp.asarray(a, dtype=jnp.result_type(float))))
+    return d1 * math.sqrt(np.trapezoid(pk, k) / (6 * math.pi**2))
+
+
+def halo_for_box(cosmo: Cosmology, config: PMConfig, a: float = 1.0, n_sigma: float = 6.0) -> int:
+    r"""A halo [mesh cells] from linear theory: `n_sigma` times `rms_displacement` at `a`, plus one cell.
+
+    The largest of N Gaussian displacements is ≈ √(2 ln N) σ (5.1 σ for 64³
+    particles, 6.4 σ for 1024³); the default 6 σ held in every box we ran
+    (`tests/nbody/test_domain.py` checks one). Nonlinear infall adds little
+    to the largest displacements, which come from the bulk flows that linear
+    theory sets.
+    """
     if not n_sigma > 0:
         raise ValueError(f"n_sigma = {n_sigma} is outside its allowed range (0, inf)")
-    k_nyq = math.pi / config.particle_spacing
-    k_f = 2 * math.pi / max(config.box_size)  # the box has no longer modes
-    k = np.geomspace(k_f, k_nyq, 2048)
-    pk = np.asarray(linear_power(cosmo, jnp.asarray(k)))
-    sigma2 = np.trapezoid(pk, k) / (6 * math.pi**2)
-    d1 = float(growth_table(cosmo).D1(jnp.asarray(a, dtype=jnp.result_type(float))))
-    return int(math.ceil(n_sigma * d1 * math.sqrt(sigma2) / config.cell_size)) + 1
+    sigma = rms_displacement(cosmo, config.box_size, config.particle_spacing, a)
+    return int(math.ceil(n_sigma * sigma / config.cell_size)) + 1

@@ -43,8 +43,9 @@ slab (the other corners are dropped), and the per-particle forces are
 summed back to their owners with `psum_scatter`. No device ever holds the
 full mesh, and no halo is needed because each corner belongs to exactly one
 slab. Known limit: each device touches all n_ptcl particles, so painting and
-reading are not parallelised (the mesh memory and FFT are); a true spatial
-particle decomposition (FastPM-style particle exchange) is future work.
+reading are not parallelised (the mesh memory and FFT are). For boxes whose
+particles do not fit one device, use `jaxcluster.nbody.domain`: particles
+held in the slabs they start in, a halo exchange, and the same slab FFT.
 """
 
 from __future__ import annotations

@@ -1,0 +1,259 @@
+"""One box over 1, 2, 4 devices and 2 processes: memory per device and bytes sent per PM step; writes results/scaling.json.
+
+Run:  python benchmarks/scaling.py [--quick]   (sets XLA_FLAGS for 4 host devices itself)
+
+Measured, for the decomposed PM step of `jaxcluster.nbody.domain` (particles in
+Lagrangian slabs, halo exchange, slab FFT) against the single-device engine:
+
+* **Memory per device** from `compiled.memory_analysis()` of one KDK step
+  (compile only, nothing allocated, so large boxes are fine on a laptop):
+  particles = the step's arguments (positions and momenta), mesh = its
+  temporaries (paint buffer, FFT layouts, padded φ). `memory_per_device_ratio_4`
+  = (particles + mesh per device on 4 devices) / (the same on one device
+  with `pm_force`). The halo is `halo_for_box` at z = 0 (6σ of the linear
+  displacement).
+* **RSS**: peak resident memory of processes running a small box on 1, 2, 4
+  virtual devices in one process and on 2 processes × 2 devices
+  (`jax.distributed`, gloo). Virtual CPU devices share one process, so RSS
+  includes the runtime (~0.3–0.5 GB) and is a check, not the figure.
+* **Bytes sent per PM step**, per device, read from the compiled HLO's
+  collectives (`collective-permute`: operand bytes; `all-to-all`: operand
+  bytes × (P−1)/P; `all-reduce`: operand bytes), against the model of what
+  the decomposition must send: the paint halo (2h + 1 planes), the φ halo
+  (2h + 5 planes) and two slab transposes of the complex half-spectrum:
+  `comm_over_model`.
+* The same for the CIC paint alone (`paint_decomposed`, the eLDL's final paint).
+* A projection of a 200 deg², z ≤ 1 survey on N H100s, stated as a model
+  with its inputs.
+
+CPU virtual devices share 2 cores here: no timings are reported.
+"""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import pathlib  # noqa: E402
+import platform  # noqa: E402
+import re  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from jaxcluster.cosmology import Cosmology  # noqa: E402
+from jaxcluster.nbody import PMConfig, pm_force  # noqa: E402
+from jaxcluster.nbody.domain import (  # noqa: E402
+    SlabDecomposition, halo_for_box, paint_decomposed, pm_force_decomposed, rms_displacement)
+from jaxcluster.nbody.sharding import device_mesh  # noqa: E402
+
+OUT = pathlib.Path(__file__).parent / "results" / "scaling.json"
+DTYPE = jnp.float32  # what a GPU run uses
+BYTES = {"f32": 4, "f64": 8, "c64": 8, "c128": 16, "s32": 4, "u32": 4, "pred": 1, "s64": 8, "u64": 8}
+
+
+def _kdk(force):
+    """One kick-drift-kick step (unit factors): the PM step whose memory and traffic we count."""
+    def step(pos, p):
+        p = p + 0.5 * force(pos)
+        pos = pos + p
+        return pos, p + 0.5 * force(pos)
+    return step
+
+
+def _compiled(fn, *shapes, shardings=None):
+    args = [jax.ShapeDtypeStruct(s, DTYPE, sharding=None if shardings is None else shardings[i])
+            for i, s in enumerate(shapes)]
+    return jax.jit(fn).lower(*args).compile()
+
+
+def _memory(compiled):
+    m = compiled.memory_analysis()
+    return dict(arguments=int(m.argument_size_in_bytes), outputs=int(m.output_size_in_bytes),
+                temporaries=int(m.temp_size_in_bytes))
+
+
+def _sent_bytes(hlo: str, n_dev: int) -> dict[str, float]:
+    """Bytes each device sends, per collective kind, from the compiled HLO text (module docstring)."""
+    sent = {"collective-permute": 0.0, "all-to-all": 0.0, "all-reduce": 0.0, "all-gather": 0.0}
+    for line in hlo.splitlines():
+        # The result type sits between "=" and the op (operands are untyped names); for these ops it
+        # has the operands' size (all-to-all: a tuple of the pieces).
+        m = re.search(r"=\s*(.*?)\s(collective-permute|all-to-all|all-reduce|all-gather)(-start)?\(", line)
+        if not m:
+            continue
+        kind, operands = m.group(2), m.group(1)
+        size = sum(BYTES[t] * math.prod(int(d) for d in dims.split(",") if d)
+                   for t, dims in re.findall(r"\b(f32|f64|c64|c128|s32|u32|pred|s64|u64)\[([\d,]*)\]", operands))
+        sent[kind] += size * ((n_dev - 1) / n_dev if kind in ("all-to-all", "all-gather") else 1.0)
+    return sent
+
+
+def _step_figures(config: PMConfig, n_dev: int, halo: int) -> dict:
+    n_ptcl = config.n_particles
+    if n_dev == 1:
+        c = _compiled(_kdk(lambda x: pm_force(x, config)), (n_ptcl, 3), (n_ptcl, 3))
+        return dict(memory=_memory(c), sent_bytes=_sent_bytes(c.as_text(), 1))
+    dec = SlabDecomposition(device_mesh("x", jax.devices()[:n_dev]), halo=halo)
+    sh = [dec.particles, dec.particles]
+    c = _compiled(_kdk(lambda x: pm_force_decomposed(x, config, dec)), (n_ptcl, 3), (n_ptcl, 3), shardings=sh)
+    return dict(memory=_memory(c), sent_bytes=_sent_bytes(c.as_text(), n_dev))
+
+
+def _step_model(config: PMConfig, n_dev: int, halo: int) -> float:
+    """Bytes one device must send per KDK step (two force evaluations)."""
+    nx, ny, nz = config.mesh_shape
+    plane = ny * nz * BYTES["f32"]
+    halos = (2 * halo + 1) * plane + (2 * (halo + 2) + 1) * plane  # paint overhangs, φ padding
+    transposes = 2 * (nx // n_dev) * ny * (nz // 2 + 1) * BYTES["c64"] * (n_dev - 1) / n_dev  # δ_k forward, φ back
+    return 2 * (halos + transposes)
+
+
+def _paint_figures(config: PMConfig, n_dev: int, halo: int) -> dict:
+    n_ptcl = config.n_particles
+    if n_dev == 1:
+        from jaxcluster.nbody import paint_cic
+        c = _compiled(lambda x, m: paint_cic(x, m, config.mesh_shape), (n_ptcl, 3), (n_ptcl,))
+        return dict(memory=_memory(c), sent_bytes=_sent_bytes(c.as_text(), 1))
+    dec = SlabDecomposition(device_mesh("x", jax.devices()[:n_dev]), halo=halo)
+    c = _compiled(lambda x, m: paint_decomposed(x, m, config.box_size, config.mesh_shape, dec), (n_ptcl, 3), (n_ptcl,),
+                  shardings=[dec.particles, dec.particles])
+    return dict(memory=_memory(c), sent_bytes=_sent_bytes(c.as_text(), n_dev))
+
+
+def _per_device(mem: dict) -> dict:
+    particles = mem["arguments"]  # positions and momenta (the outputs alias their updates)
+    return dict(particles=particles, mesh=mem["temporaries"], total=particles + mem["temporaries"])
+
+
+def _rss_child(n_dev: int, n_proc: int, pid: int, port: int, mesh: int) -> None:
+    if n_proc > 1:
+        from jaxcluster.engines.distributed import initialize
+        initialize(f"localhost:{port}", n_proc, pid, timeout_s=120)
+    from jaxcluster.nbody import step_grid
+    from jaxcluster.nbody.domain import simulate_decomposed
+    cfg = PMConfig(2.0 * mesh, mesh // 2, mesh)
+    dec = SlabDecomposition(halo=min(halo_for_box(Cosmology(0.3, 0.8), cfg, a=0.6), mesh // jax.device_count() - 3))
+    # /proc's VmHWM (this process's peak RSS), not ru_maxrss, which Linux carries over from the parent across exec.
+    before = _vm_hwm_kb()
+    simulate_decomposed(jax.random.key(0), Cosmology(0.3, 0.8), cfg, step_grid(0.1, 0.6, 2), decomposition=dec).pos.block_until_ready()
+    peak = _vm_hwm_kb()
+    print(json.dumps(dict(rss_before_kb=before, rss_peak_kb=peak, local_devices=len(jax.local_devices()))))
+
+
+def _vm_hwm_kb() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def _rss(n_dev: int, n_proc: int, mesh: int) -> dict:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n_dev // n_proc}", JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, __file__, "--rss-child", str(n_dev), str(n_proc), str(i), str(port),
+                               str(mesh)], env=env, stdout=subprocess.PIPE, text=True) for i in range(n_proc)]
+    outs = [json.loads(p.communicate(timeout=900)[0].strip().splitlines()[-1]) for p in procs]
+    return dict(processes=n_proc, devices=n_dev, per_process=outs,
+                peak_minus_before_per_device_mb=float(np.mean([(o["rss_peak_kb"] - o["rss_before_kb"]) / 1024 /
+                                                               o["local_devices"] for o in outs])))
+
+
+def _projection(bytes_per_cell: float) -> dict:
+    """Memory of the largest box of a 200 deg², z ≤ 1 lightcone at seed 001's resolution, and H100s to hold it."""
+    from jaxcluster.survey.lightcone import _chi_numpy
+    area_deg2, z_max, n_boxes, cell = 200.0, 1.0, 12, 0.39
+    chi_max, chi_min = float(_chi_numpy(0.3, z_max)), float(_chi_numpy(0.3, 0.1))
+    side = math.sqrt(area_deg2) * math.pi / 180 * chi_max  # transverse size of the farthest box [h⁻¹ Mpc]
+    depth = (chi_max - chi_min) / n_boxes
+    n_perp, n_par = math.ceil(side / cell), math.ceil(depth / cell)
+    cells = n_perp**2 * n_par
+    sigma = rms_displacement(Cosmology(0.3, 0.8), (side, side, depth), cell)
+    halo_cells = math.ceil(6 * sigma / cell) + 1  # as halo_for_box
+    h100 = 80e9 * 0.8  # usable bytes of an H100 (80 GB, 20 % left to the runtime and fragmentation)
+    out = dict(inputs=dict(area_deg2=area_deg2, z_max=z_max, boxes_per_lightcone=n_boxes, cell_h_inv_mpc=cell,
+                           particles_per_cell=1, omega_m=0.3, bytes_per_cell_one_device=bytes_per_cell,
+                           h100_usable_bytes=h100, halo_cells=halo_cells, rms_displacement_h_inv_mpc=sigma,
+                           note="boxes run one after another, so the largest (farthest) box sets the memory; "
+                                "bytes_per_cell is the measured single-device KDK step (particles + mesh)"),
+               largest_box_cells=[n_perp, n_perp, n_par], largest_box_bytes_one_device=cells * bytes_per_cell)
+    rows = []
+    for n in (1, 2, 4, 8, 16, 32, 64):
+        slab = n_perp / n
+        per_dev = cells * bytes_per_cell / n * (1 + 0.5 * (4 * halo_cells + 6) / slab)  # padded buffers ≈ half the mesh bytes
+        rows.append(dict(h100s=n, bytes_per_device=per_dev, fits=bool(per_dev < h100 and halo_cells + 3 <= slab)))
+    out["per_device"] = rows
+    out["h100s_needed"] = next((r["h100s"] for r in rows if r["fits"]), None)
+    return out
+
+
+def main(quick: bool) -> None:
+    cfg_small = PMConfig(256.0, 64, 128)
+    cfg_large = PMConfig(1024.0, 256, 512) if not quick else cfg_small
+    result = dict(
+        note="Virtual CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=4) on 2 shared cores: memory "
+             "and traffic are what the compiled per-device programs allocate and send (the same on GPUs up to "
+             "layout); no timings. float32, one KDK step = two force evaluations.",
+        jax=jax.__version__, platform=platform.platform(), dtype="float32")
+    for name, cfg in (("128^3 mesh, 64^3 particles, 256 h^-1 Mpc", cfg_small),
+                      ("512^3 mesh, 256^3 particles, 1024 h^-1 Mpc", cfg_large)):
+        halo = halo_for_box(Cosmology(0.3, 0.8), cfg)
+        step, paint = {}, {}
+        for n_dev in (1, 2, 4):
+            h = min(halo, cfg.mesh_shape[0] // n_dev - 3)
+            f = _step_figures(cfg, n_dev, h)
+            f["per_device_bytes"] = _per_device(f["memory"])
+            f["halo_cells"] = h
+            if n_dev > 1:
+                model = _step_model(cfg, n_dev, h)
+                sent = sum(f["sent_bytes"].values())
+                f.update(model_bytes=model, sent_bytes_total=sent, comm_over_model=sent / model)
+            step[n_dev] = f
+            g = _paint_figures(cfg, n_dev, h)
+            g["per_device_bytes"] = dict(particles=g["memory"]["arguments"], mesh=g["memory"]["temporaries"] + g["memory"]["outputs"])
+            if n_dev > 1:
+                model = (2 * h + 1) * cfg.mesh_shape[1] * cfg.mesh_shape[2] * BYTES["f32"]
+                sent = sum(g["sent_bytes"].values())
+                g.update(model_bytes=model, comm_over_model=sent / model)
+            paint[n_dev] = g
+        one, four = step[1]["per_device_bytes"], step[4]["per_device_bytes"]
+        result[name] = dict(
+            halo_for_box_cells=halo, pm_step=step, paint=paint,
+            memory_per_device_ratio_4=four["total"] / one["total"],
+            memory_per_device_ratio_4_particles=four["particles"] / one["particles"],
+            memory_per_device_ratio_4_mesh=four["mesh"] / one["mesh"],
+            memory_per_device_ratio_2=step[2]["per_device_bytes"]["total"] / one["total"],
+            comm_over_model_4=step[4]["comm_over_model"],
+            paint_memory_per_device_ratio_4=(paint[4]["per_device_bytes"]["particles"] + paint[4]["per_device_bytes"]["mesh"]) /
+                                            (paint[1]["per_device_bytes"]["particles"] + paint[1]["per_device_bytes"]["mesh"]),
+            paint_comm_over_model_4=paint[4]["comm_over_model"],
+        )
+        print(name, {k: v for k, v in result[name].items() if k.startswith(("memory", "comm", "paint_"))}, flush=True)
+    big = result["512^3 mesh, 256^3 particles, 1024 h^-1 Mpc"]
+    result["memory_per_device_ratio_4"] = big["memory_per_device_ratio_4"]
+    result["comm_over_model"] = big["comm_over_model_4"]
+    one = big["pm_step"][1]["per_device_bytes"]["total"] / math.prod(cfg_large.mesh_shape)
+    result["projection_200deg2_z1"] = _projection(one)
+    mesh_rss = 64 if quick else 128
+    result["rss"] = {f"{n} devices, 1 process": _rss(n, 1, mesh_rss) for n in (1, 2, 4)}
+    result["rss"]["4 devices, 2 processes"] = _rss(4, 2, mesh_rss)
+    result["rss_mesh"] = mesh_rss
+    OUT.parent.mkdir(exist_ok=True)
+    OUT.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {OUT}: memory_per_device_ratio_4 = {result['memory_per_device_ratio_4']:.3f}, "
+          f"comm_over_model = {result['comm_over_model']:.2f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--rss-child":
+        _rss_child(*(int(a) for a in sys.argv[2:7]))
+    else:
+        ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+        ap.add_argument("--quick", action="store_true", help="small boxes only (a rehearsal)")
+        main(ap.parse_args().quick)
