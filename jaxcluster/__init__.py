@@ -26,7 +26,7 @@ The pipeline, one subpackage per stage (see the docs' Pipeline pages):
   profiles, the DeepSets pressure model, the multi-view U-Net and score-based diffusion mass maps.
 """
 
-from . import analytic, baryons, cosmology, engines, fields, halos, io, nbody, params, sensitivity, survey, xray
+from . import analytic, baryons, cosmology, engines, fields, halos, io, nbody, observation, params, sensitivity, survey, xray
 from .baryons import ExtendedLDL, SyntheticGasModel, default_eldl, synthetic_gas
 from .cosmology import (
     Cosmology,

@@ -3,7 +3,10 @@
 Pointings and exposure with vignetting (`pointings`, `vignetting`), the King PSF
 (`psf`), Galactic absorption (`absorption`), particle and sky backgrounds
 (`background`), AGN from the logN–logS (`agn`), and Poisson photon images
-(`photons.observe` → `Observation`).
+(`photons.observe` → `Observation`); then detection on the photon images
+(`detection.detect`), source fits, photometry and extent (`measure`), XXL-like
+C1/C2 classes (`classes`), and the injection–recovery selection function
+(`selection`).
 """
 
 from .absorption import (
@@ -37,6 +40,17 @@ from .psf import (
     psf_kernel,
 )
 from .vignetting import FOV_RADIUS_ARCMIN, vignetting
+from .classes import C1, C2, ClassCuts, classify
+from .detection import Detection, DetectionSettings, detect, estimate_background
+from .measure import FitSettings, MeasuredCatalogue, SourceModel, measure_catalogue
+from .selection import (
+    SelectionTable,
+    build_selection_table,
+    inject_and_recover,
+    load_selection_table,
+    selection_figure,
+    selection_probability,
+)
 
 __all__ = [
     "MM83_TABLE", "NH_XXL_NORTH_CM2", "band_transmission", "cross_section_cm2",
@@ -48,4 +62,8 @@ __all__ = [
     "Pointings", "exposure_maps", "grid_pointings", "off_axis_arcmin", "pixel_centres_arcmin",
     "convolve", "encircled_energy", "half_energy_diameter_arcsec", "king_parameters", "king_profile", "psf_kernel",
     "FOV_RADIUS_ARCMIN", "vignetting",
+    "C1", "C2", "ClassCuts", "classify", "Detection", "DetectionSettings", "detect", "estimate_background",
+    "FitSettings", "MeasuredCatalogue", "SourceModel", "measure_catalogue",
+    "SelectionTable", "build_selection_table", "inject_and_recover", "load_selection_table", "selection_figure",
+    "selection_probability",
 ]  # fmt: skip

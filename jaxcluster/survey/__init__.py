@@ -43,7 +43,7 @@ from .pipeline import (
     simulate_xod_batch,
     survey_xods,
 )
-from .xod import XODBinning, hard_xod, soft_bin_weights, soft_xod
+from .xod import XODBinning, hard_xod, measured_xod, soft_bin_weights, soft_xod
 
 __all__ = [
     "LightconeGeometry", "BoxLayout", "box_layout", "los_weights", "redshift_at_distance",
@@ -51,6 +51,6 @@ __all__ = [
     "DETECTORS", "DetectionConfig", "Catalogue", "segment", "segment_sep", "measure_sources", "relabel_by_flux",
     "dilate_labels", "isophote_weights",
     "label_components", "segment_components", "match_catalogues",
-    "XODBinning", "hard_xod", "soft_xod", "soft_bin_weights",
+    "XODBinning", "hard_xod", "soft_xod", "soft_bin_weights", "measured_xod",
     "SurveyConfig", "SurveyResult", "simulate_box", "box_particles", "box_fields", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey",
 ]
