@@ -283,6 +283,7 @@ class ExtendedLDL(eqx.Module):
         theta: ThetaSim,
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
+        mesh_ops=None,
     ) -> Float[Array, "nx ny nz"]:
         """Comoving n_e in units of the cosmic mean $\\bar n_e$ (dimensionless, ≥ 0) on the mesh.
 
@@ -292,7 +293,7 @@ class ExtendedLDL(eqx.Module):
             box_size: box side(s) [h⁻¹ Mpc] (static).
             mesh_shape: (nx, ny, nz) (static).
         """
-        return self.n_e_ldl(theta)(pos, box_size, mesh_shape)
+        return self.n_e_ldl(theta)(pos, box_size, mesh_shape, mesh_ops)
 
     def T_keV(
         self,
@@ -301,9 +302,10 @@ class ExtendedLDL(eqx.Module):
         z: Float[ArrayLike, ""],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
+        mesh_ops=None,
     ) -> Float[Array, "nx ny nz"]:
         """Gas temperature [keV] (≥ 0) on the mesh at redshift z (arguments as `n_e`)."""
-        return self.T_ldl(theta, z)(pos, box_size, mesh_shape)
+        return self.T_ldl(theta, z)(pos, box_size, mesh_shape, mesh_ops)
 
     def __call__(
         self,
@@ -312,6 +314,9 @@ class ExtendedLDL(eqx.Module):
         z: Float[ArrayLike, ""],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
+        mesh_ops=None,
     ) -> tuple[Float[Array, "nx ny nz"], Float[Array, "nx ny nz"]]:
-        """(n_e / n̄_e, T [keV]) on the mesh."""
-        return self.n_e(pos, theta, box_size, mesh_shape), self.T_keV(pos, theta, z, box_size, mesh_shape)
+        """(n_e / n̄_e, T [keV]) on the mesh; with `mesh_ops` a `nbody.domain.SlabMesh`, this device's slab
+        (inside `shard_map`; see `ldl.DisplacementLayer.displacement`)."""
+        return (self.n_e(pos, theta, box_size, mesh_shape, mesh_ops),
+                self.T_keV(pos, theta, z, box_size, mesh_shape, mesh_ops))

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ..nbody.mesh import gradient_kernel, paint_cic, read_cic, read_gradient, rfft_wavevectors
+from ..nbody.mesh import FullMesh, gradient_kernel, paint_cic, read_cic, read_gradient, rfft_wavevectors
 
 __all__ = [
     "DENSITY_FLOOR",
@@ -111,6 +111,15 @@ def paint_one_plus_delta(
     pos_cell = pos / _cell(box, shape, pos.dtype)[None, :]
     counts = paint_cic(pos_cell, jnp.ones(pos.shape[:1], dtype=pos.dtype), shape)
     return counts * (math.prod(shape) / pos.shape[0])
+
+
+def _one_plus_delta(pos_cell, shape, ops, stride: int = 1):
+    """`paint_one_plus_delta` of every `stride`-th particle, through the mesh operations `ops` (positions in cells)."""
+    pos_src, mass, n_src = ops.subsample(pos_cell, stride) if stride > 1 else (pos_cell, None, None)
+    if mass is None:
+        mass = jnp.ones_like(pos_cell[:, 0])
+        n_src = pos_cell.shape[0] * (1 if ops.is_full else ops.n_dev)
+    return ops.paint(pos_src, mass) * (math.prod(shape) / n_src)
 
 
 # ------------------------------------------------------------------ B-splines
@@ -384,32 +393,45 @@ class DisplacementLayer(eqx.Module):
         pos: Float[Array, "n_ptcl 3"],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
+        mesh_ops=None,
     ) -> Float[Array, "n_ptcl 3"]:
-        """The displacement dx [h⁻¹ Mpc] of each particle (`__call__` returns pos + dx)."""
+        """The displacement dx [h⁻¹ Mpc] of each particle (`__call__` returns pos + dx).
+
+        `mesh_ops`: how to paint, transform and read (`nbody.mesh.FullMesh(mesh_shape)`, the default, or one
+        device's slab of a decomposed box, `nbody.domain.SlabMesh`, inside `shard_map`).
+        """
         _check_pos(pos)
         box, shape = _grid(box_size, mesh_shape)
+        ops = FullMesh(shape) if mesh_ops is None else mesh_ops
         dtype = pos.dtype
         cell = _cell(box, shape, dtype)
-        source = _pow_floor(paint_one_plus_delta(pos[:: self.source_stride], box, shape), self.gamma)
-        source_k = jnp.fft.rfftn(source)
-        kvec = rfft_wavevectors(shape, dtype=dtype)  # rad per cell
+        pos_cell = pos / cell[None, :]
+        source = _pow_floor(_one_plus_delta(pos_cell, shape, ops, self.source_stride), self.gamma)
+        source_k = ops.rfftn(source)
+        kvec = ops.wavevectors(dtype)  # rad per cell
         cells = [b / n for b, n in zip(box, shape)]
-        phi_k = _radial_operator(self.filter, shape, cells, dtype).astype(source_k.dtype) * source_k
+        if ops.is_full:
+            radial = _radial_operator(self.filter, shape, cells, dtype)
+        else:  # a block of the transposed spectrum: Ô at each of its modes
+            radial = self.filter(jnp.sqrt(sum((ki / c) ** 2 for ki, c in zip(kvec, cells))))
+        phi_k = radial.astype(source_k.dtype) * source_k
         if self.gradient == "fd4":  # the stencil on φ: one inverse FFT instead of three (as a PM force)
-            grad_cells = read_gradient(jnp.fft.irfftn(phi_k, s=shape), pos / cell[None, :])
+            grad_cells = ops.read_gradient(ops.irfftn(phi_k), pos_cell)
             return self.alpha.astype(dtype) * grad_cells / cell[None, :]
+        i_unit = jnp.asarray(1j, dtype=source_k.dtype)
         comps = [
-            jnp.fft.irfftn(1j * (gradient_kernel(ki, self.gradient) / c).astype(source_k.dtype) * phi_k, s=shape)
+            ops.irfftn(i_unit * (gradient_kernel(ki, self.gradient) / c).astype(source_k.dtype) * phi_k)
             for ki, c in zip(kvec, cells)
         ]
         grad_mesh = jnp.stack(comps, axis=-1)
-        return self.alpha.astype(dtype) * read_cic(grad_mesh, pos / cell[None, :])
+        return self.alpha.astype(dtype) * ops.read(grad_mesh, pos_cell)
 
     def __call__(
         self,
         pos: Float[Array, "n_ptcl 3"],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
+        mesh_ops=None,
     ) -> Float[Array, "n_ptcl 3"]:
         """Displace the particles.
 
@@ -417,11 +439,12 @@ class DisplacementLayer(eqx.Module):
             pos: (n_ptcl, 3) comoving positions [h⁻¹ Mpc], periodic.
             box_size: box side(s) [h⁻¹ Mpc] (static).
             mesh_shape: (nx, ny, nz) of the mesh the density is painted on (static).
+            mesh_ops: mesh operations (`displacement`); default the whole mesh on this device.
 
         Returns:
             (n_ptcl, 3) pos + dx [h⁻¹ Mpc], not wrapped into the box.
         """
-        return pos + self.displacement(pos, box_size, mesh_shape)
+        return pos + self.displacement(pos, box_size, mesh_shape, mesh_ops)
 
 
 def _inverse_softplus(y):
@@ -539,10 +562,11 @@ class LDL(eqx.Module):
         pos: Float[Array, "n_ptcl 3"],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
+        mesh_ops=None,
     ) -> Float[Array, "n_ptcl 3"]:
         """Apply the displacement layers in order; returns positions [h⁻¹ Mpc], unwrapped."""
         for layer in self.displacements:
-            pos = layer(pos, box_size, mesh_shape)
+            pos = layer(pos, box_size, mesh_shape, mesh_ops)
         return pos
 
     def __call__(
@@ -550,6 +574,7 @@ class LDL(eqx.Module):
         pos: Float[Array, "n_ptcl 3"],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
+        mesh_ops=None,
     ) -> Float[Array, "nx ny nz"]:
         """The LDL field on the mesh.
 
@@ -557,9 +582,14 @@ class LDL(eqx.Module):
             pos: (n_ptcl, 3) comoving dark-matter positions [h⁻¹ Mpc], periodic.
             box_size: box side(s) [h⁻¹ Mpc] (static).
             mesh_shape: (nx, ny, nz) (static); the same mesh is used by every layer.
+            mesh_ops: mesh operations (`DisplacementLayer.displacement`); with a
+                `nbody.domain.SlabMesh` the result is this device's x-slab.
 
         Returns:
             (nx, ny, nz) ReLU(b1 (1+δ')^μ − b0) with δ' the overdensity of the displaced particles.
         """
-        moved = self.displace(pos, box_size, mesh_shape)
-        return self.activation(paint_one_plus_delta(moved, box_size, mesh_shape))
+        moved = self.displace(pos, box_size, mesh_shape, mesh_ops)
+        if mesh_ops is None:
+            return self.activation(paint_one_plus_delta(moved, box_size, mesh_shape))
+        box, shape = _grid(box_size, mesh_shape)
+        return self.activation(_one_plus_delta(moved / _cell(box, shape, moved.dtype)[None, :], shape, mesh_ops))

@@ -78,6 +78,7 @@ __all__ = [
     "halo_for",
     "halo_for_box",
     "rms_displacement",
+    "SlabMesh",
 ]
 
 
@@ -254,6 +255,61 @@ def local_force_from_density_k(delta_k, shape, gradient, axis_name, n_dev, real_
     return _slab_ifft(force_k, shape[2], axis_name)
 
 
+class SlabMesh(eqx.Module):
+    """The mesh operations of `jaxcluster.nbody.mesh.FullMesh` on one device's slab, inside `shard_map`.
+
+    Fields are (n_x/P, ny, nz) x-slabs, their transforms the (n_x, ny/P, nz/2+1)
+    y-slabs of `local_wavevectors`, positions this device's particles in mesh
+    cells. Painting and reading go through the halo (module docstring); a
+    particle outside it turns the result NaN on every device.
+    """
+
+    shape: tuple[int, int, int] = eqx.field(static=True)
+    halo: int = eqx.field(static=True)
+    axis_name: str = eqx.field(static=True)
+    n_dev: int = eqx.field(static=True)
+
+    @property
+    def is_full(self) -> bool:
+        return False
+
+    def paint(self, pos_cell, mass):
+        return local_paint(pos_cell, mass, self.shape, self.halo, self.axis_name, self.n_dev)
+
+    def read(self, field, pos_cell):
+        return local_read(field, pos_cell, self.halo, self.axis_name, self.n_dev)
+
+    def read_gradient(self, phi, pos_cell):
+        """`mesh.read_gradient` (4-point stencil, CIC) of a φ slab: φ padded by the halo and the stencil's reach."""
+        nx = self.shape[0]
+        nx_loc, x0 = _slab_origin(nx, self.axis_name, self.n_dev)
+        padded = _halo_fill(phi, self.halo + 2, self.axis_name, self.n_dev)  # 2 + halo | slab | halo + 3
+        u, outside = _to_slab_frame(pos_cell, nx, nx_loc, x0, self.halo)
+        u = u + jnp.asarray([2.0, 0.0, 0.0], u.dtype)[None, :]
+        # read_gradient wraps x over the padded buffer; positions within the halo never reach the wrap.
+        return _poison(read_gradient(padded, u), outside, self.axis_name)
+
+    def rfftn(self, field):
+        return _slab_fft(field, self.axis_name)
+
+    def irfftn(self, field_k):
+        return _slab_ifft(field_k, self.shape[2], self.axis_name)
+
+    def wavevectors(self, dtype):
+        return local_wavevectors(self.shape, self.axis_name, self.n_dev, dtype)
+
+    def total(self, x):
+        return jax.lax.psum(x, self.axis_name)
+
+    def subsample(self, pos_cell, stride):
+        """Every `stride`-th particle of the global lattice order, as masses 1/0 on this device's particles
+        (the slabs do not start on multiples of the stride), and how many there are in all."""
+        n_loc = pos_cell.shape[0]
+        index = jax.lax.axis_index(self.axis_name) * n_loc + jnp.arange(n_loc)
+        mass = (index % stride == 0).astype(pos_cell.dtype) * jnp.ones_like(pos_cell[:, 0])
+        return pos_cell, mass, len(range(0, n_loc * self.n_dev, stride))
+
+
 # ------------------------------------------------------------------ public API
 
 
@@ -311,17 +367,11 @@ def _local_pm_force(pos_loc, config, halo, axis_name, n_dev):
     rho = local_paint(pos_cell, mass, config.mesh_shape, halo, axis_name, n_dev)
     delta_k = _slab_fft(rho, axis_name)  # the mean (k = 0) is dropped by the kernel, so ρ serves as δ
     if config.gradient == "fd4":
-        # As mesh.read_force: the 4-point stencil on φ, read directly. φ's slab is padded by the halo plus
+        # As mesh.read_force: the 4-point stencil on φ, read directly; φ's slab is padded by the halo plus
         # the stencil's reach (2 cells left, 3 right), so one channel crosses devices instead of three.
         kvec = local_wavevectors(config.mesh_shape, axis_name, n_dev, rho.dtype)
         phi = _slab_ifft(-(_inverse_k2(kvec).astype(delta_k.dtype) * delta_k), config.mesh_shape[2], axis_name)
-        padded = _halo_fill(phi, halo + 2, axis_name, n_dev)[: phi.shape[0] + 2 * halo + 5]  # 2 + halo | slab | halo + 3
-        nx = config.mesh_shape[0]
-        nx_loc, x0 = _slab_origin(nx, axis_name, n_dev)
-        u, outside = _to_slab_frame(pos_cell, nx, nx_loc, x0, halo)
-        u = u + jnp.asarray([2.0, 0.0, 0.0], u.dtype)[None, :]
-        # read_gradient wraps x over the padded buffer; positions within the halo never reach the wrap.
-        return _poison(-read_gradient(padded, u), outside, axis_name) * cell
+        return -SlabMesh(config.mesh_shape, halo, axis_name, n_dev).read_gradient(phi, pos_cell) * cell
     force = local_force_from_density_k(delta_k, config.mesh_shape, config.gradient, axis_name, n_dev, rho.dtype)
     return local_read(force, pos_cell, halo, axis_name, n_dev) * cell
 

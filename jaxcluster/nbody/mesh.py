@@ -21,6 +21,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+import equinox as eqx
 from jaxtyping import Array, Complex, Float
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "force_from_density",
     "read_force",
     "read_gradient",
+    "FullMesh",
 ]
 
 def _check_pos(pos):
@@ -401,3 +403,48 @@ def read_force(
     if gradient != "fd4":
         return read_cic(force_from_density(delta_k, mesh_shape, gradient), pos)
     return -read_gradient(_potential(delta_k, mesh_shape), pos)
+
+
+class FullMesh(eqx.Module):
+    """The mesh operations of physics code that paints, transforms and reads a whole periodic mesh on one device.
+
+    Layers that paint particles and filter in Fourier space (the eLDL's
+    displacement layers) call these instead of `paint_cic`, `jnp.fft.rfftn`…,
+    so that the same code runs on one slab of a decomposed box inside
+    `shard_map` with `jaxcluster.nbody.domain.SlabMesh`, which has the same
+    methods. Positions are in mesh-cell units; `wavevectors` are in rad per cell.
+    """
+
+    shape: tuple[int, int, int] = eqx.field(static=True)
+
+    @property
+    def is_full(self) -> bool:
+        """This device holds the whole mesh (False for a slab)."""
+        return True
+
+    def paint(self, pos_cell: Float[Array, "n 3"], mass: Float[Array, " n"]) -> Float[Array, "nx ny nz"]:
+        return paint_cic(pos_cell, mass, self.shape)
+
+    def read(self, field: Float[Array, "nx ny nz *c"], pos_cell: Float[Array, "n 3"]) -> Float[Array, "n *c"]:
+        return read_cic(field, pos_cell)
+
+    def read_gradient(self, phi: Float[Array, "nx ny nz"], pos_cell: Float[Array, "n 3"]) -> Float[Array, "n 3"]:
+        return read_gradient(phi, pos_cell)
+
+    def rfftn(self, field: Float[Array, "nx ny nz"]) -> Complex[Array, "nx ny nzr"]:
+        return jnp.fft.rfftn(field)
+
+    def irfftn(self, field_k: Complex[Array, "nx ny nzr"]) -> Float[Array, "nx ny nz"]:
+        return jnp.fft.irfftn(field_k, s=self.shape)
+
+    def wavevectors(self, dtype) -> tuple[Array, Array, Array]:
+        return rfft_wavevectors(self.shape, dtype=dtype)
+
+    def total(self, x: Array) -> Array:
+        """Sum of a per-device quantity over the devices holding the mesh (here: itself)."""
+        return x
+
+    def subsample(self, pos_cell: Float[Array, "n 3"], stride: int) -> tuple[Float[Array, "m 3"], Float[Array, " m"], int]:
+        """Every `stride`-th particle (lattice order): positions, unit masses, and how many there are in all."""
+        sub = pos_cell[::stride]
+        return sub, jnp.ones_like(sub[:, 0]), sub.shape[0]
