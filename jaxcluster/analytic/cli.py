@@ -35,6 +35,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cr-cut", type=float, default=None,
                         help=f"selection cut on CR[0.5–2 keV] [counts s⁻¹] (default: {_CR_CUT_DEFAULT:g}; "
                         "with --xod the file's lowest CR edge)")
+    parser.add_argument("--selection", choices=("cut", "xxl_c1"), default="cut",
+                        help="cluster selection: 'cut' = CR > --cr-cut (seed 001); 'xxl_c1' = the shipped "
+                        "injection-recovery P(C1 | CR, r_c, z) as a weight, no cut (SurveySpec.selection)")
     parser.add_argument("--params", default="Omega_m,sigma_8,log10_M0,alpha_MT,gamma_MT,log10_L0,alpha_LT,gamma_LT",
                         help=f"comma-separated free parameters among {','.join(_ALLOWED)}")
     parser.add_argument("--omega-m", type=float, default=0.3, help="fiducial Ω_m (Fisher point, prior range [0.1, 0.5])")
@@ -63,6 +66,9 @@ def _model(args, observed=None):
     from .counts import SurveySpec, XODBinning
     from .fisher import AnalyticModel
 
+    if args.selection != "cut" and args.cr_cut is not None:
+        raise SystemExit(f"error: --cr-cut {args.cr_cut:g} has no effect with --selection {args.selection} "
+                         "(the C1 probability replaces the cut): leave one out")
     area = args.area if args.area is not None else _AREA_DEFAULT
     cr_cut = args.cr_cut if args.cr_cut is not None else _CR_CUT_DEFAULT
     binning = None
@@ -85,11 +91,18 @@ def _model(args, observed=None):
         except ValueError as err:
             raise SystemExit(f"error: --xod {observed.source}: {err}") from None
     try:
-        survey = SurveySpec(area_deg2=area, cr_cut=cr_cut)
+        survey = SurveySpec(area_deg2=area, cr_cut=cr_cut, selection=args.selection)
         cosmo = Cosmology(Omega_m=args.omega_m, sigma_8=args.sigma_8)
         return AnalyticModel(_names(args), cosmo=cosmo, survey=survey, binning=binning)
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
+
+
+def _selection_text(survey) -> str:
+    """'CR > 0.02 counts/s' or the C1 selection, for the progress lines."""
+    if survey.selection == "cut":
+        return f"CR > {survey.cr_cut:g} counts/s"
+    return f"C1 selection ({survey.selection}, r_c = {survey.core_radius_r500:g} R500)"
 
 
 def _prior_sigma(names, use_prior: bool):
@@ -113,7 +126,7 @@ def _write_json(path: Path, res: dict, command: str, model, args, seed: int | No
 
     theta = dict(zip(model.names, np.asarray(model.theta0()).tolist()))
     settings = _settings(args) | dict(area_deg2=model.survey.area_deg2, cr_cut=model.survey.cr_cut,
-                                      xod_shape=list(model.binning.shape))
+                                      selection=model.survey.selection, xod_shape=list(model.binning.shape))
     res = dict(res, provenance=provenance(command, seed=seed, theta=theta, settings=settings))
     from ..io.atomic import atomic_path
 
@@ -121,19 +134,23 @@ def _write_json(path: Path, res: dict, command: str, model, args, seed: int | No
         tmp.write_text(json.dumps(clean_json(res, _JSON_DIGITS), indent=2))
 
 
-def fisher_main(argv: list[str] | None = None) -> int:
-    """``jaxcluster fisher --out DIR [--area 200] [--cr-cut 0.02] [--params ...] [--omega-m 0.3] [--sigma-8 0.8]``.
-
-    Writes ``DIR/fisher.json`` (θ₀, F, covariance, marginal errors, FoM(Ω_m, σ_8),
-    total counts, timing, provenance) and ``DIR/fisher_corner.png``.
-    """
+def _fisher_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxcluster fisher", description="Fisher forecast of the analytic XOD model",
                                      formatter_class=HelpFormatter)
     _common(parser)
     # NUTS always uses the nuisance priors (an improper flat prior could leave the posterior improper)
     parser.add_argument("--no-prior", action="store_true",
                         help="no Gaussian priors on the scaling-relation parameters (pure Poisson Fisher)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def fisher_main(argv: list[str] | None = None) -> int:
+    """``jaxcluster fisher --out DIR [--area 200] [--cr-cut 0.02 | --selection xxl_c1] [--params ...] [--omega-m 0.3] [--sigma-8 0.8]``.
+
+    Writes ``DIR/fisher.json`` (θ₀, F, covariance, marginal errors, FoM(Ω_m, σ_8),
+    total counts, timing, provenance) and ``DIR/fisher_corner.png``.
+    """
+    args = _fisher_parser().parse_args(argv)
     model = _model(args)
     import equinox as eqx
     import jax
@@ -145,7 +162,7 @@ def fisher_main(argv: list[str] | None = None) -> int:
         print(f"jaxcluster fisher: {text}", flush=True)
 
     say(f"Fisher matrix of {model.n_param} parameters ({', '.join(model.names)}), {model.survey.area_deg2:g} deg², "
-        f"CR > {model.survey.cr_cut:g} counts/s: compiling λ(θ) and its Jacobian …")
+        f"{_selection_text(model.survey)}: compiling λ(θ) and its Jacobian …")
     f = eqx.filter_jit(fisher_matrix)
     t0 = time.perf_counter()
     F, lam = jax.block_until_ready(f(model))
@@ -168,7 +185,7 @@ def fisher_main(argv: list[str] | None = None) -> int:
         prior_sigma=[None if not math.isfinite(v) else float(v) for v in np.asarray(prior)],
         covariance=np.asarray(cov), marginal_errors=np.asarray(err), fom_Omega_m_sigma_8=float(fom),
         total_counts=float(np.sum(np.asarray(lam))), area_deg2=model.survey.area_deg2, cr_cut=model.survey.cr_cut,
-        seconds_first_call=t_first, seconds=t_run,
+        selection=model.survey.selection, seconds_first_call=t_first, seconds=t_run,
     )
     _write_json(args.out / "fisher.json", res, "fisher", model, args)
     import matplotlib.pyplot as plt
@@ -185,18 +202,7 @@ def fisher_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def hmc_main(argv: list[str] | None = None) -> int:
-    """``jaxcluster hmc --out DIR [--chains 4] [--warmup 500] [--samples 1000] [--mock | --xod FILE [--index I]] ...``.
-
-    Samples with NUTS the posterior of an Asimov XOD (λ(θ₀), default), of a
-    Poisson mock (``--mock``) or of an observed XOD (``--xod``: ``xod.npz`` of
-    ``jaxcluster simulate`` or sample I of a ``dataset generate`` file; the
-    model is put on the file's bins, area and CR cut). Writes ``DIR/hmc.json``
-    (mean, std, R̂, ESS, divergences, step sizes, Fisher errors for comparison,
-    timing, provenance), ``DIR/hmc_samples.npz`` and ``DIR/hmc_corner.png``;
-    with ``--xod`` also ``posterior.h5``, ``posterior_summary.ecsv`` and
-    ``corner.png``, as ``npe infer`` writes them.
-    """
+def _hmc_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxcluster hmc", description="NUTS on the analytic XOD posterior",
                                      formatter_class=HelpFormatter)
     _common(parser)
@@ -211,7 +217,22 @@ def hmc_main(argv: list[str] | None = None) -> int:
                       "file with --index")
     parser.add_argument("--index", type=int, default=None, help="which sample of a --xod dataset (0-based)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar over the samples")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def hmc_main(argv: list[str] | None = None) -> int:
+    """``jaxcluster hmc --out DIR [--chains 4] [--warmup 500] [--samples 1000] [--mock | --xod FILE [--index I]] ...``.
+
+    Samples with NUTS the posterior of an Asimov XOD (λ(θ₀), default), of a
+    Poisson mock (``--mock``) or of an observed XOD (``--xod``: ``xod.npz`` of
+    ``jaxcluster simulate`` or sample I of a ``dataset generate`` file; the
+    model is put on the file's bins, area and CR cut). Writes ``DIR/hmc.json``
+    (mean, std, R̂, ESS, divergences, step sizes, Fisher errors for comparison,
+    timing, provenance), ``DIR/hmc_samples.npz`` and ``DIR/hmc_corner.png``;
+    with ``--xod`` also ``posterior.h5``, ``posterior_summary.ecsv`` and
+    ``corner.png``, as ``npe infer`` writes them.
+    """
+    args = _hmc_parser().parse_args(argv)
     if args.chains < 1 or args.warmup < 1 or args.samples < 2:
         raise SystemExit("--chains >= 1, --warmup >= 1 and --samples >= 2 are required")
     if args.index is not None and args.xod is None:
@@ -239,7 +260,7 @@ def hmc_main(argv: list[str] | None = None) -> int:
         except ValueError as err:
             raise SystemExit(f"error: {err}") from None
         say(f"fitting {observed.source}: {float(np.sum(observed.xod)):.0f} clusters in {b.shape} (CR, HR, z) bins, "
-            f"{model.survey.area_deg2:g} deg², CR > {model.survey.cr_cut:g} counts/s")
+            f"{model.survey.area_deg2:g} deg², {_selection_text(model.survey)}")
         if _is_simulated_survey(observed):
             say("note: the analytic model (scaling relations, Tinker08 mass function) is not the physics of the "
                 "simulated survey (PM, eLDL gas, detection): this fit is a model comparison, not a consistency test")
@@ -290,7 +311,7 @@ def hmc_main(argv: list[str] | None = None) -> int:
         step_size=np.asarray(out["step_size"]), chains=args.chains, warmup=args.warmup,
         samples=args.samples, seconds_including_compilation=seconds,
         ess_per_second=float(np.min(np.asarray(diag["ess"])) / seconds),
-        area_deg2=model.survey.area_deg2, cr_cut=model.survey.cr_cut,
+        area_deg2=model.survey.area_deg2, cr_cut=model.survey.cr_cut, selection=model.survey.selection,
     )
     if observed is not None:
         res |= dict(xod=observed.source, total_counts_observed=float(np.sum(observed.xod)),
