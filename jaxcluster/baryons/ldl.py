@@ -92,6 +92,7 @@ def paint_one_plus_delta(
     pos: Float[Array, "n_ptcl 3"],
     box_size: float | tuple[float, float, float],
     mesh_shape: tuple[int, int, int],
+    mesh_ops=None,
 ) -> Float[Array, "nx ny nz"]:
     r"""CIC density of the particles in units of the mean, $1 + δ$ (mesh mean 1 up to round-off).
 
@@ -102,6 +103,8 @@ def paint_one_plus_delta(
         pos: (n_ptcl, 3) comoving positions [h⁻¹ Mpc]; periodic, need not be wrapped.
         box_size: box side(s) [h⁻¹ Mpc] (static).
         mesh_shape: (nx, ny, nz) (static).
+        mesh_ops: None (the whole mesh here) or a `nbody.domain.SlabMesh` inside
+            `shard_map` (this device's slab of 1 + δ, normalised by all particles).
 
     Returns:
         (nx, ny, nz) 1 + δ, dimensionless, ≥ 0.
@@ -109,6 +112,8 @@ def paint_one_plus_delta(
     _check_pos(pos)
     box, shape = _grid(box_size, mesh_shape)
     pos_cell = pos / _cell(box, shape, pos.dtype)[None, :]
+    if mesh_ops is not None:
+        return _one_plus_delta(pos_cell, shape, mesh_ops)
     counts = paint_cic(pos_cell, jnp.ones(pos.shape[:1], dtype=pos.dtype), shape)
     return counts * (math.prod(shape) / pos.shape[0])
 
@@ -589,7 +594,4 @@ class LDL(eqx.Module):
             (nx, ny, nz) ReLU(b1 (1+δ')^μ − b0) with δ' the overdensity of the displaced particles.
         """
         moved = self.displace(pos, box_size, mesh_shape, mesh_ops)
-        if mesh_ops is None:
-            return self.activation(paint_one_plus_delta(moved, box_size, mesh_shape))
-        box, shape = _grid(box_size, mesh_shape)
-        return self.activation(_one_plus_delta(moved / _cell(box, shape, moved.dtype)[None, :], shape, mesh_ops))
+        return self.activation(paint_one_plus_delta(moved, box_size, mesh_shape, mesh_ops))

@@ -85,6 +85,9 @@ def _parser():
     ap.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
     add_memory_check(ap)
     _add_observation_options(ap)
+    from ..engines.distributed import add_distributed_options
+
+    add_distributed_options(ap)
     return ap
 
 
@@ -106,6 +109,11 @@ def _check_centre(ra: float, dec: float) -> None:
 
 
 def _simulate(args) -> int:
+    from ..engines.distributed import initialize_from_args, is_writer
+
+    distributed = initialize_from_args(args)  # before anything starts the XLA backend
+    import jax
+
     from ..params import ThetaSim
     from .pipeline import SurveyConfig
 
@@ -114,16 +122,21 @@ def _simulate(args) -> int:
         area_deg2=args.area, z_min=args.z_min, z_max=args.z_max, n_boxes=args.boxes, cell_size=args.cell_size,
         pixel_arcmin=args.pixel, omega_m_min=args.Omega_m, omega_m_max=args.Omega_m, n_lightcones=args.lightcones,
         n_steps=args.steps, detector=args.detector, threshold=args.threshold, cr_min=args.cr_min,
+        perp_multiple=jax.device_count() if distributed else 1,
     )
+    if distributed and args.mode == "observed":
+        raise ValueError("--mode observed is not available with --distributed yet (run the observation on the "
+                         "written maps instead)")
+    writer = is_writer()
     _check_centre(args.ra, args.dec)
     _check_observation(args)
     from ..engines.memory import check_memory, estimate_survey_bytes
 
     g0 = config.geometry
-    check_memory(estimate_survey_bytes(config), f"the survey of {config.area_deg2:g} deg² in {config.n_lightcones} × "
-                 f"{g0.n_boxes} boxes of {g0.mesh_shape} voxels", enabled=not args.no_memory_check)
+    check_memory(estimate_survey_bytes(config) / (jax.device_count() if distributed else 1),
+                 f"the survey of {config.area_deg2:g} deg² in {config.n_lightcones} × {g0.n_boxes} boxes of "
+                 f"{g0.mesh_shape} voxels", enabled=not args.no_memory_check)
     import equinox as eqx
-    import jax
     import jax.numpy as jnp
     from astropy.wcs import WCS
     from tqdm import tqdm
@@ -140,7 +153,8 @@ def _simulate(args) -> int:
     from ..io.atomic import atomic_folder, check_replaceable
 
     final = pathlib.Path(args.out)
-    check_replaceable(final, PRODUCTS)  # before the work: --out may only hold an earlier run's products
+    if writer:
+        check_replaceable(final, PRODUCTS)  # before the work: --out may only hold an earlier run's products
     g = config.geometry
     theta_dict = {n: getattr(args, n) for n in ThetaSim.names}  # as given (no float32 round trip)
     centre = (args.ra, args.dec)
@@ -165,6 +179,10 @@ def _simulate(args) -> int:
         pos = box_particles(th, k, z, config)
         return *simulate_box(th, k, z, chi, d, config, eldl=e, table=t, particles=pos), pos
 
+    if distributed:
+        box = _decomposed_box(args, config, theta, eldl)
+        args.no_halos = True  # the SO finder needs a box's particles in one place; the catalogue's m500c is empty
+
     results = []
     n = config.n_lightcones * g.n_boxes
     m500 = np.full((config.n_lightcones, g.n_boxes, config.detection.max_sources), np.nan)
@@ -174,9 +192,15 @@ def _simulate(args) -> int:
                  "masked: no such halo")
     halo_error = None
     halo_finder = BoxHaloFinder(g, theta)
-    print(f"jaxcluster simulate: {config.area_deg2:g} deg² in {config.n_lightcones} × {g.n_boxes} boxes of "
-          f"{g.mesh_shape} voxels ({g.cell_size} h⁻¹ Mpc), {g.n_pix}² pixels of {math.degrees(g.pixel_rad) * 60:.3f}′")
-    with tqdm(total=n, desc="boxes", unit="box") as bar:
+    layout_note = ""
+    if distributed:
+        layout_note = (f", each over {jax.process_count()} processes and {jax.device_count()} devices "
+                       f"(x-slabs, halo {box.halo} cells)")
+    if writer:
+        print(f"jaxcluster simulate: {config.area_deg2:g} deg² in {config.n_lightcones} × {g.n_boxes} boxes of "
+              f"{g.mesh_shape} voxels ({g.cell_size} h⁻¹ Mpc), {g.n_pix}² pixels of "
+              f"{math.degrees(g.pixel_rad) * 60:.3f}′{layout_note}")
+    with tqdm(total=n, desc="boxes", unit="box", disable=not writer) as bar:
         for i in range(config.n_lightcones):
             for b in range(g.n_boxes):
                 maps_b, seg_b, cat_b, pos = jax.block_until_ready(
@@ -210,6 +234,8 @@ def _simulate(args) -> int:
     hard, soft = survey_xods(cat, config)
     observed = _observe(args, maps, seg, cat, config, layout.z) if args.mode == "observed" else None
     wall = time.perf_counter() - t0
+    if not writer:  # every process computed its share of each box; process 0 writes
+        return 0
 
     z_boxes = np.asarray(layout.z, np.float64)
     wcs = WCS(products.wcs_header(g, z_boxes, config.n_lightcones, centre))
@@ -264,6 +290,51 @@ def _simulate(args) -> int:
         print(f"jaxcluster simulate: observed: {summary['n_detected_observed']} sources on the photon images, "
               f"{summary['n_c1']} C1, {summary['n_c2']} C2")
     return 0
+
+
+def _decomposed_box(args, config, theta, eldl):
+    """The per-box function of `--distributed`: PM, eLDL and maps on x-slabs over every process's devices,
+    then detection and measurement on the (small, replicated) maps, on each process's own device."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    from ..cosmology import Cosmology
+    from ..nbody.domain import SlabDecomposition, halo_for_box
+    from .decomposed import box_maps_decomposed, box_particles_decomposed, check_decomposition
+    from .detect import measure_sources, segment
+
+    g = config.geometry
+    pm = g.pm_config(config.mesh_factor)
+    # the nearest box has the largest displacements: the linear-theory halo at z_min
+    halo = args.halo if args.halo is not None else halo_for_box(Cosmology.from_theta(theta), pm, 1.0 / (1.0 + g.z_min))
+    dec = SlabDecomposition(halo=halo)
+    check_decomposition(config, dec, eldl)
+    replicated = NamedSharding(dec.mesh, PartitionSpec())
+
+    @eqx.filter_jit
+    def maps_of(th, k, z, chi, d, e, t):
+        pos = box_particles_decomposed(th, k, z, config, dec)
+        return jax.lax.with_sharding_constraint(box_maps_decomposed(pos, th, z, chi, d, config, e, t, dec), replicated)
+
+    @eqx.filter_jit
+    def detect_in(maps, z):
+        seg = segment(jnp.sum(maps.count_rate, axis=-1), g, config.detection)
+        iso = None if config.isophote_softness is None else (config.detection.pixel_threshold(g), config.isophote_softness)
+        return seg, measure_sources(seg, maps.count_rate, g, z, config.detection.max_sources, isophote=iso)
+
+    def box(th, k, z, chi, d, e, t):
+        maps = maps_of(th, k, z, chi, d, e, t)
+        if not bool(jnp.all(jnp.isfinite(maps.count_rate))):
+            raise ValueError(f"a particle moved more than the halo of {halo} cells ({halo * pm.cell_size:.3g} h⁻¹ "
+                             "Mpc) outside its slab: rerun with a larger --halo")
+        local = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), maps)  # replicated: this process's copy
+        seg, cat = detect_in(local, jnp.asarray(np.asarray(z)))
+        return local, seg, cat, None
+
+    box.halo = halo
+    return box
 
 
 # everything `simulate` writes in --out (a folder holding only these may be replaced by a new run)

@@ -80,6 +80,10 @@ class LightconeGeometry(eqx.Module):
             raises under `jit` (`eqx.error_if`).
         omega_m_max: the largest Ω_m allowed ((omega_m_min, 1], default the
             prior's 0.5); used only for the validity checks.
+        perp_multiple: round the transverse cells n_⊥ up to a multiple of this,
+            [1, 4096] (default 1): a box decomposed in x-slabs over P devices
+            needs n_⊥ a multiple of P (`nbody.domain.SlabDecomposition`). The
+            box only grows: the pixels see the same sky.
 
     Raises:
         ValueError: a value outside its range (the message names it).
@@ -96,6 +100,7 @@ class LightconeGeometry(eqx.Module):
     n_perp: int = eqx.field(static=True)
     n_par: int = eqx.field(static=True)
     n_pix: int = eqx.field(static=True)
+    perp_multiple: int = eqx.field(static=True)
 
     def __init__(
         self,
@@ -107,6 +112,7 @@ class LightconeGeometry(eqx.Module):
         pixel_arcmin: SupportsFloat = 1.0,
         omega_m_min: SupportsFloat = PRIOR_BOUNDS["Omega_m"][0],
         omega_m_max: SupportsFloat = PRIOR_BOUNDS["Omega_m"][1],
+        perp_multiple: SupportsInt = 1,
     ):
         self.area_deg2 = _check("area_deg2", area_deg2, 0.0, 400.0, low_open=True)
         self.z_max = _check("z_max", z_max, 0.01, 3.0, low_open=True)
@@ -126,7 +132,9 @@ class LightconeGeometry(eqx.Module):
         width = self.side_rad * chi_hi
         # 1e-9 slack: a size that is an exact multiple of the cell does not gain a cell from round-off
         self.n_par = max(2, math.ceil(depth / self.cell_size - 1e-9))
-        self.n_perp = max(2, math.ceil(width / self.cell_size - 1e-9))
+        self.perp_multiple = _check("perp_multiple", perp_multiple, 1, 4096, integer=True)
+        n_perp = max(2, math.ceil(width / self.cell_size - 1e-9))
+        self.n_perp = self.perp_multiple * math.ceil(n_perp / self.perp_multiple)
         self.n_pix = max(1, round(self.side_rad / (self.pixel_arcmin * ARCMIN_RAD)))
 
     @property

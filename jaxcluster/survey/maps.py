@@ -60,6 +60,9 @@ __all__ = [
     "resample",
     "voxel_count_rates",
     "compton_y_columns",
+    "BoxColumns",
+    "box_columns",
+    "project_columns",
     "box_maps",
 ]
 
@@ -182,6 +185,81 @@ def compton_y_columns(
     return const * opz**2 * pe_dl * (cell_size / jnp.asarray(h).astype(dtype))
 
 
+class BoxColumns(eqx.Module):
+    """The line-of-sight columns of one box, per transverse cell (before resampling onto pixels).
+
+    Attributes:
+        count_rate: (n_⊥, n_⊥, n_band) count rate of each column [counts s⁻¹].
+        mass: (n_⊥, n_⊥) matter mass of each column [h⁻¹ M☉].
+        rho_over_rho_c: (n_⊥, n_⊥) line-of-sight mean of ρ_m/ρ_c(z).
+        y: (n_⊥, n_⊥) Compton-y of each column.
+    """
+
+    count_rate: Float[Array, "nx ny n_band"]
+    mass: Float[Array, "nx ny"]
+    rho_over_rho_c: Float[Array, "nx ny"]
+    y: Float[Array, "nx ny"]
+
+
+def box_columns(
+    pos: Float[Array, "n_ptcl 3"],
+    theta: ThetaSim,
+    z: Float[ArrayLike, ""],
+    depth: Float[ArrayLike, ""],
+    geometry: LightconeGeometry,
+    eldl: ExtendedLDL,
+    table: EmissivityTable,
+    cosmo: Cosmology,
+    mesh_ops=None,
+) -> BoxColumns:
+    """The projected columns of one box from its particles (arguments as `box_maps`).
+
+    `mesh_ops`: None (the whole box on this device) or, inside `shard_map`, one
+    device's `nbody.domain.SlabMesh`: the particles are then this device's
+    and the columns its x-slab (the line of sight, the mesh's last axis, is
+    never decomposed, so the projection needs no communication).
+    """
+    dtype = pos.dtype
+    shape, box = geometry.mesh_shape, geometry.box_size
+    cell = geometry.cell_size
+    z = jnp.asarray(z).astype(dtype)
+    w = los_weights(jnp.asarray(depth), geometry).astype(dtype)
+    # n̄_e = Ω_b ρ_c0 h² / (μ_e m_p) depends on Ω_b and h only, which θ_sim never varies
+    # (Cosmology.from_theta keeps the CAMELS values), so the fiducial value is exact here
+    # and a Python float under jit (evaluated eagerly).
+    with jax.ensure_compile_time_eval():
+        n_e_mean = mean_electron_density()
+    n_e_rel, T = eldl(pos, theta, z, box, shape, mesh_ops)
+    n_e = n_e_rel.astype(dtype) * jnp.asarray(n_e_mean, dtype)
+    T = T.astype(dtype)
+    cr_vox = voxel_count_rates(table, n_e, T, z, cell**3, cosmo)
+    cr_cols = jnp.sum(cr_vox * w[None, None, :, None], axis=2)  # (n⊥, n⊥, n_band)
+    y_cols = compton_y_columns(n_e, T, w, z, cell, cosmo.h)
+    one_plus_delta = paint_one_plus_delta(pos, box, shape, mesh_ops)
+    om = cosmo.Omega_m.astype(dtype)
+    column_density = jnp.sum(one_plus_delta * w[None, None, :], axis=-1)  # Σ_k w_k (1 + δ_k)
+    mass_cols = column_density * (om * RHO_CRIT0_MSUN_H2_MPC3 * cell**3)
+    a = 1.0 / (1.0 + z)
+    om_z = om * a**-3 / E(cosmo, a.astype(cosmo.Omega_m.dtype)).astype(dtype) ** 2
+    rho_cols = column_density / jnp.sum(w) * om_z
+    return BoxColumns(count_rate=cr_cols, mass=mass_cols, rho_over_rho_c=rho_cols, y=y_cols)
+
+
+def project_columns(columns: BoxColumns, chi: Float[ArrayLike, ""], geometry: LightconeGeometry) -> BoxMaps:
+    """Resample a box's columns onto the survey pixels at axial distance χ [h⁻¹ Mpc] (module docstring).
+
+    Works on columns laid out in x-slabs over devices too: the contraction over
+    the transverse cells becomes per-device partial sums and one reduction.
+    """
+    flux_w, mean_w = resampling_weights(chi, geometry, columns.mass.dtype)
+    return BoxMaps(
+        count_rate=resample(columns.count_rate, flux_w),
+        mass=resample(columns.mass, flux_w),
+        rho_over_rho_c=resample(columns.rho_over_rho_c, mean_w),
+        y=resample(columns.y, mean_w),
+    )
+
+
 def box_maps(
     pos: Float[Array, "n_ptcl 3"],
     theta: ThetaSim,
@@ -193,7 +271,7 @@ def box_maps(
     table: EmissivityTable,
     cosmo: Cosmology,
 ) -> BoxMaps:
-    """All maps of one box from its particles.
+    """All maps of one box from its particles: `box_columns`, then `project_columns`.
 
     Args:
         pos: (n_ptcl, 3) comoving particle positions [h⁻¹ Mpc] in the padded box (any periodic image).
@@ -209,33 +287,5 @@ def box_maps(
     Returns:
         `BoxMaps`.
     """
-    dtype = pos.dtype
-    shape, box = geometry.mesh_shape, geometry.box_size
-    cell = geometry.cell_size
-    z = jnp.asarray(z).astype(dtype)
-    w = los_weights(jnp.asarray(depth), geometry).astype(dtype)
-    # n̄_e = Ω_b ρ_c0 h² / (μ_e m_p) depends on Ω_b and h only, which θ_sim never varies
-    # (Cosmology.from_theta keeps the CAMELS values), so the fiducial value is exact here
-    # and a Python float under jit (evaluated eagerly).
-    with jax.ensure_compile_time_eval():
-        n_e_mean = mean_electron_density()
-    n_e_rel, T = eldl(pos, theta, z, box, shape)
-    n_e = n_e_rel.astype(dtype) * jnp.asarray(n_e_mean, dtype)
-    T = T.astype(dtype)
-    cr_vox = voxel_count_rates(table, n_e, T, z, cell**3, cosmo)
-    cr_cols = jnp.sum(cr_vox * w[None, None, :, None], axis=2)  # (n⊥, n⊥, n_band)
-    y_cols = compton_y_columns(n_e, T, w, z, cell, cosmo.h)
-    one_plus_delta = paint_one_plus_delta(pos, box, shape)
-    om = cosmo.Omega_m.astype(dtype)
-    column_density = jnp.sum(one_plus_delta * w[None, None, :], axis=-1)  # Σ_k w_k (1 + δ_k)
-    mass_cols = column_density * (om * RHO_CRIT0_MSUN_H2_MPC3 * cell**3)
-    a = 1.0 / (1.0 + z)
-    om_z = om * a**-3 / E(cosmo, a.astype(cosmo.Omega_m.dtype)).astype(dtype) ** 2
-    rho_cols = column_density / jnp.sum(w) * om_z
-    flux_w, mean_w = resampling_weights(chi, geometry, dtype)
-    return BoxMaps(
-        count_rate=resample(cr_cols, flux_w),
-        mass=resample(mass_cols, flux_w),
-        rho_over_rho_c=resample(rho_cols, mean_w),
-        y=resample(y_cols, mean_w),
-    )
+    columns = box_columns(pos, theta, z, depth, geometry, eldl, table, cosmo)
+    return project_columns(columns, chi, geometry)

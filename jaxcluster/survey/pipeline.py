@@ -41,7 +41,7 @@ from .lightcone import BoxLayout, LightconeGeometry, box_layout
 from .maps import BoxMaps, box_maps
 from .xod import hard_xod, soft_xod
 
-__all__ = ["SurveyConfig", "SurveyResult", "simulate_box", "box_particles", "box_fields", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey"]
+__all__ = ["SurveyConfig", "SurveyResult", "simulate_box", "box_particles", "box_fields", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey", "lightcone_to_z1"]
 
 
 class SurveyConfig(eqx.Module):
@@ -79,6 +79,8 @@ class SurveyConfig(eqx.Module):
             [dex], (0, 1], so its derivatives include the growth of the
             sources' isophotes (`survey.detect`, soft isophotes); None (default):
             the hard masks.
+        perp_multiple: transverse cells rounded up to a multiple of this
+            (`LightconeGeometry`; a box decomposed over P devices needs P).
 
     Raises:
         ValueError: a value outside its range; the message names the parameter and the range.
@@ -123,9 +125,10 @@ class SurveyConfig(eqx.Module):
         softness: SupportsFloat = 0.02,
         softness_z: SupportsFloat = 0.005,
         isophote_softness: SupportsFloat | None = None,
+        perp_multiple: SupportsInt = 1,
     ):
         self.geometry = LightconeGeometry(area_deg2, z_min, z_max, n_boxes, cell_size, pixel_arcmin,
-                                          omega_m_min, omega_m_max)
+                                          omega_m_min, omega_m_max, perp_multiple)
         self.detection = DetectionConfig(detector, threshold, min_area, deblend_nthresh, deblend_cont, max_sources)
         if z_edges is None:
             z_edges = np.linspace(self.geometry.z_min, self.geometry.z_max, 5)
@@ -153,6 +156,21 @@ def seed001_survey(**overrides) -> SurveyConfig:
     """Seed 001's survey: 200 deg² as 10 lightcones of 20 deg², z 0.1–0.5 in 12 boxes, 0.39 h⁻¹ Mpc, 1′ pixels."""
     kwargs = dict(area_deg2=20.0, n_lightcones=10, z_min=0.1, z_max=0.5, n_boxes=12, cell_size=0.39,
                   pixel_arcmin=1.0, cr_min=0.02) | overrides
+    return SurveyConfig(**kwargs)
+
+
+def lightcone_to_z1(devices: int = 8, **overrides) -> SurveyConfig:
+    """Seed 001's survey carried to z = 1 (it stopped at 0.5 because a box had to fit one GPU).
+
+    200 deg² as 10 lightcones of 20 deg², z 0.1–1 in 24 boxes (≈ 85–100 h⁻¹ Mpc deep, as seed 001's
+    boxes), 0.39 h⁻¹ Mpc cells, 1′ pixels, the CR cut at 0.02 counts s⁻¹, and the transverse cells a
+    multiple of `devices`, so each box decomposes over that many devices
+    (`jaxcluster.survey.decomposed`). The farthest box is 1376–1464 × n_⊥ × ~220 cells (Ω_m 0.5–0.1);
+    `benchmarks/results/scaling.json` projects its memory. On a laptop, override the resolution
+    (`cell_size=4, area_deg2=2, n_lightcones=1`).
+    """
+    kwargs = dict(area_deg2=20.0, n_lightcones=10, z_min=0.1, z_max=1.0, n_boxes=24, cell_size=0.39,
+                  pixel_arcmin=1.0, cr_min=0.02, perp_multiple=devices) | overrides
     return SurveyConfig(**kwargs)
 
 
