@@ -10,8 +10,11 @@ $2π r_c^2 e^{-2π r_c q}$ (q in cycles per unit length): so the unit-flux
 the point source. Templates are built on a grid `supersample` times finer
 than the pixels (the EPIC-pn PSF, ≈ 6″ FWHM on axis (Logan et al. 2018,
 A&A 620, A18, §1), is undersampled by 4″ pixels): the PSF is evaluated at
-the sub-pixel position of the source, multiplied by $e^{-2π r_c q}$ by FFT on
-a grid padded to twice the cutout, and binned back to pixels.
+the sub-pixel position of the source; the β-model is integrated exactly over
+the sub-pixels in real space (`SourceModel.beta_subpixels`) on a grid twice
+the cutout, convolved with the PSF by FFT there, and binned back to pixels.
+(Multiplying by $e^{-2π r_c q}$ on a periodic grid instead folds the r⁻³ wings
+back in: the templates of large r_c were a few per cent too bright.)
 
 **Likelihoods.** With the Cash (1979, ApJ 228, 939) statistic
 $C = 2\sum_i (m_i - n_i \ln m_i)$ of the counts $n_i$ and model $m_i$ in a
@@ -34,16 +37,33 @@ published class cuts (`classes.py`) applied to these numbers are "XXL-like".
 
 **Photometry.** In each band, counts N and background B are summed in a
 circular aperture of radius R = clip(`aperture_factor` × r_c, `aperture_min`,
-`aperture_max`) around the fitted position. The expected source counts in it
-are CR × D with $D = \sum_{\rm ap} T_i E_i$ (T the best-fitting unit-flux
-template, E the band's vignetted exposure [s]), which corrects for both the
-aperture and the vignetting:
+`aperture_max`) around the fitted position (R = `aperture_min` when the point
+model fits best). The expected source counts in it are CR × D with
+$D = \sum_{\rm ap} T_i E_i$ (T the best-fitting unit-flux template at the
+refined extent, E the band's vignetted exposure [s]), which corrects for the
+aperture — also a capped one — for the masked pixels and for the vignetting.
+CR estimates the **total** count rate of the (β-model ⊗ PSF) source, the
+quantity injected:
 
-$$ \mathrm{CR} = \frac{N - B}{D}, \qquad σ_{\rm CR} = \frac{\sqrt{\max(N,1) + σ_B^2}}{D}, $$
+$$ \mathrm{CR} = \frac{N - B}{D}, \qquad
+   σ_{\rm CR}^2 = \frac{\max(N,1) + σ_B^2}{D^2}
+   + \Big(\mathrm{CR}\,\frac{∂\ln D}{∂\ln r_c}\,σ_{\ln r_c}\Big)^2, $$
 
 σ_B² = B² × (relative variance of the background estimate), 0 for a
-background model. HR = CR[1–2]/CR[0.5–1] and its error propagate these
+background model; the last term is the aperture correction's uncertainty
+through the extent (σ_ln r_c from the curvature of C(ln r_c), ΔC = 1; ∂D/∂ ln r_c
+from the template's derivative): it dominates when the aperture holds a small
+part of a large cluster. HR = CR[1–2]/CR[0.5–1] and its error propagate these
 ($σ_{\rm HR}/{\rm HR} = \sqrt{(σ_1/\mathrm{CR}_1)^2 + (σ_0/\mathrm{CR}_0)^2}$).
+
+**Neighbours.** Other detections (their segments' centroids) are masked from
+both the fit and the photometry of a source: a disk of `mask_radius_arcsec`
+(24″ by default, ≈ 75 % of a point source's light for the pn King PSF) or half
+the separation, whichever is smaller, so a source's own centre is never
+masked. Masked pixels are left out of the Cash sums and of D alike, so the
+correction stays exact for the source itself; a cluster's own fragments
+(deblended pieces) only cost signal-to-noise. Undetected AGN remain, as in a
+real survey, part of the background (on average) and of the scatter.
 """
 
 from __future__ import annotations
@@ -87,6 +107,11 @@ class SourceModel(eqx.Module):
         pixel_arcsec: pixel side [arcsec], > 0.
         cutout: cutout side [pixels], even, ≥ 8.
         supersample: sub-pixels per pixel side for the templates, in [1, 8].
+        psf_box_arcsec: (a, b) half-sides [arcsec] of the rectangle |Δrow| ≤ a, |Δcol| ≤ b over
+            which the PSF is normalised to 1 (None: the whole plane). `observe` normalises its
+            King kernel on its FFT grid, twice the image: pass (n × pixel, m × pixel) of the
+            observed (n, m) image so the templates carry the same flux near the source (the
+            King wings, α ≈ 1.5, hold ≈ 2.5 % of the light beyond 256″).
 
     Raises:
         ValueError: a value outside its range (named).
@@ -97,9 +122,10 @@ class SourceModel(eqx.Module):
     cutout: int = eqx.field(static=True)
     supersample: int = eqx.field(static=True)
     psf_norm: float = eqx.field(static=True)
+    psf_box_arcsec: tuple[float, float] | None = eqx.field(static=True)
 
     def __init__(self, psf: Callable, pixel_arcsec: SupportsFloat, cutout: SupportsInt = 48,
-                 supersample: SupportsInt = 2):
+                 supersample: SupportsInt = 2, psf_box_arcsec: tuple[SupportsFloat, SupportsFloat] | None = None):
         if not callable(psf):
             raise ValueError(f"psf = {psf!r} must be a callable r [arcsec] -> surface brightness")
         self.pixel_arcsec = float(_check_positive("pixel_arcsec", pixel_arcsec))
@@ -109,12 +135,27 @@ class SourceModel(eqx.Module):
         self.cutout = int(cutout)
         self.supersample = int(_check_positive("supersample", supersample, integer=True, low=1, high=8))
         self.psf = psf
-        # ∫ PSF 2π r dr [arcsec²] on a fine radial grid out to 50 cutouts (the unit-flux normalisation)
-        r = np.linspace(0.0, 50.0 * self.cutout * self.pixel_arcsec, 400_001)
+        if psf_box_arcsec is None:
+            self.psf_box_arcsec = None
+            r_max = 50.0 * self.cutout * self.pixel_arcsec
+        else:
+            box = tuple(float(_check_positive("psf_box_arcsec", v)) for v in psf_box_arcsec)
+            if len(box) != 2:
+                raise ValueError(f"psf_box_arcsec = {psf_box_arcsec!r} must be two half-sides [arcsec]")
+            self.psf_box_arcsec = box
+            r_max = math.hypot(*box)
+        # ∫ PSF 2π r φ(r) dr [arcsec²] on a fine radial grid (the unit-flux normalisation), φ(r) the fraction of
+        # the circle of radius r inside the normalisation rectangle (1 for the whole plane, out to 50 cutouts)
+        r = np.linspace(0.0, r_max, 400_001)
         f = np.asarray(psf(jnp.asarray(r)), dtype=np.float64)
         if not np.all(np.isfinite(f)) or np.any(f < 0) or not f[0] > 0:
             raise ValueError("psf must be finite, >= 0 and > 0 at r = 0")
-        self.psf_norm = float(np.trapezoid(2.0 * np.pi * r * f, r))
+        frac = np.ones_like(r)
+        if self.psf_box_arcsec is not None:
+            a, b = self.psf_box_arcsec
+            rs = np.maximum(r, 1e-300)
+            frac = np.clip(np.arcsin(np.minimum(b / rs, 1.0)) - np.arccos(np.minimum(a / rs, 1.0)), 0.0, None) / (0.5 * np.pi)
+        self.psf_norm = float(np.trapezoid(2.0 * np.pi * r * f * frac, r))
 
     @property
     def sub_arcsec(self) -> float:
@@ -138,21 +179,53 @@ class SourceModel(eqx.Module):
         s, c = self.supersample, self.cutout
         return sub.reshape(c, s, c, s).sum(axis=(1, 3))
 
-    def beta_transfer(self, core_radius_arcsec: Float[Array, " k"]) -> Float[Array, "k L L"]:
-        """$e^{-2π r_c q}$ on the padded (2 × cutout) sub-pixel FFT grid: the unit-flux β = 2/3 kernel."""
+    def beta_subpixels(self, centre: Float[Array, " 2"], core_radii_arcsec: Float[Array, " k"]) -> Float[Array, "k L L"]:
+        r"""Unit-flux β = 2/3 models integrated exactly over the sub-pixels of a grid twice the cutout.
+
+        The grid spans cutout pixels [−c/2, 3c/2) on each axis (the cutout in its middle), the
+        model centred at `centre` (cutout pixels). With $S = \frac{r_c}{2π}(r_c^2 + r^2)^{-3/2}$, the
+        flux in a rectangle follows from the corners of
+        $G(x, y) = \frac{1}{2π}\arctan\frac{xy}{r_c\sqrt{r_c^2 + x^2 + y^2}}$ (the solid angle of a
+        rectangle seen from height r_c): exact for any r_c > 0, and nothing wraps around.
+        """
+        s, c = self.supersample, self.cutout
+        L = 2 * c * s
+        edges = (jnp.arange(L + 1, dtype=centre.dtype) / s - 0.5 - c / 2.0)  # sub-pixel edges [cutout pixels]
+        x = (edges - centre[0]) * self.pixel_arcsec
+        y = (edges - centre[1]) * self.pixel_arcsec
+
+        def one(rc):
+            rc = jnp.maximum(rc, 1e-3)
+            g = jnp.arctan(x[:, None] * y[None, :] / (rc * jnp.sqrt(rc**2 + x[:, None] ** 2 + y[None, :] ** 2)))
+            g = g / (2.0 * math.pi)
+            return g[1:, 1:] - g[:-1, 1:] - g[1:, :-1] + g[:-1, :-1]
+
+        return jax.vmap(one)(core_radii_arcsec)
+
+    def psf_wrapped(self, dtype=jnp.float64) -> Float[Array, "L L"]:
+        """Unit-flux PSF sampled at sub-pixel offsets on the (2c·s)² grid, origin at [0, 0], wrapped offsets."""
         L = 2 * self.cutout * self.supersample
-        q = np.fft.fftfreq(L, d=self.sub_arcsec)  # cycles / arcsec
-        qq = jnp.asarray(np.sqrt(q[:, None] ** 2 + q[None, :] ** 2), dtype=core_radius_arcsec.dtype)
-        return jnp.exp(-2.0 * math.pi * core_radius_arcsec[:, None, None] * qq[None])
+        d = np.fft.fftfreq(L, 1.0 / L) * self.sub_arcsec
+        r = jnp.asarray(np.sqrt(d[:, None] ** 2 + d[None, :] ** 2), dtype)
+        return self.psf(r) * (self.sub_arcsec**2 / self.psf_norm)
 
     def templates(self, centre: Float[Array, " 2"], core_radii_arcsec: Float[Array, " k"]) -> Float[Array, "k c c"]:
-        """Unit-flux (β = 2/3) ⊗ PSF templates of the cutout for each core radius (0: the PSF itself)."""
-        cs = self.cutout * self.supersample
-        sub = jnp.pad(self.point_subpixels(centre), ((0, cs), (0, cs)))
-        ft = jnp.fft.rfft2(sub)
-        transfer = self.beta_transfer(core_radii_arcsec)[..., : ft.shape[-1]]
-        img = jnp.fft.irfft2(ft[None] * transfer.astype(ft.dtype), s=sub.shape)[:, :cs, :cs]
-        img = jnp.maximum(img, 0.0)  # FFT round-off below zero
+        """Unit-flux (β = 2/3) ⊗ PSF templates of the cutout for each core radius (0: the PSF itself).
+
+        The β-models are integrated over sub-pixels in real space (`beta_subpixels`) on a grid
+        twice the cutout, convolved with the PSF by FFT on that grid, and the cutout is cropped
+        from its middle: the template holds the light scattered into the cutout from up to c/2
+        pixels outside it. (A β kernel $e^{-2π r_c q}$ on a periodic grid would fold the
+        r⁻³ wings back into the cutout: ≈ 6 % too much light at r_c = 40″ in a 192″ cutout.)
+        """
+        s, c = self.supersample, self.cutout
+        cs = c * s
+        beta = self.beta_subpixels(centre, core_radii_arcsec)
+        ft = jnp.fft.rfft2(beta) * jnp.fft.rfft2(self.psf_wrapped(centre.dtype))[None]
+        ext = jnp.fft.irfft2(ft, s=beta.shape[-2:])[:, cs // 2: cs // 2 + cs, cs // 2: cs // 2 + cs]
+        ext = jnp.maximum(ext, 0.0)  # FFT round-off below zero
+        point = self.point_subpixels(centre)
+        img = jnp.where((core_radii_arcsec > 0)[:, None, None], ext, point[None])
         return jax.vmap(self.bin)(img)
 
 
@@ -166,6 +239,10 @@ class FitSettings(eqx.Module):
         aperture_factor: aperture radius in units of the fitted core radius.
         aperture_min_arcsec: smallest aperture radius [arcsec].
         aperture_max_arcsec: largest aperture radius [arcsec] (None: cutout/2 − 2 pixels).
+        mask_radius_arcsec: radius [arcsec] of the disk masked around every *other* detection
+            (its segment centroid) in the fit and the photometry of a source; the disk is shrunk
+            to half the separation so that a source's own centre is never masked; 0: no masking.
+        max_extent_ln_err: cap on the 1σ error of ln r_c (a flat C(r_c) profile).
     """
 
     core_radii_arcsec: tuple[float, ...] = eqx.field(static=True)
@@ -174,10 +251,13 @@ class FitSettings(eqx.Module):
     aperture_factor: float = eqx.field(static=True)
     aperture_min_arcsec: float = eqx.field(static=True)
     aperture_max_arcsec: float | None = eqx.field(static=True)
+    mask_radius_arcsec: float = eqx.field(static=True)
+    max_extent_ln_err: float = eqx.field(static=True)
 
     def __init__(self, core_radii_arcsec=None, n_point_steps: SupportsInt = 12, n_amplitude_steps: SupportsInt = 12,
                  aperture_factor: SupportsFloat = 4.0, aperture_min_arcsec: SupportsFloat = 30.0,
-                 aperture_max_arcsec: SupportsFloat | None = None):
+                 aperture_max_arcsec: SupportsFloat | None = None, mask_radius_arcsec: SupportsFloat = 24.0,
+                 max_extent_ln_err: SupportsFloat = 1.0):
         if core_radii_arcsec is None:
             # log-spaced, 12 % apart: the parabola refines between nodes; 2″–80″ spans XXL's C1 extents
             core_radii_arcsec = np.geomspace(2.0, 80.0, 33)
@@ -191,6 +271,10 @@ class FitSettings(eqx.Module):
         self.aperture_min_arcsec = float(_check_positive("aperture_min_arcsec", aperture_min_arcsec))
         self.aperture_max_arcsec = None if aperture_max_arcsec is None else float(
             _check_positive("aperture_max_arcsec", aperture_max_arcsec))
+        from ..params import check_scalar
+
+        self.mask_radius_arcsec = float(check_scalar("mask_radius_arcsec", mask_radius_arcsec, 0.0, 1e5))
+        self.max_extent_ln_err = float(_check_positive("max_extent_ln_err", max_extent_ln_err))
 
 
 def cash(counts: Float[Array, "*p"], model: Float[Array, "*p"]) -> Float[Array, ""]:
@@ -226,7 +310,13 @@ class SourceFit(eqx.Module):
         c_background, c_point, c_extended: Cash statistics of the three models.
         det_lh: detection likelihood (ν = 3), best model vs background.
         ext_lh: extension likelihood (ν = 1), extended vs point.
-        template: (c, c) unit-flux template of the best model (point if C_point ≤ C_ext).
+        template: (c, c) unit-flux template of the best model (point if C_point ≤ C_ext; the
+            extended template is interpolated in ln r_c to the refined extent).
+        template_dlnrc: (c, c) ∂template/∂ ln r_c at the extent (0 for the point template).
+        extent_ln_err: 1σ error of ln(extent) (Fisher matrix of (A, ln r_c) at the best fit,
+            position held), capped at `FitSettings.max_extent_ln_err`; 0 for the point template.
+        extent_influence: (c, c) h_i = ∂ ln r̂_c/∂n_i, the fitted extent's response to the counts of
+            each pixel (linearised ML), so that Cov(ln r̂_c, Σ_i a_i n_i) = Σ_i a_i h_i μ_i.
     """
 
     centre: Float[Array, "*s 2"]
@@ -238,6 +328,9 @@ class SourceFit(eqx.Module):
     det_lh: Float[Array, "*s"]
     ext_lh: Float[Array, "*s"]
     template: Float[Array, "*s c c"]
+    template_dlnrc: Float[Array, "*s c c"]
+    extent_ln_err: Float[Array, "*s"]
+    extent_influence: Float[Array, "*s c c"]
 
 
 def _amplitude_newton(n, b, te, a0, steps):
@@ -327,9 +420,32 @@ def fit_source(
     c_best = jnp.minimum(c_point, c_ext)
     det_lh = likelihood_from_delta_cash(c_bkg - c_best, 3)
     ext_lh = likelihood_from_delta_cash(c_point - c_ext, 1)
-    kbest = jnp.argmin(c_all)
-    return SourceFit(centre=centre, amplitude=amps[kbest], extent=extent, c_background=c_bkg, c_point=c_point,
-                     c_extended=c_ext, det_lh=det_lh, ext_lh=ext_lh, template=T[kbest])
+    # the extended template at the refined extent, linear in ln r_c between the nodes (T[1:] is the grid)
+    t_ext = T[1:]
+    du = jnp.maximum(u[kp] - u[km], 1e-12)
+    slope = (t_ext[kp] - t_ext[km]) / du
+    t_at = jnp.maximum(t_ext[k] + shift * slope, 0.0)
+    point_best = c_point <= c_ext
+    template = jnp.where(point_best, T[0], t_at)
+    template_dlnrc = jnp.where(point_best, 0.0, slope)
+    amp = jnp.where(point_best, amps[0], amps[1 + k])
+    # Fisher matrix of (A, u = ln r_c) for m = A T(u) e + b; the linearised ML response of û to the counts,
+    # h_i = [F⁻¹ (∂m_i/∂θ)]_u / m_i, gives σ_u² = Σ h_i² m_i and the covariance of û with aperture counts.
+    g_a = t_at * relative_exposure
+    g_u = amp * slope * relative_exposure
+    m_fit = amp * g_a + background
+    w = jnp.where(m_fit > 0, 1.0 / jnp.where(m_fit > 0, m_fit, 1.0), 0.0)
+    f_aa, f_au, f_uu = jnp.sum(g_a * g_a * w), jnp.sum(g_a * g_u * w), jnp.sum(g_u * g_u * w)
+    det = f_aa * f_uu - f_au**2
+    det = jnp.where(det > 1e-12 * (f_aa * f_uu + 1e-300), det, jnp.inf)
+    h_map = (f_aa * g_u - f_au * g_a) / det * w  # row u of F⁻¹ times the gradient, over m
+    sig_u = jnp.sqrt(jnp.sum(h_map**2 * m_fit))
+    scale = jnp.where(sig_u > settings.max_extent_ln_err, settings.max_extent_ln_err / jnp.maximum(sig_u, 1e-300), 1.0)
+    h_map = jnp.where(point_best, 0.0, h_map * scale)
+    sig_u = jnp.where(point_best, 0.0, jnp.minimum(sig_u, settings.max_extent_ln_err))
+    return SourceFit(centre=centre, amplitude=amp, extent=extent, c_background=c_bkg, c_point=c_point,
+                     c_extended=c_ext, det_lh=det_lh, ext_lh=ext_lh, template=template, template_dlnrc=template_dlnrc,
+                     extent_ln_err=sig_u, extent_influence=h_map)
 
 
 class MeasuredCatalogue(eqx.Module):
@@ -341,12 +457,14 @@ class MeasuredCatalogue(eqx.Module):
         ext_lh: (s,) extension likelihood.
         extent: (s,) fitted β-model core radius [arcsec].
         count_rate: (s, n_band) vignetting- and aperture-corrected count rates [counts s⁻¹].
-        count_rate_err: (s, n_band) their 1σ Poisson errors [counts s⁻¹].
+        count_rate_err: (s, n_band) their 1σ errors [counts s⁻¹] (Poisson, background estimate, extent).
         net_counts: (s, n_band) background-subtracted counts in the aperture.
         background_counts: (s, n_band) background counts in the aperture.
         aperture_arcsec: (s,) aperture radius [arcsec].
         source_class: (s,) 1: C1, 2: C2, 0: neither (point-like or insignificant); `classes.classify`.
         valid: (s,) whether the slot holds a detection.
+        total_err: (s,) 1σ error of the band-summed CR [counts s⁻¹] with the bands' correlated
+            extent terms (None: the bands' errors in quadrature).
     """
 
     position: Float[Array, "s 2"]
@@ -360,6 +478,7 @@ class MeasuredCatalogue(eqx.Module):
     aperture_arcsec: Float[Array, " s"]
     source_class: Int[Array, " s"]
     valid: Bool[Array, " s"]
+    total_err: Float[Array, " s"] | None = None
 
     @property
     def count_rate_total(self) -> Float[Array, " s"]:
@@ -368,7 +487,10 @@ class MeasuredCatalogue(eqx.Module):
 
     @property
     def count_rate_total_err(self) -> Float[Array, " s"]:
-        """1σ error of `count_rate_total` [counts s⁻¹] (the bands' counts are independent)."""
+        """1σ error of `count_rate_total` [counts s⁻¹]: `total_err` when measured (the bands' extent terms are
+        fully correlated), else the bands' errors in quadrature."""
+        if self.total_err is not None:
+            return self.total_err
         return jnp.sqrt(jnp.sum(self.count_rate_err**2, axis=-1))
 
     @property
@@ -485,30 +607,51 @@ def measure_catalogue(
     ap_max = settings.aperture_max_arcsec or (half - 2) * model.pixel_arcsec
     yy = jnp.arange(c, dtype=dtype)
 
-    def one(cen):
+    slot = jnp.arange(max_sources)
+    r_mask = settings.mask_radius_arcsec / model.pixel_arcsec  # [pixels]
+
+    def one(i, cen):
         corner = jnp.round(cen).astype(jnp.int32) - half  # cutout origin in image pixels
         zero_i = jnp.zeros((), jnp.int32)
         cut = jax.lax.dynamic_slice(stack, (zero_i, zero_i, corner[0] + c, corner[1] + c), (4, n_band, c, c))
         cn, cb, ce, cv = cut[0], cut[1], cut[2], cut[3]
+        # the other detections' disks, shrunk to half their separation from this one (never its own centre)
+        others = centroid - corner.astype(dtype)[None, :]  # (s, 2) [cutout pixels]
+        sep = jnp.hypot(*(centroid - cen[None, :]).T)
+        rad = jnp.where(valid & (slot != i), jnp.minimum(r_mask, 0.5 * sep), -1.0)
+        d2o = (yy[None, :, None] - others[:, 0, None, None]) ** 2 + (yy[None, None, :] - others[:, 1, None, None]) ** 2
+        keep = (~jnp.any(d2o <= rad[:, None, None] ** 2, axis=0)).astype(dtype)  # (c, c)
         es = ce.sum(0)
         e_ref = jnp.maximum(es[half, half], 1e-30)
         start = cen - corner.astype(dtype)
-        fit = fit_source(model, settings, cn.sum(0), cb.sum(0), es / e_ref, start)
+        fit = fit_source(model, settings, cn.sum(0) * keep, cb.sum(0) * keep, es / e_ref * keep, start)
         radius_pix = jnp.clip(settings.aperture_factor * fit.extent, settings.aperture_min_arcsec, ap_max) / model.pixel_arcsec
+        radius_pix = jnp.where(fit.c_point <= fit.c_extended, settings.aperture_min_arcsec / model.pixel_arcsec,
+                               radius_pix)
         d2 = (yy[:, None] - fit.centre[0]) ** 2 + (yy[None, :] - fit.centre[1]) ** 2
-        ap = (d2 <= radius_pix**2).astype(dtype)
+        ap = (d2 <= radius_pix**2).astype(dtype) * keep
         N = jnp.sum(cn * ap[None], axis=(1, 2))
         B = jnp.sum(cb * ap[None], axis=(1, 2))
         # the background estimate's error is correlated over the aperture (one box value): σ_B = Σ b √v
         var_b = jnp.sum(cb * jnp.sqrt(cv) * ap[None], axis=(1, 2)) ** 2
         D = jnp.sum(fit.template[None] * ce * ap[None], axis=(1, 2))
+        dD = jnp.sum(fit.template_dlnrc[None] * ce * ap[None], axis=(1, 2))  # ∂D/∂ ln r_c
         Dp = jnp.where(D > 0, D, 1.0)
         cr = jnp.where(D > 0, (N - B) / Dp, 0.0)
-        err = jnp.where(D > 0, jnp.sqrt(jnp.maximum(N, 1.0) + var_b) / Dp, jnp.inf)
+        # δCR_b = δN_b/D_b − CR_b s_b δû (s_b = ∂ln D_b/∂ln r_c), δû = Σ_i h_i δn_i (both bands): Poisson and
+        # background terms, the extent's, and their covariance Cov(N_b, û) = Σ_ap h_i μ_b,i (μ ≈ n)
+        k_b = cr * dD / Dp  # CR_b s_b
+        cov_nu = jnp.sum(ap[None] * fit.extent_influence[None] * cn, axis=(1, 2))
+        var_ap = (jnp.maximum(N, 1.0) + var_b) / Dp**2
+        var = var_ap + (k_b * fit.extent_ln_err) ** 2 - 2.0 * k_b * cov_nu / Dp
+        err = jnp.where(D > 0, jnp.sqrt(jnp.maximum(var, var_ap)), jnp.inf)
+        k_t = jnp.sum(k_b)
+        var_t = jnp.sum(var_ap) + (k_t * fit.extent_ln_err) ** 2 - 2.0 * k_t * jnp.sum(cov_nu / Dp)
+        err_t = jnp.where(jnp.all(D > 0), jnp.sqrt(jnp.maximum(var_t, jnp.sum(var_ap))), jnp.inf)
         pos = fit.centre + corner.astype(dtype)
-        return pos, fit, cr, err, N - B, B, radius_pix * model.pixel_arcsec
+        return pos, fit, cr, err, err_t, N - B, B, radius_pix * model.pixel_arcsec
 
-    pos, fit, cr, err, net, bkg, ap_arcsec = jax.vmap(one)(centroid)
+    pos, fit, cr, err, err_t, net, bkg, ap_arcsec = jax.vmap(one)(slot, centroid)
     cls = classify(fit.extent, fit.ext_lh, fit.det_lh, cuts)
     zero = jnp.zeros((), dtype)
     return MeasuredCatalogue(
@@ -516,4 +659,5 @@ def measure_catalogue(
         ext_lh=jnp.where(valid, fit.ext_lh, zero), extent=jnp.where(valid, fit.extent, zero),
         count_rate=jnp.where(valid[:, None], cr, zero), count_rate_err=jnp.where(valid[:, None], err, jnp.inf),
         net_counts=jnp.where(valid[:, None], net, zero), background_counts=jnp.where(valid[:, None], bkg, zero),
-        aperture_arcsec=jnp.where(valid, ap_arcsec, zero), source_class=jnp.where(valid, cls, 0), valid=valid)
+        aperture_arcsec=jnp.where(valid, ap_arcsec, zero), source_class=jnp.where(valid, cls, 0), valid=valid,
+        total_err=jnp.where(valid, err_t, jnp.inf))

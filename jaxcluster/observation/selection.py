@@ -257,7 +257,8 @@ def inject_and_recover(
         raise ValueError(f"count_rate = {count_rate}: must be > 0")
     config = ObservationConfig() if config is None else config
     detection = DetectionSettings(max_sources=8) if detection is None else detection
-    source_model = default_source_model(pixel_arcsec) if source_model is None else source_model
+    if source_model is None:
+        source_model = default_source_model(pixel_arcsec, psf_box_arcsec=(shape[0] * pixel_arcsec, shape[1] * pixel_arcsec))
     run = _chain(shape, pixel_arcsec, config, detection, fit, source_model)
     k_off, k_obs = jax.random.split(key)
     offset = jax.random.uniform(k_off, (2,), minval=-0.5, maxval=0.5)
@@ -284,16 +285,23 @@ def inject_and_recover(
 
 
 @functools.lru_cache(maxsize=8)
-def default_source_model(pixel_arcsec: float, cutout: int = 48, supersample: int = 3):
-    """`SourceModel` with the on-axis pn King PSF at the count-weighted mean energy of [0.5–2] keV."""
+def default_source_model(pixel_arcsec: float, cutout: int = 48, supersample: int = 3,
+                         psf_box_arcsec: tuple[float, float] | None = None):
+    """`SourceModel` with the pn King PSF of `observe`'s innermost off-axis zone (θ = 2.5′, the PSF it
+    applies to an on-axis injection, `psf.PSF_ZONE_THETA_ARCMIN`) at the count-weighted mean energy of [0.5–2] keV.
+
+    `psf_box_arcsec`: the PSF's normalisation rectangle (`SourceModel`); for an (n, m) image of
+    `observe`, (n × pixel, m × pixel) matches its kernel's normalisation.
+    """
     from ..xray.emissivity import default_band_response
     from .measure import SourceModel
     from .photons import band_mean_energy_keV
-    from .psf import king_parameters, king_profile
+    from .psf import PSF_ZONE_THETA_ARCMIN, king_parameters, king_profile
 
     e = float(jnp.mean(band_mean_energy_keV(default_band_response())))
-    rc, alpha = (float(v) for v in king_parameters(e, 0.0))
-    return SourceModel(lambda r: king_profile(r, rc, alpha), pixel_arcsec, cutout=cutout, supersample=supersample)
+    rc, alpha = (float(v) for v in king_parameters(e, PSF_ZONE_THETA_ARCMIN[0]))
+    return SourceModel(lambda r: king_profile(r, rc, alpha), pixel_arcsec, cutout=cutout, supersample=supersample,
+                       psf_box_arcsec=psf_box_arcsec)
 
 
 _CHAINS: dict = {}
@@ -376,7 +384,7 @@ def build_selection_table(
     config = ObservationConfig() if config is None else config
     detection = DetectionSettings(max_sources=8) if detection is None else detection
     fit = FitSettings() if fit is None else fit
-    model = default_source_model(pixel_arcsec)
+    model = default_source_model(pixel_arcsec, psf_box_arcsec=(shape[0] * pixel_arcsec, shape[1] * pixel_arcsec))
     crs, rcs, zs, pcs = grids["cr_grid"], grids["core_radius_grid"], grids["z_grid"], grids["point_cr_grid"]
     shp = (crs.size, rcs.size, zs.size)
     trials, det, c1 = np.zeros(shp), np.zeros(shp), np.zeros(shp)
