@@ -60,7 +60,7 @@ cr_cut the lowest CR edge and σ_CR = 0, ``"xxl_c1"`` reproduces ``"cut"`` to
 quadrature accuracy (tests/analytic/test_selection_option.py). The Gauss–Legendre
 nodes must resolve both the true-CR Gaussian (σ_lnL/ln 10 ≈ 0.2 dex at the
 fiducial) and the table's logistics (widths down to 0.03 dex) inside each bin:
-the default 16 nodes per bin agree with 48 to < 10⁻⁴ on the default binning.
+the default 16 nodes per bin agree with 48 to < 10⁻⁸ on the default binning.
 Outside the table's (r_c, z) grid the fitted logistic is held at its edge
 (`selection_probability`), e.g. at z < 0.2 or r_c > 80″ for the shipped table.
 
