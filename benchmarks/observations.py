@@ -101,15 +101,17 @@ def _cost(area: float, seed: int) -> dict:
 
 
 def _pull(trials: int, seed: int, cr: float = 0.03, rc: float = 20.0, z: float = 0.3) -> dict:
-    from jaxcluster.observation.field import FIELD_CORE_RADII_ARCSEC, FieldSettings, field_source_model
+    from jaxcluster.observation.field import FIELD_CORE_RADII_ARCSEC, FieldSettings
     from jaxcluster.observation.measure import FitSettings
-    from jaxcluster.observation.selection import cluster_band_fractions, inject_and_recover
-    from jaxcluster.xray.emissivity import default_band_response
+    from jaxcluster.observation.selection import cluster_band_fractions, default_source_model, inject_and_recover
 
     frac = cluster_band_fractions(z)
     out = {}
+    fs = FieldSettings(pixel_arcsec=4.0)
+    # the survey chain's templates (2 sub-pixels, its cutout), PSF normalised as observe's kernel on the 64² field
     cheap = dict(fit=FitSettings(core_radii_arcsec=FIELD_CORE_RADII_ARCSEC),
-                 source_model=field_source_model(FieldSettings(pixel_arcsec=4.0), default_band_response()))
+                 source_model=default_source_model(4.0, cutout=fs.cutout_pixels, supersample=fs.supersample,
+                                                   psf_box_arcsec=(256.0, 256.0)))
     for name, extra in (("selection_settings", {}), ("survey_chain_settings", cheap)):
         pulls, detected, hr_pulls = [], 0, []
         t0 = time.perf_counter()

@@ -46,7 +46,7 @@ def lognlogs(fields: int, side_arcmin: float, seed: int) -> dict:
     stage1 = eqx.filter_jit(lambda k, c: observe_and_detect(k, c, map_pix, config, settings, response))
     stage2 = eqx.filter_jit(lambda p, d, c: measure_chunk(p, d, settings, response, c))
     zero = jnp.zeros((n, n, 2))
-    s_in, s_det, s_matched_in = [], [], []
+    s_in, s_det, s_matched_in, s_ratio, s_ratio_in = [], [], [], [], []
     for f in range(fields):
         obs, padded, det, _ = stage1(jax.random.fold_in(jax.random.key(seed), f), zero)
         n_det = int(jnp.max(det.segmentation))
@@ -64,7 +64,10 @@ def lognlogs(fields: int, side_arcmin: float, seed: int) -> dict:
         for k in range(pos.shape[0]):
             cand = np.nonzero(near[k])[0]
             if cand.size:
-                matched[cand[np.argmax(a_flux[cand])]] = True
+                best = cand[np.argmax(a_flux[cand])]
+                matched[best] = True
+                s_ratio.append(np.asarray([flux[k] / a_flux[best]]))
+                s_ratio_in.append(np.asarray([a_flux[best]]))
         s_in.append(a_flux)
         s_matched_in.append(a_flux[matched])
         s_det.append(flux)
@@ -82,10 +85,20 @@ def lognlogs(fields: int, side_arcmin: float, seed: int) -> dict:
     total_area = fields * area
     n_gt_in = np.array([np.sum(s_in > s) for s in grid]) / total_area
     n_gt_det = np.array([np.sum(s_det > s) for s in grid]) / total_area
+    # the same detections counted by the *input* flux of their matched AGN (no flux boosting), and the measured /
+    # input flux of the matched detections above S90 (Eddington bias / flux boosting of a steep N(>S))
+    n_gt_matched_in = np.array([np.sum(s_m > s) for s in grid]) / total_area
+    ratio_m = np.concatenate(s_ratio) if s_ratio else np.zeros(0)
+    above = np.concatenate(s_ratio_in) > s90 if s_ratio_in else np.zeros(0, bool)
     return dict(fields=fields, area_deg2_total=total_area, ecf_cts_per_cgs=ecf, n_input=int(s_in.size),
                 n_detected=int(s_det.size), n_matched=int(s_m.size), flux_bin_centres=centres, completeness=comp,
                 s90_cgs=s90, s_grid=grid, n_gt_input_deg2=n_gt_in, n_gt_detected_deg2=n_gt_det,
-                ratio_detected_over_input=n_gt_det / np.maximum(n_gt_in, 1e-30))
+                ratio_detected_over_input=n_gt_det / np.maximum(n_gt_in, 1e-30),
+                n_gt_matched_by_input_flux_deg2=n_gt_matched_in,
+                ratio_matched_input_flux_over_input=n_gt_matched_in / np.maximum(n_gt_in, 1e-30),
+                matched_above_s90=int(above.sum()),
+                median_measured_over_input_flux_above_s90=float(np.median(ratio_m[above])) if above.any() else None,
+                mean_measured_over_input_flux_above_s90=float(np.mean(ratio_m[above])) if above.any() else None)
 
 
 def figures(res: dict, bench: dict | None) -> None:
@@ -105,6 +118,8 @@ def figures(res: dict, bench: dict | None) -> None:
     ax = axes[1]
     ax.loglog(res["s_grid"], res["n_gt_input_deg2"], "k-", label="input (drawn AGN)")
     ax.loglog(res["s_grid"], res["n_gt_detected_deg2"], "o", color="#0072B2", label="detected, measured flux")
+    ax.loglog(res["s_grid"], res["n_gt_matched_by_input_flux_deg2"], "s", mfc="none", color="#D55E00",
+              label="matched, input flux")
     ax.set(xlabel="S [erg s$^{-1}$ cm$^{-2}$]", ylabel="N(>S) [deg$^{-2}$]", title="logN–logS above S$_{90}$")
     ax.legend(fontsize=8)
     ax = axes[2]
