@@ -23,6 +23,7 @@ from jaxcluster.survey.maps import box_maps
 from jaxcluster.survey.pipeline import box_keys, box_particles, lightcone_to_z1
 from jaxcluster.xray.emissivity import default_emissivity_table
 
+from .nbody.distributed_worker import clump_particles
 from .nbody.test_sharding import _assert_close, _engine_annotation_workaround, _engine_promotion  # noqa: F401
 
 pytestmark = pytest.mark.skipif(len(jax.devices()) < 2, reason="needs 2 devices")
@@ -34,16 +35,7 @@ HALO = 10
 
 
 def _synthetic_particles(geom, seed):
-    """Lattice particles jittered by up to 3 cells (many cross the slabs' boundaries), and those within 8 cells
-    of a point on the slab boundary, on the line of sight, squeezed 5× towards it: a hot clump in the eLDL."""
-    rng = np.random.default_rng(seed)
-    shape = geom.mesh_shape
-    q = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3) * geom.cell_size
-    pos = q + rng.uniform(-3, 3, q.shape) * geom.cell_size
-    centre = np.array([0.5 * shape[0] + 0.3, 0.5 * shape[1], 0.5 * shape[2]]) * geom.cell_size  # on the line of sight
-    near = np.linalg.norm(q - centre, axis=1) < 8 * geom.cell_size
-    pos[near] = centre + 0.2 * (q[near] - centre)
-    return jnp.asarray(pos)
+    return jnp.asarray(clump_particles(geom, seed))
 
 
 def test_decomposed_maps_equal_single_device():

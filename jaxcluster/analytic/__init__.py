@@ -2,6 +2,7 @@
 
 from .counts import (
     DEG2_TO_SR,
+    SELECTIONS,
     SurveySpec,
     XODBinning,
     comoving_volume_element,
@@ -56,7 +57,7 @@ from .scaling import (
 )
 
 __all__ = [
-    "DEG2_TO_SR", "SurveySpec", "XODBinning", "comoving_volume_element", "expected_xod", "halo_counts",
+    "DEG2_TO_SR", "SELECTIONS", "SurveySpec", "XODBinning", "comoving_volume_element", "expected_xod", "halo_counts",
     "poisson_log_likelihood", "poisson_mock",
     "ANALYTIC_PARAM_NAMES", "COSMO_NAMES", "AnalyticModel", "figure_of_merit", "fisher_covariance",
     "fisher_matrix", "marginal_errors", "plot_fisher_corner",

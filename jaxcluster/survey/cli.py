@@ -314,8 +314,12 @@ def _decomposed_box(args, config, theta, eldl):
     replicated = NamedSharding(dec.mesh, PartitionSpec())
 
     @eqx.filter_jit
-    def maps_of(th, k, z, chi, d, e, t):
+    def particles_of(th, k, z):
         pos = box_particles_decomposed(th, k, z, config, dec)
+        return pos, jnp.all(jnp.isfinite(pos))  # NaN: a particle left the halo (nbody.domain)
+
+    @eqx.filter_jit
+    def maps_of(pos, th, z, chi, d, e, t):
         return jax.lax.with_sharding_constraint(box_maps_decomposed(pos, th, z, chi, d, config, e, t, dec), replicated)
 
     @eqx.filter_jit
@@ -325,10 +329,12 @@ def _decomposed_box(args, config, theta, eldl):
         return seg, measure_sources(seg, maps.count_rate, g, z, config.detection.max_sources, isophote=iso)
 
     def box(th, k, z, chi, d, e, t):
-        maps = maps_of(th, k, z, chi, d, e, t)
-        if not bool(jnp.all(jnp.isfinite(maps.count_rate))):
+        pos, finite = particles_of(th, k, z)
+        if not bool(finite):
             raise ValueError(f"a particle moved more than the halo of {halo} cells ({halo * pm.cell_size:.3g} h⁻¹ "
-                             "Mpc) outside its slab: rerun with a larger --halo")
+                             f"Mpc) outside its slab in the box at z = {float(z):.3f}: rerun with a larger --halo")
+        maps = maps_of(pos, th, z, chi, d, e, t)
+        del pos
         local = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), maps)  # replicated: this process's copy
         seg, cat = detect_in(local, jnp.asarray(np.asarray(z)))
         return local, seg, cat, None

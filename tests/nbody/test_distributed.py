@@ -31,9 +31,14 @@ def _free_port() -> int:
 
 
 def _env(devices_per_process: int) -> dict:
+    """This process's environment with `devices_per_process` virtual CPU devices. Its other XLA flags are
+    kept: the single-device reference runs here, and a different backend optimisation level changes
+    float64 results at ~1e-7 (transcendental functions)."""
     root = str(Path(__file__).resolve().parents[2])
-    return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}",
-                JAX_PLATFORMS="cpu", PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+    flags.append(f"--xla_force_host_platform_device_count={devices_per_process}")
+    return dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu",
+                PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def test_import_does_not_start_the_backend():
@@ -72,6 +77,29 @@ def test_two_processes_equal_one_device(tmp_path):
         pos, rho = single(jax.random.key(worker.SEED))
     _assert_close(got["pos"], pos)
     _assert_close(got["rho"], rho)
+
+    # the survey box over one device of each process: eLDL fields and maps as on one device
+    import equinox as eqx
+
+    from jaxcluster.baryons import default_eldl
+    from jaxcluster.params import ThetaSim
+    from jaxcluster.survey.lightcone import box_layout
+    from jaxcluster.survey.maps import box_maps
+    from jaxcluster.xray.emissivity import default_emissivity_table
+
+    cfg = worker.survey_config()
+    geom, theta, eldl = cfg.geometry, ThetaSim(), default_eldl()
+    layout = box_layout(Cosmology.from_theta(theta), geom)
+    parts = jnp.asarray(worker.clump_particles(geom))
+    with _engine_promotion():
+        n_e, T = eqx.filter_jit(eldl)(parts, theta, layout.z[0], geom.box_size, geom.mesh_shape)
+        maps = eqx.filter_jit(box_maps)(parts, theta, layout.z[0], layout.chi[0], layout.depth, geom, eldl,
+                                        default_emissivity_table(), Cosmology.from_theta(theta))
+    _assert_close(got["n_e"], n_e)
+    _assert_close(got["T"], T)
+    for name in ("count_rate", "mass", "y"):
+        _assert_close(got[name], getattr(maps, name))
+    assert float(jnp.max(maps.count_rate)) > 0
 
 
 @pytest.mark.slow  # three processes, ~35–50 s on 2 cores; the worker test above checks the same engine in CI
