@@ -244,9 +244,10 @@ def main(quick: bool) -> None:
     result["rss"] = {f"{n} devices, 1 process": _rss(n, 1, mesh_rss) for n in (1, 2, 4)}
     result["rss"]["4 devices, 2 processes"] = _rss(4, 2, mesh_rss)
     result["rss_mesh"] = mesh_rss
-    OUT.parent.mkdir(exist_ok=True)
-    OUT.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {OUT}: memory_per_device_ratio_4 = {result['memory_per_device_ratio_4']:.3f}, "
+    out = OUT.with_name("scaling_quick.json") if quick else OUT  # a rehearsal never overwrites the full file
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}: memory_per_device_ratio_4 = {result['memory_per_device_ratio_4']:.3f}, "
           f"comm_over_model = {result['comm_over_model']:.2f}")
 
 
