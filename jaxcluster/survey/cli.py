@@ -303,7 +303,7 @@ def _decomposed_box(args, config, theta, eldl):
     from ..cosmology import Cosmology
     from ..nbody.domain import SlabDecomposition, halo_for_box
     from .decomposed import box_maps_decomposed, box_particles_decomposed, check_decomposition
-    from .detect import measure_sources, segment
+    from .pipeline import detect_and_measure
 
     g = config.geometry
     pm = g.pm_config(config.mesh_factor)
@@ -322,11 +322,7 @@ def _decomposed_box(args, config, theta, eldl):
     def maps_of(pos, th, z, chi, d, e, t):
         return jax.lax.with_sharding_constraint(box_maps_decomposed(pos, th, z, chi, d, config, e, t, dec), replicated)
 
-    @eqx.filter_jit
-    def detect_in(maps, z):
-        seg = segment(jnp.sum(maps.count_rate, axis=-1), g, config.detection)
-        iso = None if config.isophote_softness is None else (config.detection.pixel_threshold(g), config.isophote_softness)
-        return seg, measure_sources(seg, maps.count_rate, g, z, config.detection.max_sources, isophote=iso)
+    detect_in = eqx.filter_jit(lambda maps, z: detect_and_measure(maps, z, config))
 
     def box(th, k, z, chi, d, e, t):
         pos, finite = particles_of(th, k, z)

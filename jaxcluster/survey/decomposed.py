@@ -40,9 +40,9 @@ from ..nbody.domain import (
 )
 from ..params import ThetaSim
 from ..xray.emissivity import EmissivityTable
-from .detect import Catalogue, measure_sources, segment
+from .detect import Catalogue
 from .maps import BoxColumns, BoxMaps, box_columns, project_columns
-from .pipeline import SurveyConfig
+from .pipeline import SurveyConfig, detect_and_measure
 
 __all__ = ["check_decomposition", "box_particles_decomposed", "box_maps_decomposed", "simulate_box_decomposed"]
 
@@ -152,10 +152,7 @@ def simulate_box_decomposed(
     its slab makes the maps NaN (`nbody.domain`).
     """
     check_decomposition(config, decomposition, eldl)
-    geom = config.geometry
     pos = box_particles_decomposed(theta, key, z, config, decomposition, growth=growth)
     maps = box_maps_decomposed(pos, theta, z, chi, depth, config, eldl, table, decomposition)
-    seg = segment(jnp.sum(maps.count_rate, axis=-1), geom, config.detection) if segmentation is None else segmentation
-    iso = None if config.isophote_softness is None else (config.detection.pixel_threshold(geom), config.isophote_softness)
-    cat = measure_sources(seg, maps.count_rate, geom, z, config.detection.max_sources, isophote=iso)
+    seg, cat = detect_and_measure(maps, z, config, segmentation)
     return maps, seg, cat

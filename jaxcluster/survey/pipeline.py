@@ -41,7 +41,7 @@ from .lightcone import BoxLayout, LightconeGeometry, box_layout
 from .maps import BoxMaps, box_maps
 from .xod import hard_xod, soft_xod
 
-__all__ = ["SurveyConfig", "SurveyResult", "simulate_box", "box_particles", "box_fields", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey", "lightcone_to_z1"]
+__all__ = ["SurveyConfig", "SurveyResult", "simulate_box", "box_particles", "box_fields", "box_keys", "survey_xods", "simulate_survey", "simulate_xod", "simulate_xod_batch", "seed001_survey", "lightcone_to_z1", "detect_and_measure"]
 
 
 class SurveyConfig(eqx.Module):
@@ -235,12 +235,20 @@ def simulate_box(
     cosmo = Cosmology.from_theta(theta)
     pos = box_particles(theta, key, z, config, growth=growth) if particles is None else particles
     maps = box_maps(pos, theta, z, chi, depth, geom, eldl, table, cosmo)
+    seg, cat = detect_and_measure(maps, z, config, segmentation)
+    return maps, seg, cat
+
+
+def detect_and_measure(
+    maps: BoxMaps, z: Float[ArrayLike, ""], config: SurveyConfig, segmentation: Int[Array, "n_pix n_pix"] | None = None,
+) -> tuple[Int[Array, "n_pix n_pix"], Catalogue]:
+    """Detection on a box's [0.5–2] keV map (unless `segmentation` is given) and the sources' count rates."""
+    geom = config.geometry
     seg = segmentation
     if seg is None:
         seg = segment(jnp.sum(maps.count_rate, axis=-1), geom, config.detection)
     iso = None if config.isophote_softness is None else (config.detection.pixel_threshold(geom), config.isophote_softness)
-    cat = measure_sources(seg, maps.count_rate, geom, z, config.detection.max_sources, isophote=iso)
-    return maps, seg, cat
+    return seg, measure_sources(seg, maps.count_rate, geom, z, config.detection.max_sources, isophote=iso)
 
 
 def box_particles(
