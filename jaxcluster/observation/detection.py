@@ -33,6 +33,15 @@ $$ σ = \mathrm{sign}(S-B)\sqrt{2\big[S' \ln(S'/B') - (S' - B')\big]}, \quad S' 
 the maximum over the scales. sep (or the JAX connected-components
 detector) extracts the pixels with σ > `threshold` (default 4, in Gaussian
 σ), at least `min_area` of them connected.
+
+**Point sources first** (`point_first`, default). The all-scales map is smooth
+on the largest filter's scale (30″), and deblending it merges sources up to
+≈ 1′ apart: a cluster next to a bright AGN became one segment, fitted at the
+AGN (20–40 % of bright injections were lost this way). So the PSF-scale map
+is segmented too; its segments are kept, and an all-scales segment is added
+only where it holds none of them (faint diffuse emission). A cluster whose
+core breaks into several PSF-scale segments is then measured more than once;
+`measure_catalogue` drops the duplicates (its docstring).
 """
 
 from __future__ import annotations
@@ -79,6 +88,9 @@ class DetectionSettings(eqx.Module):
         max_sources: catalogue slots (the most significant sources), [1, 65535].
         deblend_nthresh: sep's deblending thresholds, [1, 256].
         deblend_cont: sep's minimum deblending contrast, [0, 1].
+        point_first: segment the PSF-scale significance separately and keep its segments, adding
+            the all-scales segments that hold none of them (module docstring); needs the first
+            scale to be 0 (the PSF).
 
     Raises:
         ValueError: a value outside its range (named).
@@ -95,12 +107,13 @@ class DetectionSettings(eqx.Module):
     max_sources: int = eqx.field(static=True)
     deblend_nthresh: int = eqx.field(static=True)
     deblend_cont: float = eqx.field(static=True)
+    point_first: bool = eqx.field(static=True)
 
     def __init__(self, background: str = "image", background_box: SupportsInt = 32,
                  background_kappa: SupportsFloat = 4.0, background_iterations: SupportsInt = 3,
                  threshold: SupportsFloat = 4.0, min_area: SupportsInt = 3,
                  scales_arcsec=(0.0, 10.0, 30.0), method: str = "sep", max_sources: SupportsInt = 32,
-                 deblend_nthresh: SupportsInt = 32, deblend_cont: SupportsFloat = 0.005):
+                 deblend_nthresh: SupportsInt = 32, deblend_cont: SupportsFloat = 0.005, point_first: bool = True):
         from ..params import check_scalar
         from ..survey.detect import DETECTORS
 
@@ -122,6 +135,7 @@ class DetectionSettings(eqx.Module):
         self.max_sources = int(check_scalar("max_sources", max_sources, 1, 65535, integer=True))
         self.deblend_nthresh = int(check_scalar("deblend_nthresh", deblend_nthresh, 1, 256, integer=True))
         self.deblend_cont = float(check_scalar("deblend_cont", deblend_cont, 0.0, 1.0))
+        self.point_first = bool(point_first)
 
 
 class Detection(eqx.Module):
@@ -238,6 +252,20 @@ def estimate_background(
     return bkg, rel_var
 
 
+def _point_first(seg_p: Int[Array, "n m"], seg_e: Int[Array, "n m"], max_sources: int) -> Int[Array, "n m"]:
+    """Merge the PSF-scale segmentation with the all-scales one (module docstring): the PSF-scale segments,
+    then the all-scales segments that hold no PSF-scale pixel; relabelled 1..max_sources in that order."""
+    s = max_sources
+    has_p = jax.ops.segment_max((seg_p > 0).astype(jnp.int32).reshape(-1), seg_e.reshape(-1), num_segments=s + 1)
+    ext_only = (seg_e > 0) & (has_p[seg_e] == 0) & (seg_p == 0)
+    lab = jnp.where(seg_p > 0, seg_p, jnp.where(ext_only, s + seg_e, 0)).astype(jnp.int32)  # 0..2s
+    present = jax.ops.segment_max(jnp.ones(lab.size, jnp.int32), lab.reshape(-1), num_segments=2 * s + 1)
+    present = present.at[0].set(0) > 0
+    rank = jnp.cumsum(present.astype(jnp.int32))  # compact labels in order
+    new = jnp.where(present & (rank <= s), rank, 0)
+    return new[lab].astype(jnp.int32)
+
+
 def detect(
     counts: Float[ArrayLike, "n_band n m"],
     exposure: Float[ArrayLike, "n_band n m"],
@@ -281,16 +309,23 @@ def detect(
     else:
         bkg, rel_var = estimate_background(counts, exposure, settings, kernels)
     sig = significance_map(counts.sum(0), bkg.sum(0), kernels)
-    sig = jnp.where(exposure.sum(0) > 0, sig, 0.0)  # nothing is detected outside the field of view
-    if settings.method == "sep":
-        config = DetectionConfig("sep", threshold=1.0, min_area=settings.min_area,
-                                 deblend_nthresh=settings.deblend_nthresh, deblend_cont=settings.deblend_cont,
-                                 max_sources=settings.max_sources)
-        seg = segment_sep(sig, settings.threshold, config)
-    else:
+    inside = exposure.sum(0) > 0
+    sig = jnp.where(inside, sig, 0.0)  # nothing is detected outside the field of view
+
+    def segment(image):
+        if settings.method == "sep":
+            config = DetectionConfig("sep", threshold=1.0, min_area=settings.min_area,
+                                     deblend_nthresh=settings.deblend_nthresh, deblend_cont=settings.deblend_cont,
+                                     max_sources=settings.max_sources)
+            return segment_sep(image, settings.threshold, config)
         from ..survey.components import segment_components
 
-        seg = segment_components(jax.lax.stop_gradient(sig), settings.threshold, settings.min_area,
-                                 settings.max_sources, settings.deblend_cont)
+        return segment_components(jax.lax.stop_gradient(image), settings.threshold, settings.min_area,
+                                  settings.max_sources, settings.deblend_cont)
+
+    seg = segment(sig)
+    if settings.point_first and kernels is not None and kernels.shape[0] > 1 and settings.scales_arcsec[0] == 0.0:
+        sig_p = jnp.where(inside, significance_map(counts.sum(0), bkg.sum(0), kernels[:1]), 0.0)
+        seg = _point_first(segment(sig_p), seg, settings.max_sources)
     return Detection(segmentation=seg, significance=sig, background=bkg, background_rel_var=rel_var,
                      max_sources=settings.max_sources)

@@ -56,6 +56,12 @@ from the template's derivative): it dominates when the aperture holds a small
 part of a large cluster. HR = CR[1–2]/CR[0.5–1] and its error propagate these
 ($σ_{\rm HR}/{\rm HR} = \sqrt{(σ_1/\mathrm{CR}_1)^2 + (σ_0/\mathrm{CR}_0)^2}$).
 
+**Duplicates.** A detection whose fitted position lies within the fitted core
+radius (at least 2 pixels) of a more significant, clearly extended detection
+(extent and EXT_LH above the C1 cuts) is dropped: a cluster's core broken into several PSF-scale
+segments (`detection`, point sources first) is one source. An AGN that close to
+a cluster's centre is lost with it, as any blend.
+
 **Neighbours.** Other detections (their segments' centroids) are masked from
 both the fit and the photometry of a source: a disk of `mask_radius_arcsec`
 (24″ by default, ≈ 75 % of a point source's light for the pn King PSF) or half
@@ -388,6 +394,7 @@ def fit_source(
         g = J.T @ jnp.where(ok, counts.reshape(-1) / mp - 1.0, 0.0)
         F = (J * w[:, None]).T @ J + 1e-9 * jnp.eye(3, dtype=dtype)
         dp = jnp.linalg.solve(F, g)
+        dp = jnp.where(jnp.all(jnp.isfinite(dp)), dp, 0.0)  # a singular step (a few-count segment) is skipped
         dp = jnp.clip(dp, jnp.asarray([-1.0, -1.0, -1.0], dtype), jnp.asarray([1.0, 1.0, 1.0], dtype))
         p = p + dp
         # the position stays within 4 pixels of the detection (a fit cannot wander to a neighbour)
@@ -652,6 +659,14 @@ def measure_catalogue(
         return pos, fit, cr, err, err_t, N - B, B, radius_pix * model.pixel_arcsec
 
     pos, fit, cr, err, err_t, net, bkg, ap_arcsec = jax.vmap(one)(slot, centroid)
+    # duplicates: a source whose fitted position lies within the fitted extent (≥ 2 pixels) of a more
+    # significant, clearly extended source (C1-like extent and EXT_LH) is a fragment of it (module docstring)
+    ext_pref = valid & (fit.c_extended < fit.c_point) & (fit.ext_lh > cuts.ext_lh_c1) & (fit.extent > cuts.extent_min)
+    dij = jnp.hypot(pos[:, None, 0] - pos[None, :, 0], pos[:, None, 1] - pos[None, :, 1])  # (i, j) [pixels]
+    reach = jnp.maximum(fit.extent / model.pixel_arcsec, 2.0)
+    dup = jnp.any(ext_pref[None, :] & (fit.det_lh[None, :] > fit.det_lh[:, None]) & (dij < reach[None, :])
+                  & (slot[:, None] != slot[None, :]), axis=1)
+    valid = valid & ~dup
     cls = classify(fit.extent, fit.ext_lh, fit.det_lh, cuts)
     zero = jnp.zeros((), dtype)
     return MeasuredCatalogue(
