@@ -213,8 +213,8 @@ def _hmc_parser() -> argparse.ArgumentParser:
     data = parser.add_mutually_exclusive_group()
     data.add_argument("--mock", action="store_true", help="fit a Poisson mock instead of the Asimov XOD")
     data.add_argument("--xod", type=Path, default=None,
-                      help="fit this observed XOD: xod.npz of `jaxcluster simulate`, or a `dataset generate` HDF5 "
-                      "file with --index")
+                      help="fit this observed XOD: xod.npz of `jaxcluster simulate`, or one sample (the next "
+                      "option) of a `dataset generate` HDF5 file")
     parser.add_argument("--index", type=int, default=None, help="which sample of a --xod dataset (0-based)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar over the samples")
     return parser

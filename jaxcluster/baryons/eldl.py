@@ -43,6 +43,7 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..params import _LOG_UNIFORM, FIDUCIAL, PARAM_NAMES, PRIOR_BOUNDS, ThetaSim
+from ..nbody.mesh import MeshOps
 from .ldl import LDL
 
 __all__ = ["CAMELS_REDSHIFTS", "PARAM_SCALES", "n_ldl_params", "ldl_params", "ldl_param_scales", "shift_ldl_params",
@@ -283,7 +284,7 @@ class ExtendedLDL(eqx.Module):
         theta: ThetaSim,
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
-        mesh_ops=None,
+        mesh_ops: MeshOps | None = None,
     ) -> Float[Array, "nx ny nz"]:
         """Comoving n_e in units of the cosmic mean $\\bar n_e$ (dimensionless, ≥ 0) on the mesh.
 
@@ -302,7 +303,7 @@ class ExtendedLDL(eqx.Module):
         z: Float[ArrayLike, ""],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
-        mesh_ops=None,
+        mesh_ops: MeshOps | None = None,
     ) -> Float[Array, "nx ny nz"]:
         """Gas temperature [keV] (≥ 0) on the mesh at redshift z (arguments as `n_e`)."""
         return self.T_ldl(theta, z)(pos, box_size, mesh_shape, mesh_ops)
@@ -314,7 +315,7 @@ class ExtendedLDL(eqx.Module):
         z: Float[ArrayLike, ""],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
-        mesh_ops=None,
+        mesh_ops: MeshOps | None = None,
     ) -> tuple[Float[Array, "nx ny nz"], Float[Array, "nx ny nz"]]:
         """(n_e / n̄_e, T [keV]) on the mesh; with `mesh_ops` a `nbody.domain.SlabMesh`, this device's slab
         (inside `shard_map`; see `ldl.DisplacementLayer.displacement`)."""

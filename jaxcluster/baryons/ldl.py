@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ..nbody.mesh import FullMesh, gradient_kernel, paint_cic, read_cic, read_gradient, rfft_wavevectors
+from ..nbody.mesh import FullMesh, MeshOps, gradient_kernel, paint_cic, read_cic, read_gradient, rfft_wavevectors
 
 __all__ = [
     "DENSITY_FLOOR",
@@ -92,7 +92,7 @@ def paint_one_plus_delta(
     pos: Float[Array, "n_ptcl 3"],
     box_size: float | tuple[float, float, float],
     mesh_shape: tuple[int, int, int],
-    mesh_ops=None,
+    mesh_ops: MeshOps | None = None,
 ) -> Float[Array, "nx ny nz"]:
     r"""CIC density of the particles in units of the mean, $1 + δ$ (mesh mean 1 up to round-off).
 
@@ -398,7 +398,7 @@ class DisplacementLayer(eqx.Module):
         pos: Float[Array, "n_ptcl 3"],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
-        mesh_ops=None,
+        mesh_ops: MeshOps | None = None,
     ) -> Float[Array, "n_ptcl 3"]:
         """The displacement dx [h⁻¹ Mpc] of each particle (`__call__` returns pos + dx).
 
@@ -436,7 +436,7 @@ class DisplacementLayer(eqx.Module):
         pos: Float[Array, "n_ptcl 3"],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
-        mesh_ops=None,
+        mesh_ops: MeshOps | None = None,
     ) -> Float[Array, "n_ptcl 3"]:
         """Displace the particles.
 
@@ -567,7 +567,7 @@ class LDL(eqx.Module):
         pos: Float[Array, "n_ptcl 3"],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
-        mesh_ops=None,
+        mesh_ops: MeshOps | None = None,
     ) -> Float[Array, "n_ptcl 3"]:
         """Apply the displacement layers in order; returns positions [h⁻¹ Mpc], unwrapped."""
         for layer in self.displacements:
@@ -579,7 +579,7 @@ class LDL(eqx.Module):
         pos: Float[Array, "n_ptcl 3"],
         box_size: float | tuple[float, float, float],
         mesh_shape: tuple[int, int, int],
-        mesh_ops=None,
+        mesh_ops: MeshOps | None = None,
     ) -> Float[Array, "nx ny nz"]:
         """The LDL field on the mesh.
 

@@ -398,8 +398,8 @@ def pm_force_decomposed(
         (n_ptcl, 3) force per unit $\frac32Ω_m$ [h⁻¹ Mpc], sharded like `pos`.
 
     Raises:
-        ValueError: shapes the decomposition cannot hold. A particle further
-        than the halo from its slab makes every force NaN (module docstring).
+        ValueError: shapes the decomposition cannot hold (a particle further
+            than the halo from its slab makes every force NaN: module docstring).
     """
     dec = decomposition
     if pos.ndim != 2 or pos.shape[1] != 3:
@@ -550,7 +550,9 @@ def simulate_decomposed(
         a_steps: step boundaries in a; LPT at `a_steps[0]`.
         snapshots: scale factors to save (each one of `a_steps`); default the last.
         decomposition: slabs and halo.
-        lpt_order, adjoint, checkpoints: as in `lpt` and `nbody`.
+        lpt_order: 1 or 2, as in `lpt`.
+        adjoint: `"reversible"` or `"checkpoint"`, as in `nbody`.
+        checkpoints: states stored by the checkpoint adjoint, as in `nbody`.
 
     Returns:
         `NBodyResult` whose `pos`, `p` (n_snap, n_ptcl, 3) [h⁻¹ Mpc] are in lattice

@@ -21,6 +21,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from typing import Protocol, runtime_checkable
+
 import equinox as eqx
 from jaxtyping import Array, Complex, Float
 
@@ -33,6 +35,7 @@ __all__ = [
     "read_force",
     "read_gradient",
     "FullMesh",
+    "MeshOps",
 ]
 
 def _check_pos(pos):
@@ -403,6 +406,30 @@ def read_force(
     if gradient != "fd4":
         return read_cic(force_from_density(delta_k, mesh_shape, gradient), pos)
     return -read_gradient(_potential(delta_k, mesh_shape), pos)
+
+
+@runtime_checkable
+class MeshOps(Protocol):
+    """What physics code that paints and filters a mesh calls: `FullMesh` here, `nbody.domain.SlabMesh` on a slab."""
+
+    @property
+    def is_full(self) -> bool: ...
+
+    def paint(self, pos_cell: Array, mass: Array) -> Array: ...
+
+    def read(self, field: Array, pos_cell: Array) -> Array: ...
+
+    def read_gradient(self, phi: Array, pos_cell: Array) -> Array: ...
+
+    def rfftn(self, field: Array) -> Array: ...
+
+    def irfftn(self, field_k: Array) -> Array: ...
+
+    def wavevectors(self, dtype) -> tuple[Array, Array, Array]: ...
+
+    def total(self, x: Array) -> Array: ...
+
+    def subsample(self, pos_cell: Array, stride: int) -> tuple[Array, Array, int]: ...
 
 
 class FullMesh(eqx.Module):

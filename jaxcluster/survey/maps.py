@@ -46,6 +46,7 @@ from ..baryons.eldl import ExtendedLDL
 from ..baryons.ldl import paint_one_plus_delta
 from ..baryons.train import mean_electron_density
 from ..cosmology import RHO_CRIT0_MSUN_H2_MPC3, Cosmology, E
+from ..nbody.mesh import MeshOps
 from ..params import ThetaSim
 from ..xray.countrate import MPC_CM, count_rate
 from ..xray.emissivity import EmissivityTable
@@ -210,7 +211,7 @@ def box_columns(
     eldl: ExtendedLDL,
     table: EmissivityTable,
     cosmo: Cosmology,
-    mesh_ops=None,
+    mesh_ops: MeshOps | None = None,
 ) -> BoxColumns:
     """The projected columns of one box from its particles (arguments as `box_maps`).
 

@@ -31,6 +31,8 @@ and the box redshifts.
 
 from __future__ import annotations
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -136,7 +138,7 @@ def soft_xod(
 
 
 def measured_xod(
-    catalogue, z: Float[Array, " s"], binning: XODBinning, cr_min: float, classes: tuple[int, ...] = (1,),
+    catalogue: Any, z: Float[Array, " s"], binning: XODBinning, cr_min: float, classes: tuple[int, ...] = (1,),
 ) -> Float[Array, "n_cr n_hr n_z"]:
     """Hard XOD of a measured photon-image catalogue (`jaxcluster.observation.measure.MeasuredCatalogue`).
 

@@ -93,6 +93,7 @@ def test_force_with_particles_on_and_across_slab_boundaries(seed, reach):
     _assert_close(f, f_ref)
 
 
+@pytest.mark.slow  # ~15 s of compilation; the force and equality tests exercise both exchanges in CI
 def test_paint_and_read_are_adjoint():
     """⟨paint(m), φ⟩ = ⟨m, read(φ)⟩ through the halo exchange (the transposes of each other)."""
     dec = SlabDecomposition(halo=3)
