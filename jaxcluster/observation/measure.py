@@ -37,8 +37,8 @@ published class cuts (`classes.py`) applied to these numbers are "XXL-like".
 
 **Photometry.** In each band, counts N and background B are summed in a
 circular aperture of radius R = clip(`aperture_factor` × r_c, `aperture_min`,
-`aperture_max`) around the fitted position (R = `aperture_min` when the point
-model fits best). The expected source counts in it are CR × D with
+`aperture_max`) around the fitted position (R = `aperture_min` and the point
+template when the point model fits best or EXT_LH < `min_ext_lh`, 15 by default). The expected source counts in it are CR × D with
 $D = \sum_{\rm ap} T_i E_i$ (T the best-fitting unit-flux template at the
 refined extent, E the band's vignetted exposure [s]), which corrects for the
 aperture — also a capped one — for the masked pixels and for the vignetting.
@@ -59,7 +59,9 @@ part of a large cluster. HR = CR[1–2]/CR[0.5–1] and its error propagate thes
 **Duplicates.** A detection whose fitted position lies within the fitted core
 radius (at least 2 pixels) of a more significant, clearly extended detection
 (extent and EXT_LH above the C1 cuts) is dropped: a cluster's core broken into several PSF-scale
-segments (`detection`, point sources first) is one source. An AGN that close to
+segments (`detection`, point sources first) is one source. So is any detection
+whose point fit converged within 10″ of a more significant one (noise peaks in
+a bright AGN's King wings, segmented at the PSF scale, are refitted onto it). An AGN that close to
 a cluster's centre is lost with it, as any blend.
 
 **Neighbours.** Other detections (their segments' centroids) are masked from
@@ -249,6 +251,9 @@ class FitSettings(eqx.Module):
             (its segment centroid) in the fit and the photometry of a source; the disk is shrunk
             to half the separation so that a source's own centre is never masked; 0: no masking.
         max_extent_ln_err: cap on the 1σ error of ln r_c (a flat C(r_c) profile).
+        min_ext_lh: EXT_LH below which the photometry uses the point template (default 15, XXL's
+            C2 cut): the extended fit always has C_ext ≤ C_point by noise, and a spurious large r_c
+            extrapolated point sources' fluxes by factors of several.
     """
 
     core_radii_arcsec: tuple[float, ...] = eqx.field(static=True)
@@ -259,11 +264,12 @@ class FitSettings(eqx.Module):
     aperture_max_arcsec: float | None = eqx.field(static=True)
     mask_radius_arcsec: float = eqx.field(static=True)
     max_extent_ln_err: float = eqx.field(static=True)
+    min_ext_lh: float = eqx.field(static=True)
 
     def __init__(self, core_radii_arcsec=None, n_point_steps: SupportsInt = 12, n_amplitude_steps: SupportsInt = 12,
                  aperture_factor: SupportsFloat = 4.0, aperture_min_arcsec: SupportsFloat = 30.0,
                  aperture_max_arcsec: SupportsFloat | None = None, mask_radius_arcsec: SupportsFloat = 24.0,
-                 max_extent_ln_err: SupportsFloat = 1.0):
+                 max_extent_ln_err: SupportsFloat = 1.0, min_ext_lh: SupportsFloat = 15.0):
         if core_radii_arcsec is None:
             # log-spaced, 12 % apart: the parabola refines between nodes; 2″–80″ spans XXL's C1 extents
             core_radii_arcsec = np.geomspace(2.0, 80.0, 33)
@@ -281,6 +287,7 @@ class FitSettings(eqx.Module):
 
         self.mask_radius_arcsec = float(check_scalar("mask_radius_arcsec", mask_radius_arcsec, 0.0, 1e5))
         self.max_extent_ln_err = float(_check_positive("max_extent_ln_err", max_extent_ln_err))
+        self.min_ext_lh = float(check_scalar("min_ext_lh", min_ext_lh, 0.0, 1e6))
 
 
 def cash(counts: Float[Array, "*p"], model: Float[Array, "*p"]) -> Float[Array, ""]:
@@ -316,7 +323,8 @@ class SourceFit(eqx.Module):
         c_background, c_point, c_extended: Cash statistics of the three models.
         det_lh: detection likelihood (ν = 3), best model vs background.
         ext_lh: extension likelihood (ν = 1), extended vs point.
-        template: (c, c) unit-flux template of the best model (point if C_point ≤ C_ext; the
+        template: (c, c) unit-flux template of the photometry (point if C_point ≤ C_ext or
+            EXT_LH < `FitSettings.min_ext_lh`; the
             extended template is interpolated in ln r_c to the refined extent).
         template_dlnrc: (c, c) ∂template/∂ ln r_c at the extent (0 for the point template).
         extent_ln_err: 1σ error of ln(extent) (Fisher matrix of (A, ln r_c) at the best fit,
@@ -432,7 +440,7 @@ def fit_source(
     du = jnp.maximum(u[kp] - u[km], 1e-12)
     slope = (t_ext[kp] - t_ext[km]) / du
     t_at = jnp.maximum(t_ext[k] + shift * slope, 0.0)
-    point_best = c_point <= c_ext
+    point_best = (c_point <= c_ext) | (ext_lh < settings.min_ext_lh)  # photometry: extended only if significant
     template = jnp.where(point_best, T[0], t_at)
     template_dlnrc = jnp.where(point_best, 0.0, slope)
     amp = jnp.where(point_best, amps[0], amps[1 + k])
@@ -625,9 +633,9 @@ def measure_catalogue(
         # the other detections' disks, shrunk to half their separation from this one (never its own centre)
         others = centroid - corner.astype(dtype)[None, :]  # (s, 2) [cutout pixels]
         sep = jnp.hypot(*(centroid - cen[None, :]).T)
-        rad = jnp.where(valid & (slot != i), jnp.minimum(r_mask, 0.5 * sep), -1.0)
+        rad = jnp.where(valid & (slot != i), jnp.minimum(r_mask, 0.5 * sep), 0.0)
         d2o = (yy[None, :, None] - others[:, 0, None, None]) ** 2 + (yy[None, None, :] - others[:, 1, None, None]) ** 2
-        keep = (~jnp.any(d2o <= rad[:, None, None] ** 2, axis=0)).astype(dtype)  # (c, c)
+        keep = (~jnp.any(d2o < rad[:, None, None] ** 2, axis=0)).astype(dtype)  # (c, c)
         es = ce.sum(0)
         e_ref = jnp.maximum(es[half, half], 1e-30)
         start = cen - corner.astype(dtype)
@@ -664,7 +672,9 @@ def measure_catalogue(
     ext_pref = valid & (fit.c_extended < fit.c_point) & (fit.ext_lh > cuts.ext_lh_c1) & (fit.extent > cuts.extent_min)
     dij = jnp.hypot(pos[:, None, 0] - pos[None, :, 0], pos[:, None, 1] - pos[None, :, 1])  # (i, j) [pixels]
     reach = jnp.maximum(fit.extent / model.pixel_arcsec, 2.0)
-    dup = jnp.any(ext_pref[None, :] & (fit.det_lh[None, :] > fit.det_lh[:, None]) & (dij < reach[None, :])
+    # … and any source whose fit converged within 10″ (≈ the pn PSF's half-energy radius) of a more significant one
+    same = valid[None, :] & (dij < max(10.0 / model.pixel_arcsec, 1.0))
+    dup = jnp.any(((ext_pref[None, :] & (dij < reach[None, :])) | same) & (fit.det_lh[None, :] > fit.det_lh[:, None])
                   & (slot[:, None] != slot[None, :]), axis=1)
     valid = valid & ~dup
     cls = classify(fit.extent, fit.ext_lh, fit.det_lh, cuts)
