@@ -34,14 +34,17 @@ the maximum over the scales. sep (or the JAX connected-components
 detector) extracts the pixels with σ > `threshold` (default 4, in Gaussian
 σ), at least `min_area` of them connected.
 
-**Point sources first** (`point_first`, default). The all-scales map is smooth
+**Point sources first** (`point_first`, off by default). The all-scales map is smooth
 on the largest filter's scale (30″), and deblending it merges sources up to
 ≈ 1′ apart: a cluster next to a bright AGN became one segment, fitted at the
 AGN (20–40 % of bright injections were lost this way). So the PSF-scale map
 is segmented too; its segments are kept, and an all-scales segment is added
 only where it holds none of them (faint diffuse emission). A cluster whose
 core breaks into several PSF-scale segments is then measured more than once;
-`measure_catalogue` drops the duplicates (its docstring).
+`measure_catalogue` drops the duplicates (its docstring). In dense AGN fields
+(1 deg², 7.5″ pixels) it produced ≈ 7× more false C1 (fragments of AGN wings
+refitted as large extended sources), hence off by default
+(docs/validation/observations.md).
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ class DetectionSettings(eqx.Module):
                  background_kappa: SupportsFloat = 4.0, background_iterations: SupportsInt = 3,
                  threshold: SupportsFloat = 4.0, min_area: SupportsInt = 3,
                  scales_arcsec=(0.0, 10.0, 30.0), method: str = "sep", max_sources: SupportsInt = 32,
-                 deblend_nthresh: SupportsInt = 32, deblend_cont: SupportsFloat = 0.005, point_first: bool = True):
+                 deblend_nthresh: SupportsInt = 32, deblend_cont: SupportsFloat = 0.005, point_first: bool = False):
         from ..params import check_scalar
         from ..survey.detect import DETECTORS
 
