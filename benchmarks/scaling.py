@@ -19,9 +19,9 @@ Lagrangian slabs, halo exchange, slab FFT) against the single-device engine:
 * **Bytes sent per PM step**, per device, read from the compiled HLO's
   collectives (`collective-permute`: operand bytes; `all-to-all`: operand
   bytes × (P−1)/P; `all-reduce`: operand bytes), against the model of what
-  the decomposition must send: the paint halo (2h + 1 planes), the φ halo
-  (2h + 5 planes) and two slab transposes of the complex half-spectrum:
-  `comm_over_model`.
+  the decomposition must send: the paint overhangs and the three force
+  components' padding (2h + 1 planes each) and four slab transposes of the
+  complex half-spectrum (δ forward, three components back): `comm_over_model`.
 * The same for the CIC paint alone (`paint_decomposed`, the eLDL's final paint).
 * A projection of a 200 deg², z ≤ 1 survey on N H100s, stated as a model
   with its inputs.
@@ -79,20 +79,48 @@ def _memory(compiled):
                 temporaries=int(m.temp_size_in_bytes))
 
 
-def _sent_bytes(hlo: str, n_dev: int) -> dict[str, float]:
-    """Bytes each device sends, per collective kind, from the compiled HLO text (module docstring)."""
-    sent = {"collective-permute": 0.0, "all-to-all": 0.0, "all-reduce": 0.0, "all-gather": 0.0}
+def _computations(hlo: str) -> dict[str, list[str]]:
+    """The HLO module's computations by name (ENTRY under "ENTRY"), each as its instruction lines."""
+    comps, name = {}, None
     for line in hlo.splitlines():
-        # The result type sits between "=" and the op (operands are untyped names); for these ops it
-        # has the operands' size (all-to-all: a tuple of the pieces).
-        m = re.search(r"=\s*(.*?)\s(collective-permute|all-to-all|all-reduce|all-gather)(-start)?\(", line)
-        if not m:
-            continue
-        kind, operands = m.group(2), m.group(1)
-        size = sum(BYTES[t] * math.prod(int(d) for d in dims.split(",") if d)
-                   for t, dims in re.findall(r"\b(f32|f64|c64|c128|s32|u32|pred|s64|u64)\[([\d,]*)\]", operands))
-        sent[kind] += size * ((n_dev - 1) / n_dev if kind in ("all-to-all", "all-gather") else 1.0)
-    return sent
+        head = re.match(r"^(ENTRY )?%?([\w.\-]+) \(", line)
+        if head and not line.startswith(" "):
+            name = "ENTRY" if head.group(1) else head.group(2)
+            comps[name] = []
+        elif name is not None and line.startswith("  "):
+            comps[name].append(line)
+    return comps
+
+
+def _sent_bytes(hlo: str, n_dev: int) -> dict[str, float]:
+    """Bytes each device sends, per collective kind, from the compiled HLO text (module docstring).
+
+    Collectives inside a `while` body count once per iteration (XLA's `known_trip_count`).
+    """
+    comps = _computations(hlo)
+    kinds = ("collective-permute", "all-to-all", "all-reduce", "all-gather")
+
+    def sent(name: str) -> dict[str, float]:
+        out = dict.fromkeys(kinds, 0.0)
+        for line in comps.get(name, []):
+            # The result type sits between "=" and the op (operands are untyped names); for these ops it
+            # has the operands' size (all-to-all: a tuple of the pieces).
+            m = re.search(r"=\s*(.*?)\s(collective-permute|all-to-all|all-reduce|all-gather)(-start)?\(", line)
+            if m:
+                kind, operands = m.group(2), m.group(1)
+                size = sum(BYTES[t] * math.prod(int(d) for d in dims.split(",") if d)
+                           for t, dims in re.findall(r"\b(f32|f64|c64|c128|s32|u32|pred|s64|u64)\[([\d,]*)\]", operands))
+                out[kind] += size * ((n_dev - 1) / n_dev if kind in ("all-to-all", "all-gather") else 1.0)
+            w = re.search(r"\swhile\(.*body=%?([\w.\-]+)", line)
+            if w:
+                trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+                if trips is None:
+                    raise ValueError(f"a while loop without a known trip count: {line[:200]}")
+                for k, v in sent(w.group(1)).items():
+                    out[k] += int(trips.group(1)) * v
+        return out
+
+    return sent("ENTRY")
 
 
 def _step_figures(config: PMConfig, n_dev: int, halo: int) -> dict:
@@ -107,11 +135,13 @@ def _step_figures(config: PMConfig, n_dev: int, halo: int) -> dict:
 
 
 def _step_model(config: PMConfig, n_dev: int, halo: int) -> float:
-    """Bytes one device must send per KDK step (two force evaluations)."""
+    """Bytes one device must send per KDK step (two force evaluations): the paint overhangs and the
+    three force components' padding (2h + 1 planes each), and four slab transposes of the half-spectrum
+    (δ forward, the three force components back)."""
     nx, ny, nz = config.mesh_shape
     plane = ny * nz * BYTES["f32"]
-    halos = (2 * halo + 1) * plane + (2 * (halo + 2) + 1) * plane  # paint overhangs, φ padding
-    transposes = 2 * (nx // n_dev) * ny * (nz // 2 + 1) * BYTES["c64"] * (n_dev - 1) / n_dev  # δ_k forward, φ back
+    halos = 4 * (2 * halo + 1) * plane
+    transposes = 4 * (nx // n_dev) * ny * (nz // 2 + 1) * BYTES["c64"] * (n_dev - 1) / n_dev
     return 2 * (halos + transposes)
 
 

@@ -51,7 +51,7 @@ def _run(args) -> int:
 
         halo = halo_for_box(cosmo, config) if args.halo is None else args.halo
         dec = SlabDecomposition(halo=halo)
-        dec.check(config.mesh_shape, config.particle_shape, reach=3)  # the fd4 force
+        dec.check(config.mesh_shape, config.particle_shape)
         layout = (f" over {jax.process_count()} processes, {jax.device_count()} devices (x-slabs of "
                   f"{config.mesh_shape[0] // dec.n_devices} cells, halo {halo})")
 

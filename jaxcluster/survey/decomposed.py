@@ -59,7 +59,7 @@ def check_decomposition(config: SurveyConfig, decomposition: SlabDecomposition, 
                          f"{decomposition.n_devices} devices: build the SurveyConfig with perp_multiple="
                          f"{decomposition.n_devices}")
     pm = geom.pm_config(config.mesh_factor)
-    decomposition.check(pm.mesh_shape, pm.particle_shape, reach=3 if pm.gradient == "fd4" else 1)
+    decomposition.check(pm.mesh_shape, pm.particle_shape)  # the PM force is read with CIC (reach 1)
     fd4 = eldl is not None and any(layer.gradient == "fd4" for ldl in (eldl.n_e_base, eldl.T_base)
                                    for layer in ldl.displacements)
     decomposition.check(geom.mesh_shape, reach=3 if fd4 else 1)

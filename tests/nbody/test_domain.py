@@ -35,7 +35,7 @@ pytestmark = pytest.mark.skipif(len(jax.devices()) < N_DEV, reason=f"needs {N_DE
 CFG = PMConfig(64.0, 16, mesh_shape=32)  # slabs of 8 cells (2 h⁻¹ Mpc) on 4 devices
 A_STEPS = step_grid(0.1, 0.6, 3)  # to z = 0.67: the largest x displacement is ~3.5 cells
 COSMO = Cosmology(0.3, 0.8)
-HALO = 5  # slabs of 8 cells leave room for 5 (+ the fd4 force's 3-cell reach)
+HALO = 5  # slabs of 8 cells hold up to 7 (+ the CIC corner)
 
 
 @jax.jit
@@ -148,8 +148,8 @@ def test_bad_decompositions_are_refused():
         SlabDecomposition(halo=-1)
     with pytest.raises(ValueError, match=r"halo = 8 cells is outside its allowed range \[0, 7\]"):
         SlabDecomposition(halo=8).check(CFG.mesh_shape)
-    with pytest.raises(ValueError, match=r"halo = 6 cells is outside its allowed range \[0, 5\]"):
-        pm_force_decomposed(CFG.lattice(), CFG, SlabDecomposition(halo=6))
+    with pytest.raises(ValueError, match=r"halo = 8 cells is outside its allowed range \[0, 7\]"):
+        pm_force_decomposed(CFG.lattice(), CFG, SlabDecomposition(halo=8))
     with pytest.raises(ValueError, match="multiples of the 4 devices"):
         SlabDecomposition(halo=1).check((30, 32, 32))
     with pytest.raises(ValueError, match="particle_shape"):
