@@ -257,3 +257,18 @@ def test_cr_pulls_through_observe_with_agn_and_image_background():
     pulls, recovered = _observed_pulls(60, 0.03, 20.0, agn="random", background="image", seed=3)
     assert recovered > 0.8
     assert abs(pulls.mean()) < 0.5 and 0.8 < pulls.std(ddof=1) < 1.3, (pulls.mean(), pulls.std(ddof=1))
+
+
+def test_point_first_keeps_psf_segments_and_adds_extended_only_ones():
+    from jaxcluster.observation.detection import _point_first
+
+    seg_e = np.zeros((8, 8), np.int32)
+    seg_e[0:4, 0:4] = 1  # an all-scales segment holding two PSF-scale ones (a blend)
+    seg_e[5:8, 5:8] = 2  # diffuse emission seen only at large scales
+    seg_p = np.zeros((8, 8), np.int32)
+    seg_p[0, 0] = 1
+    seg_p[3, 3] = 2
+    out = np.asarray(_point_first(jnp.asarray(seg_p), jnp.asarray(seg_e), 4))
+    assert out[0, 0] == 1 and out[3, 3] == 2 and out[1, 1] == 0  # the blend is split into its point segments
+    assert np.all(out[5:8, 5:8] == 3)  # the extended-only segment is appended
+    assert set(np.unique(out)) == {0, 1, 2, 3}
