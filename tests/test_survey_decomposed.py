@@ -7,7 +7,6 @@ and the X-ray maps are not empty (the comparison is not trivially 0 = 0).
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ..nbody.mesh import FullMesh, MeshOps, gradient_kernel, paint_cic, read_cic, read_gradient, rfft_wavevectors
+from ..nbody.mesh import FullMesh, MeshOps, gradient_kernel, paint_cic
 
 __all__ = [
     "DENSITY_FLOOR",

@@ -175,12 +175,12 @@ def _simulate(args) -> int:
     keys = box_keys(jax.random.key(args.seed), config)
 
     @eqx.filter_jit
-    def box(th, k, z, chi, d, e, t):
+    def one_box(th, k, z, chi, d, e, t):
         pos = box_particles(th, k, z, config)
         return *simulate_box(th, k, z, chi, d, config, eldl=e, table=t, particles=pos), pos
 
+    box = _decomposed_box(args, config, theta, eldl) if distributed else one_box
     if distributed:
-        box = _decomposed_box(args, config, theta, eldl)
         args.no_halos = True  # the SO finder needs a box's particles in one place; the catalogue's m500c is empty
 
     results = []

@@ -23,7 +23,6 @@ to round-off (tests/test_survey_decomposed.py).
 
 from __future__ import annotations
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec
