@@ -42,8 +42,9 @@ the PM step, its reversible adjoint and `vmap` are unchanged. JaxPM
 **A particle further than the halo** would have its mass dropped or wrapped
 into the wrong cell. It is never silent: every paint and read counts such
 particles across devices (`psum`) and, if there is one, returns NaN on
-every device, so the whole run turns NaN; `simulate_decomposed` and
-`check_halo` then raise an error naming the halo. (Not `eqx.error_if`: its
+every device, so the whole run turns NaN; `simulate_decomposed`,
+`jaxcluster run --distributed` and `simulate --distributed` then raise an
+error naming the halo. (Not `eqx.error_if`: its
 callback runs on one device, inside the step loop, while the others wait
 in the next collective, and the program deadlocks.)
 
