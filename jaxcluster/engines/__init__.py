@@ -1,4 +1,12 @@
-"""Execution engines for campaigns of independent chunks (`jaxcluster.io.Campaign`): existing ones, not ours.
+"""Execution engines, existing ones and not ours.
+
+One simulation over many processes:
+
+* `distributed`: `jax.distributed` (one process per GPU under `srun`, or
+  explicit coordinator settings), gloo collectives on CPUs, only process 0
+  writing; `jaxcluster.nbody.domain` decomposes a box over all their devices.
+
+Campaigns of independent chunks (`jaxcluster.io.Campaign`):
 
 * `slurm`: SLURM job arrays; each array task is a worker that visits its
   share of the chunks first (`ArrayTask`, from ``SLURM_ARRAY_TASK_ID``).
