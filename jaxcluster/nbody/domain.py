@@ -67,6 +67,7 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ..cosmology import Cosmology, GrowthTable, growth_table, linear_power
 from .config import PMConfig
+from .lpt import second_order_source
 from .mesh import gradient_kernel, paint_cic, read_cic, read_gradient
 from .sharding import _slab_fft, _slab_ifft, device_mesh
 from .solver import NBodyResult, nbody
@@ -458,11 +459,7 @@ def _local_lpt_displacements(delta, shape, spacing, order, axis_name, n_dev):
     def hessian(i, j):
         return _slab_ifft(-(kvec[i] * kvec[j]).astype(ctype) * phi_k, shape[2], axis_name)
 
-    diag = [hessian(i, i) for i in range(3)]
-    delta2 = diag[0] * diag[1] + diag[0] * diag[2] + diag[1] * diag[2]
-    for i, j in ((0, 1), (0, 2), (1, 2)):
-        delta2 = delta2 - hessian(i, j) ** 2
-    d2_k = _slab_fft(delta2, axis_name)
+    d2_k = _slab_fft(second_order_source(hessian), axis_name)
     psi2 = -local_force_from_density_k(d2_k, shape, "exact", axis_name, n_dev, delta.dtype).reshape(-1, 3) * spacing
     return psi1, psi2
 

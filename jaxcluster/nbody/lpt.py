@@ -17,7 +17,16 @@ from ..cosmology import Cosmology, GrowthTable
 from .config import PMConfig
 from .mesh import force_from_density, rfft_wavevectors
 
-__all__ = ["lpt_displacements", "lpt"]
+__all__ = ["lpt_displacements", "lpt", "second_order_source"]
+
+
+def second_order_source(hessian) -> Array:
+    r"""$δ^{(2)} = \sum_{i<j} (φ_{,ii}φ_{,jj} - φ_{,ij}^2)$ from `hessian(i, j)` → φ_{,ij} (any layout, e.g. one slab)."""
+    diag = [hessian(i, i) for i in range(3)]
+    delta2 = diag[0] * diag[1] + diag[0] * diag[2] + diag[1] * diag[2]
+    for i, j in ((0, 1), (0, 2), (1, 2)):
+        delta2 = delta2 - hessian(i, j) ** 2
+    return delta2
 
 
 def lpt_displacements(
@@ -46,10 +55,7 @@ def lpt_displacements(
     def hessian(i, j):  # φ_{,ij} (dimensionless, cell units cancel)
         return jnp.fft.irfftn(-(kvec[i] * kvec[j]).astype(ctype) * phi_k, s=shape)
 
-    diag = [hessian(i, i) for i in range(3)]
-    delta2 = diag[0] * diag[1] + diag[0] * diag[2] + diag[1] * diag[2]
-    for i, j in ((0, 1), (0, 2), (1, 2)):
-        delta2 = delta2 - hessian(i, j) ** 2
+    delta2 = second_order_source(hessian)
     # Ψ₂ = +∇∇⁻²δ⁽²⁾ (Crocce et al. 2006, eq. 5): minus the force kernel, as D₂ < 0 carries the sign.
     psi2 = -force_from_density(jnp.fft.rfftn(delta2), shape, gradient="exact").reshape(-1, 3) * h
     return psi1, psi2
