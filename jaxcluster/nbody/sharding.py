@@ -197,18 +197,49 @@ def _check_decomposition(config: PMConfig, n_dev: int, n_ptcl: int | None = None
         raise ValueError(f"n_ptcl = {n_ptcl} must be a multiple of the {n_dev} devices")
 
 
-def _slab_fft(slab, axis_name):
-    """(nx/P, ny, nz) real x-slab → (nx, ny/P, nz//2+1) complex y-slab of the rfftn."""
-    a = jnp.fft.fft(jnp.fft.rfft(slab, axis=2), axis=1)
-    a = jax.lax.all_to_all(a, axis_name, split_axis=1, concat_axis=0, tiled=True)
+def _pencil_fft(block, x_axis: str | None, y_axis: str | None):
+    """(nx/Px, ny/Py, nz, *ch) real block → (nx, ny/Px, nzp/Py, *ch) complex block of the rfftn (inside `shard_map`).
+
+    The pencil transform over a 2-D device mesh (we would call jaxDecomp's
+    `pfft3d` if it were packaged here; it is not, so this is plain JAX): the
+    rfft along z (never cut), an `all_to_all` over `y_axis` that trades y for
+    the z frequencies, the fft along y, an `all_to_all` over `x_axis` that
+    trades x for the y frequencies, the fft along x. The n_z/2 + 1 z
+    frequencies are zero-padded to nzp, a multiple of Py, for the first
+    transpose. A `None` axis is not cut (Py = 1 is the slab transform:
+    nzp = n_z/2 + 1 and no first transpose).
+    """
+    a = jnp.fft.rfft(block, axis=2)
+    if y_axis is not None:
+        pad = -a.shape[2] % jax.lax.axis_size(y_axis)
+        if pad:  # zero modes: whatever a kernel multiplies them by, the inverse drops them
+            a = jnp.pad(a, [(0, 0), (0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 3))
+        a = jax.lax.all_to_all(a, y_axis, split_axis=2, concat_axis=1, tiled=True)  # (nx/Px, ny, nzp/Py)
+    a = jnp.fft.fft(a, axis=1)
+    if x_axis is not None:
+        a = jax.lax.all_to_all(a, x_axis, split_axis=1, concat_axis=0, tiled=True)  # (nx, ny/Px, nzp/Py)
     return jnp.fft.fft(a, axis=0)
+
+
+def _pencil_ifft(a, nz: int, x_axis: str | None, y_axis: str | None):
+    """Inverse of `_pencil_fft`: (nx, ny/Px, nzp/Py, *ch) complex → (nx/Px, ny/Py, nz, *ch) real block."""
+    a = jnp.fft.ifft(a, axis=0)
+    if x_axis is not None:
+        a = jax.lax.all_to_all(a, x_axis, split_axis=0, concat_axis=1, tiled=True)
+    a = jnp.fft.ifft(a, axis=1)
+    if y_axis is not None:
+        a = jax.lax.all_to_all(a, y_axis, split_axis=1, concat_axis=2, tiled=True)[:, :, : nz // 2 + 1]
+    return jnp.fft.irfft(a, n=nz, axis=2)
+
+
+def _slab_fft(slab, axis_name):
+    """(nx/P, ny, nz) real x-slab → (nx, ny/P, nz//2+1) complex y-slab of the rfftn (the pencil transform, Py = 1)."""
+    return _pencil_fft(slab, axis_name, None)
 
 
 def _slab_ifft(a, nz, axis_name):
     """Inverse of `_slab_fft`: (nx, ny/P, nzr, *ch) complex y-slab → (nx/P, ny, nz, *ch) real x-slab."""
-    a = jnp.fft.ifft(a, axis=0)
-    a = jax.lax.all_to_all(a, axis_name, split_axis=0, concat_axis=1, tiled=True)
-    return jnp.fft.irfft(jnp.fft.ifft(a, axis=1), n=nz, axis=2)
+    return _pencil_ifft(a, nz, axis_name, None)
 
 
 def _local_force_from_density(slab, mesh_shape, gradient, axis_name, n_dev):
