@@ -31,6 +31,7 @@ from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 from ..baryons.eldl import ExtendedLDL
 from ..cosmology import Cosmology, GrowthTable, growth_table
 from ..nbody.domain import (
+    Decomposition,
     SlabDecomposition,
     SlabMesh,
     linear_field_decomposed,
@@ -46,12 +47,21 @@ from .pipeline import SurveyConfig, detect_and_measure
 __all__ = ["check_decomposition", "box_particles_decomposed", "box_maps_decomposed", "simulate_box_decomposed"]
 
 
-def check_decomposition(config: SurveyConfig, decomposition: SlabDecomposition, eldl: ExtendedLDL | None = None) -> None:
+def _require_slabs(decomposition: Decomposition) -> None:
+    if not isinstance(decomposition, SlabDecomposition):
+        raise ValueError(f"decomposition = {type(decomposition).__name__}: the survey projects each device's columns "
+                         "along the line of sight on x-slabs only; use SlabDecomposition (pencils run the PM and "
+                         "the paint, nbody.domain, not the survey maps)")
+
+
+def check_decomposition(config: SurveyConfig, decomposition: Decomposition, eldl: ExtendedLDL | None = None) -> None:
     """Refuse a survey whose boxes this decomposition cannot hold, naming the parameter.
 
     The PM mesh (`mesh_factor` × the voxels) and the eLDL's mesh (the voxels) must
-    both split into slabs that hold the halo and the reach of their reads.
+    both split into slabs that hold the halo and the reach of their reads. Slabs
+    only: pencils (`PencilDecomposition`) are refused.
     """
+    _require_slabs(decomposition)
     geom = config.geometry
     if geom.n_perp % decomposition.n_devices:
         raise ValueError(f"the boxes' n_perp = {geom.n_perp} transverse cells must be a multiple of the "
@@ -101,7 +111,7 @@ def box_maps_decomposed(
     config: SurveyConfig,
     eldl: ExtendedLDL,
     table: EmissivityTable,
-    decomposition: SlabDecomposition,
+    decomposition: Decomposition,
 ) -> BoxMaps:
     """`maps.box_maps` of Lagrangian-slab particles: eLDL, count rates and columns on each device's slab.
 
@@ -116,6 +126,7 @@ def box_maps_decomposed(
         `BoxMaps` on the survey pixels (replicated).
     """
     dec = decomposition
+    _require_slabs(dec)
     geom = config.geometry
     cosmo = Cosmology.from_theta(theta)
     ops = SlabMesh(geom.mesh_shape, dec.halo, dec.axis_name, dec.n_devices)
