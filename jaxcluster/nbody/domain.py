@@ -1,28 +1,52 @@
-r"""One large box over many devices: mesh slabs, and the particles that live in them.
+r"""One large box over many devices: mesh slabs or pencils, and the particles that live in them.
 
 `SlabDecomposition` cuts a periodic box into P slabs along x, one per
 device of a 1-D `jax.sharding.Mesh` (the devices of one process, or of many
-processes under `jax.distributed`). Each device holds
+processes under `jax.distributed`). `PencilDecomposition` cuts x and y over a
+2-D (Px, Py) mesh (`pencil_mesh`): device (i, j) holds x ∈ [i n_x/Px, …),
+y ∈ [j n_y/Py, …), all z. Both are a `Decomposition`, and slabs are the
+Py = 1 case of the same code (an axis over one device is neither padded nor
+exchanged nor transposed). Each device holds
 
-* the mesh cells of its slab, x ∈ [r n_x/P, (r+1) n_x/P), and
-* the particles whose **Lagrangian** (lattice) position is in that slab: in C
-  order the lattice's x index varies slowest, so the particle axis of
-  (n_ptcl, 3) arrays split in P equal parts is exactly this (a
-  `NamedSharding` over the particle axis).
+* the mesh cells of its block (`blocks`: x-slabs, or (x, y) pencils), and
+* the particles whose **Lagrangian** (lattice) position is in that block,
+  in **block order**: the devices' blocks one after the other (x-block
+  major), each in C order, so that the particle axis of (n_ptcl, 3) arrays
+  split in Px·Py equal parts is exactly this (`particles`, a `NamedSharding`
+  over the particle axis). For slabs block order *is* the lattice's C order
+  (its x index varies slowest). For Py > 1 a Lagrangian (x, y) block is not
+  a contiguous range of the C order, so pencils keep the flat (n_ptcl, 3)
+  arrays of the single-device code (the solver, the adjoint and `vmap` are
+  unchanged) in block order, and `to_lattice_order` / `from_lattice_order`
+  convert (a global permutation, for output and comparisons). The white
+  noise is drawn on the mesh-shaped lattice, sharded as `blocks`, so the
+  same key gives the same box on any layout (partitionable threefry).
 
-Particles never change device. A particle displaced out of its slab still
-paints and reads through the slab's **halo**: every device paints into a
-buffer of n_x/P + 2h + 1 x-cells (h cells on the left, h + 1 on the right,
-the extra one for the CIC corner), adds the overhangs into its neighbours'
-slabs with two `ppermute`s, and, to read a field, fills the same padding
-from its neighbours with the two transposed `ppermute`s. The PM force is
-read one component at a time (a `lax.map` over the three): each is
-transformed back to its slab, padded and read before the next, so one
-padded buffer is live instead of three (per-device memory 0.25 of one
-device's at 512³ on 4 devices, against 0.31 reading the 4-point gradient
-of a padded potential: `benchmarks/scaling.py`). The FFTs are the
-slab transforms of `jaxcluster.nbody.sharding` (two `all_to_all`s each way).
-No device ever holds the full mesh or more than its 1/P of the particles.
+Particles never change device. A particle displaced out of its block still
+paints and reads through the block's **halo**: every device paints into a
+buffer padded by h cells on the left and h + 1 on the right (the extra one
+for the CIC corner) along each cut axis, adds the overhangs into its
+neighbours' blocks with `ppermute`s, along x first and then along y (the x
+exchange carries the y padding, which the y exchange then passes on, so a
+corner overhang reaches the diagonal neighbour), and, to read a field,
+fills the same padding from its neighbours with the transposed
+`ppermute`s (y first, then x). The PM force is read one component at a time
+(a `lax.map` over the three): each is transformed back to its block, padded
+and read before the next, so one padded buffer is live instead of three
+(per-device memory 0.25 of one device's at 512³ on 4 slabs, against 0.31
+reading the 4-point gradient of a padded potential: `benchmarks/scaling.py`).
+The FFTs are the slab and pencil transforms of `jaxcluster.nbody.sharding`
+(`_pencil_fft`: rfft along z, `all_to_all` over y, fft along y, `all_to_all`
+over x, fft along x; plain JAX since jaxDecomp is not packaged here).
+No device ever holds the full mesh or more than its 1/(Px·Py) of the particles.
+
+**Slabs or pencils.** Slabs need h + 1 ≤ n_x/P, so at most n_x/(h + 1)
+devices; pencils need h + 1 ≤ n_x/Px and ≤ n_y/Py, so up to
+(n_x/(h + 1)) × (n_y/(h + 1)). The FFT layout adds Px | n_y (and Py | n_y,
+Px | n_x); n_z/2 + 1 is zero-padded to a multiple of Py. Below the slab
+limit slabs pad less (2h + 1 planes against a ring of both widths) and
+transpose once per 3-D FFT instead of twice: prefer them; use pencils when
+there are more devices than slabs.
 
 **Why a Lagrangian layout with a halo rather than FastPM's particle exchange.**
 Exchange (send the particles that left a slab to its neighbour every step)
@@ -39,8 +63,8 @@ of a slab buffer but no particle memory, no reordering and fixed shapes, so
 the PM step, its reversible adjoint and `vmap` are unchanged. JaxPM
 (Modi, Lanusse, Campagne et al.) made the same choice.
 
-**A particle further than the halo** would have its mass dropped or wrapped
-into the wrong cell. It is never silent: every paint and read counts such
+**A particle further than the halo** (along a cut axis) would have its mass
+dropped or wrapped into the wrong cell. It is never silent: every paint and read counts such
 particles across devices (`psum`) and, if there is one, returns NaN on
 every device, so the whole run turns NaN; `simulate_decomposed`,
 `jaxcluster run --distributed` and `simulate --distributed` then raise an
@@ -49,8 +73,10 @@ callback runs on one device, inside the step loop, while the others wait
 in the next collective, and the program deadlocks.)
 
 The physics stays in the single-device modules; this module only lays
-their mesh operations out over devices (`paint`, `read`, the slab FFTs) and
-provides the decomposed IC → LPT → FastPM chain on them.
+their mesh operations out over devices (`paint`, `read`, the slab and pencil
+FFTs; `SlabMesh` / `PencilMesh` for the eLDL painters) and provides the
+decomposed IC → LPT → FastPM chain on them. The survey's line-of-sight
+projection (`survey.decomposed`) runs on slabs only.
 """
 
 from __future__ import annotations
@@ -608,7 +634,8 @@ class SlabMesh(_BlockMeshOps):
         """Every `stride`-th particle of the global lattice order, as masses 1/0 on this device's particles
         (the slabs do not start on multiples of the stride), and how many there are in all."""
         n_loc = pos_cell.shape[0]
-        index = self.grid.index(0) * n_loc + jnp.arange(n_loc)
+        local = jnp.arange(n_loc)
+        index = self.grid.index(0).astype(local.dtype) * n_loc + local
         mass = (index % stride == 0).astype(pos_cell.dtype) * jnp.ones_like(pos_cell[:, 0])
         return pos_cell, mass, len(range(0, n_loc * self.n_devices, stride))
 
@@ -640,7 +667,8 @@ class PencilMesh(_BlockMeshOps):
         ps = self.shape if self.particle_shape is None else self.particle_shape
         nxl, nyl, nz = _block_shape(ps, g)
         i, j, k = jnp.unravel_index(jnp.arange(pos_cell.shape[0]), (nxl, nyl, nz))
-        index = ((g.index(0) * nxl + i) * ps[1] + g.index(1) * nyl + j) * nz + k
+        x0, y0 = (g.index(a).astype(i.dtype) * n for a, n in ((0, nxl), (1, nyl)))
+        index = ((x0 + i) * ps[1] + y0 + j) * nz + k
         mass = (index % stride == 0).astype(pos_cell.dtype) * jnp.ones_like(pos_cell[:, 0])
         return pos_cell, mass, len(range(0, math.prod(ps), stride))
 

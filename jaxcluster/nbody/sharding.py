@@ -32,9 +32,12 @@ so the numbers are relative only): the δ → F force at 128³, float64, per dev
   keeps the rfft layout our kernels use.
 
 On CPU, jaxdecomp and the slab scheme are close. The slab scheme was chosen
-for being plain JAX with the rfft layout. On GPUs jaxdecomp (cuDecomp, and
-pencils for more than n_x devices) should be measured again. Slabs limit
-the device count to min(n_x, n_y).
+for being plain JAX with the rfft layout. On GPUs jaxdecomp (cuDecomp)
+should be measured again. Slabs limit the device count to min(n_x, n_y);
+for more devices `_pencil_fft` / `_pencil_ifft` cut x and y over a 2-D
+device mesh (two `all_to_all`s each way, over y then x; jaxDecomp's `pfft3d`
+is not installable here, so they are plain JAX too), and `_slab_fft` is
+their Py = 1 case. `nbody.domain.PencilDecomposition` uses them.
 
 Painting and reading with a decomposed mesh: particle positions are
 all-gathered (n_ptcl × 3 numbers per device, 1/8 of the mesh for a 2× force
