@@ -8,6 +8,16 @@ import sys
 import time
 
 
+def _pencils_type(text: str) -> tuple[int, int]:
+    """`--pencils PXxPY` → (Px, Py), both ≥ 1."""
+    import argparse
+
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        raise argparse.ArgumentTypeError(f"--pencils must be PXxPY with integers >= 1 (e.g. 2x4), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
 def _run(args) -> int:
     import jax
 
@@ -15,6 +25,8 @@ def _run(args) -> int:
 
     if args.x64:
         jax.config.update("jax_enable_x64", True)  # opt-in at the entry point, never at import
+    if args.pencils is not None and not args.distributed:
+        raise ValueError("--pencils needs --distributed")
     distributed = initialize_from_args(args)  # before any computation starts the backend
     import jax.numpy as jnp
     import matplotlib
@@ -47,13 +59,19 @@ def _run(args) -> int:
 
     layout = ""
     if distributed:
-        from .nbody.domain import SlabDecomposition, halo_for_box, paint_decomposed, simulate_decomposed
+        from .nbody.domain import (PencilDecomposition, SlabDecomposition, halo_for_box, paint_decomposed,
+                                   pencil_mesh, simulate_decomposed)
 
         halo = halo_for_box(cosmo, config) if args.halo is None else args.halo
-        dec = SlabDecomposition(halo=halo)
+        if args.pencils is None:
+            dec = SlabDecomposition(halo=halo)
+            cut = f"x-slabs of {config.mesh_shape[0] // dec.n_devices} cells"
+        else:
+            dec = PencilDecomposition(pencil_mesh(*args.pencils), halo=halo)
+            cut = (f"{args.pencils[0]} × {args.pencils[1]} pencils of {config.mesh_shape[0] // args.pencils[0]} × "
+                   f"{config.mesh_shape[1] // args.pencils[1]} cells")
         dec.check(config.mesh_shape, config.particle_shape)
-        layout = (f" over {jax.process_count()} processes, {jax.device_count()} devices (x-slabs of "
-                  f"{config.mesh_shape[0] // dec.n_devices} cells, halo {halo})")
+        layout = f" over {jax.process_count()} processes, {jax.device_count()} devices ({cut}, halo {halo})"
 
         def simulate(key, cosmo):  # noqa: F811 — the decomposed chain; the same key gives the same box
             res = simulate_decomposed(key, cosmo, config, step_grid(args.a_init, 1.0, args.steps), decomposition=dec)
@@ -194,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     from .engines.distributed import add_distributed_options
 
     add_distributed_options(run)
+    run.add_argument("--pencils", type=_pencils_type, default=None, metavar="PXxPY",
+                     help="with --distributed: cut x and y over a Px × Py device mesh (pencils, for more devices "
+                     "than slabs; Px·Py = all devices) instead of x-slabs")
     run.set_defaults(func=_run)
     for name, text in _FORWARDED.items():  # listed in --help; dispatched before parsing
         sub.add_parser(name, help=text, add_help=False)
