@@ -126,3 +126,28 @@ def test_run_command_distributed(tmp_path):
     pk_one = np.loadtxt(tmp_path / "one" / "power_spectrum.txt")
     np.testing.assert_allclose(pk_dist, pk_one, rtol=2e-4)
     assert sorted(p.name for p in (tmp_path / "dist").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+
+
+@pytest.mark.slow  # three processes, ~30–40 s on 2 cores; tests/nbody/test_pencil.py checks pencils on 4 devices in CI
+def test_run_command_on_pencils_over_two_processes(tmp_path):
+    """`jaxcluster run --distributed --pencils 2x2` on 2 processes × 2 devices (the mesh's x axis across the
+    processes, y within each): what the single-process command writes (P(k) to float32)."""
+    common = ["-m", "jaxcluster", "run", "--box", "64", "--particles", "16", "--steps", "2", "--seed", "5"]
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, *common, "--out", str(tmp_path / "dist"), "--distributed", "--halo", "7",
+                               "--pencils", "2x2", "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                               "--process-id", str(i)], env=_env(2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for i in range(2)]
+    single = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "one")], env=_env(1),
+                            capture_output=True, text=True, timeout=240)
+    try:
+        logs = [p.communicate(timeout=240)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(p.returncode == 0 for p in procs), "\n".join(log[-3000:] for log in logs)
+    assert single.returncode == 0, single.stderr[-3000:]
+    assert "over 2 processes, 4 devices (2 × 2 pencils of 16 × 16 cells, halo 7)" in logs[0]
+    pk_dist = np.loadtxt(tmp_path / "dist" / "power_spectrum.txt")
+    pk_one = np.loadtxt(tmp_path / "one" / "power_spectrum.txt")
+    np.testing.assert_allclose(pk_dist, pk_one, rtol=2e-4)
