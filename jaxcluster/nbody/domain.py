@@ -91,7 +91,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray, Shaped
 
 from ..cosmology import Cosmology, GrowthTable, growth_table, linear_power
 from .config import PMConfig
@@ -216,12 +216,17 @@ class Decomposition(eqx.Module):
         """`blocks` (the name slabs had first)."""
         return self.blocks
 
-    def _refuse_halo(self, block: tuple[int, ...], reach: int) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _refuse_halo(self, block: tuple[int, int], reach: int) -> None:
+        """Raise the error naming the halo's allowed range for (n_x/Px, n_y/Py) blocks."""
 
+    @abc.abstractmethod
     def check_fft(self, shape: tuple[int, int, int], name: str = "mesh_shape") -> None:
-        """Refuse a grid the decomposed FFT cannot cut, naming the parameter (overridden per layout)."""
-        raise NotImplementedError
+        """Refuse a grid the decomposed FFT cannot cut, naming the parameter."""
+
+    @abc.abstractmethod
+    def check_particles(self, particle_shape: tuple[int, int, int]) -> None:
+        """Refuse a lattice that does not cut into Lagrangian blocks, naming the parameter."""
 
     def check(self, mesh_shape: tuple[int, int, int], particle_shape: tuple[int, int, int] | None = None,
               reach: int = 1) -> None:
@@ -238,9 +243,6 @@ class Decomposition(eqx.Module):
         block = tuple(mesh_shape[a] // g.size(a) for a in g.cut)
         if block and self.halo + reach > min(block):
             self._refuse_halo(tuple(mesh_shape[a] // g.size(a) for a in (0, 1)), reach)
-
-    def check_particles(self, particle_shape: tuple[int, int, int]) -> None:
-        raise NotImplementedError
 
     def padded_shape(self, mesh_shape: tuple[int, int, int]) -> tuple[int, int, int]:
         """Shape of one device's paint/read buffer: its block plus 2 halo + 1 cells along each cut axis."""
@@ -263,8 +265,8 @@ class Decomposition(eqx.Module):
         body = lambda: _local_lattice(config.particle_shape, config.particle_spacing, g, dtype)
         return jax.shard_map(body, mesh=self.mesh, in_specs=(), out_specs=self.particles.spec)()
 
-    def to_lattice_order(self, x: Float[Array, "n_ptcl *rest"], particle_shape: tuple[int, int, int]
-                         ) -> Float[Array, "n_ptcl *rest"]:
+    def to_lattice_order(self, x: Shaped[Array, "n_ptcl *rest"], particle_shape: tuple[int, int, int]
+                         ) -> Shaped[Array, "n_ptcl *rest"]:
         """(n_ptcl, …) in block order → the lattice's C order (what single-device code uses). A global
         permutation: for comparisons and output, not inside a step."""
         px, py = self.grid.px, self.grid.py
@@ -275,8 +277,8 @@ class Decomposition(eqx.Module):
         y = x.reshape(px, py, nx // px, ny // py, nz, *rest)
         return jnp.swapaxes(y, 1, 2).reshape(x.shape)
 
-    def from_lattice_order(self, x: Float[Array, "n_ptcl *rest"], particle_shape: tuple[int, int, int]
-                           ) -> Float[Array, "n_ptcl *rest"]:
+    def from_lattice_order(self, x: Shaped[Array, "n_ptcl *rest"], particle_shape: tuple[int, int, int]
+                           ) -> Shaped[Array, "n_ptcl *rest"]:
         """Inverse of `to_lattice_order`: C lattice order → block order."""
         px, py = self.grid.px, self.grid.py
         if py == 1:
