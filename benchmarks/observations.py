@@ -45,7 +45,8 @@ import numpy as np  # noqa: E402
 
 def _cost(area: float, seed: int) -> dict:
     from jaxcluster.observation import ObservationConfig
-    from jaxcluster.observation.field import FieldSettings, measure_chunk, observe_and_detect
+    from jaxcluster.observation.field import (FieldSettings, field_confusion, field_source_model, measure_field_host,
+                                              observe_and_detect)
     from jaxcluster.params import ThetaSim
     from jaxcluster.survey import seed001_survey, simulate_survey
     from jaxcluster.xray.emissivity import default_band_response
@@ -70,14 +71,15 @@ def _cost(area: float, seed: int) -> dict:
     obs_config = ObservationConfig()
     response = default_band_response()
     stage1 = eqx.filter_jit(lambda k, c: observe_and_detect(k, c, map_pix, obs_config, settings, response))
-    stage2 = eqx.filter_jit(lambda p, d, c: measure_chunk(p, d, settings, response, c))
+    model = field_source_model(settings, response)
+    confusion = field_confusion(settings, obs_config, response)
     cr = jnp.sum(res.maps.count_rate[0], axis=0)
 
     def chain(k):
         obs, padded, det, _ = jax.block_until_ready(stage1(k, cr))
         n_det = int(jnp.max(det.segmentation))
         t1 = time.perf_counter()
-        cats = [jax.block_until_ready(stage2(padded, det, jnp.asarray(c))) for c in range(-(-n_det // settings.chunk))]
+        cats = [jax.block_until_ready(measure_field_host(padded, det, settings, model, confusion))]
         return obs, cats, n_det, t1
 
     kobs = jax.random.key(seed + 1)

@@ -100,7 +100,7 @@ def add_distributed_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-processes", type=int, default=None, metavar="N", help="total number of processes")
     g.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's id, in [0, N)")
     g.add_argument("--halo", type=int, default=None, metavar="CELLS",
-                   help="halo of the slab decomposition [mesh cells]; default: 6 σ of the linear-theory "
+                   help="halo of the slab or pencil decomposition [mesh cells]; default: 6 σ of the linear-theory "
                    "displacement (nbody.domain.halo_for_box)")
 
 

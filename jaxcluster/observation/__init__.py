@@ -41,8 +41,9 @@ from .psf import (
 )
 from .vignetting import FOV_RADIUS_ARCMIN, vignetting
 from .classes import C1, C2, ClassCuts, classify
+from .confusion import Confusion, agn_confusion
 from .detection import Detection, DetectionSettings, detect, estimate_background
-from .measure import FitSettings, MeasuredCatalogue, SourceModel, measure_catalogue
+from .measure import FitSettings, MeasuredCatalogue, SourceModel, measure_catalogue, measure_two_pass, refine_catalogue
 from .selection import (
     SelectionTable,
     build_selection_table,
@@ -62,8 +63,8 @@ __all__ = [
     "Pointings", "exposure_maps", "grid_pointings", "off_axis_arcmin", "pixel_centres_arcmin",
     "convolve", "encircled_energy", "half_energy_diameter_arcsec", "king_parameters", "king_profile", "psf_kernel",
     "FOV_RADIUS_ARCMIN", "vignetting",
-    "C1", "C2", "ClassCuts", "classify", "Detection", "DetectionSettings", "detect", "estimate_background",
-    "FitSettings", "MeasuredCatalogue", "SourceModel", "measure_catalogue",
+    "C1", "C2", "ClassCuts", "classify", "Confusion", "agn_confusion", "Detection", "DetectionSettings", "detect", "estimate_background",
+    "FitSettings", "MeasuredCatalogue", "SourceModel", "measure_catalogue", "measure_two_pass", "refine_catalogue",
     "SelectionTable", "build_selection_table", "inject_and_recover", "load_selection_table", "selection_figure",
     "selection_probability",
 ]  # fmt: skip

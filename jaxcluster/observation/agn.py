@@ -28,6 +28,7 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
 from ..xray.response import BandResponse
@@ -41,6 +42,7 @@ __all__ = [
     "flux_above",
     "expected_number",
     "energy_conversion_factor",
+    "second_moment_below",
     "draw_agn",
     "paint_point_sources",
 ]
@@ -122,6 +124,22 @@ def energy_conversion_factor(
     k = 1.0 / (energy_per_k * KEV_ERG)  # photons cm⁻² s⁻¹ keV⁻¹ at 1 keV per erg s⁻¹ cm⁻²
     photons = k * power_law_photon_spectrum(e, g) * (hi - lo) * transmission(e, nh_cm2).astype(dtype)
     return jnp.sum(area * photons[:, None], axis=0)
+
+
+def second_moment_below(s_min: float, s_max: float, params=MORETTI03_SOFT, n: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    r"""$M_2(S) = \int_{S_{min}}^{S} S'^2 (-dN/dS') dS'$ [erg² s⁻² cm⁻⁴ deg⁻²] on a log grid of S (host).
+
+    By parts, $M_2(S) = S_{min}^2 N(S_{min}) - S^2 N(S) + 2\int_{S_{min}}^{S} S' N(>S') dS'$, the
+    integral by the trapezoidal rule in ln S on `n` + 1 nodes (relative error ≲ 10⁻⁴ for these smooth N).
+
+    Returns:
+        (S grid (n + 1,) [erg s⁻¹ cm⁻²], M_2 on it).
+    """
+    s = np.geomspace(s_min, s_max, n + 1)
+    nn = np.array([_n_above_host(float(x), params) for x in s])
+    f = s * nn * s  # S N(>S) dS = S N(>S) · S d ln S
+    cum = np.concatenate([[0.0], np.cumsum(0.5 * (f[1:] + f[:-1]) * np.diff(np.log(s)))])
+    return s, s_min**2 * nn[0] - s**2 * nn + 2.0 * cum
 
 
 def _invert_n_above(target: Float[Array, "*s"], s_min: float, s_max: float, params) -> Float[Array, "*s"]:

@@ -3,11 +3,16 @@ r"""Background estimation and source detection on Poisson photon images.
 **Background** (`estimate_background`), three ways:
 
 * ``"image"`` (the realistic default): the background is measured on the
-  image itself. Per band, the count rate per unit exposure is summed in
-  boxes of `background_box` pixels, pixels near sources masked; it is
-  bilinearly interpolated between box centres and multiplied by the
-  vignetted exposure (the cosmic background is vignetted; the particle
-  background is not, which the boxes absorb to first order). The mask is
+  image itself. Per band, the counts are summed in boxes of `background_box`
+  pixels, pixels near sources masked, over the sum of a background shape in
+  the same pixels: the expected background map when one is given (what an
+  observer builds from the exposure maps and the particle-background
+  calibration; `Observation.background`), else the vignetted exposure. The
+  ratio is bilinearly interpolated between box centres and multiplied by the
+  shape. (Without the map, the cosmic background is vignetted and the
+  particle background is not: the count rate per vignetted exposure steps
+  where a pointing's field of view ends, and the boxes left ridges of excess
+  along the edges.) The mask is
   iterated: pixels whose filtered significance against the current
   estimate exceeds `background_kappa` are masked, with a margin.
   Means, not modes: at 10 ks most pixels hold 0 or 1 photon, where sep's
@@ -34,17 +39,19 @@ the maximum over the scales. sep (or the JAX connected-components
 detector) extracts the pixels with σ > `threshold` (default 4, in Gaussian
 σ), at least `min_area` of them connected.
 
-**Point sources first** (`point_first`, off by default). The all-scales map is smooth
+**Point sources first** (`point_first`, on by default). The all-scales map is smooth
 on the largest filter's scale (30″), and deblending it merges sources up to
 ≈ 1′ apart: a cluster next to a bright AGN became one segment, fitted at the
 AGN (20–40 % of bright injections were lost this way). So the PSF-scale map
 is segmented too; its segments are kept, and an all-scales segment is added
 only where it holds none of them (faint diffuse emission). A cluster whose
 core breaks into several PSF-scale segments is then measured more than once;
-`measure_catalogue` drops the duplicates (its docstring). In dense AGN fields
-(1 deg², 7.5″ pixels) it produced ≈ 7× more false C1 (fragments of AGN wings
-refitted as large extended sources), hence off by default
-(docs/validation/observations.md).
+`measure_catalogue` drops the duplicates (its docstring). PSF-scale segments
+also cut a bright AGN's wings into fragments, which a single measurement pass
+fitted as large extended sources (77 false C1 in an AGN-only deg²): measure
+with both passes (`measure.measure_two_pass`, `field.measure_field`), which
+hold the brighter neighbours' models fixed (7 false C1 there;
+docs/validation/observations.md).
 """
 
 from __future__ import annotations
@@ -59,11 +66,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
-from .measure import SourceModel
+from .measure import SourceModel, convolve_centred
 
 __all__ = [
     "BACKGROUND_METHODS",
     "DetectionSettings",
+    "point_count_limit",
+    "remeasure_background",
     "Detection",
     "poisson_significance",
     "filter_kernels",
@@ -116,7 +125,7 @@ class DetectionSettings(eqx.Module):
                  background_kappa: SupportsFloat = 4.0, background_iterations: SupportsInt = 3,
                  threshold: SupportsFloat = 4.0, min_area: SupportsInt = 3,
                  scales_arcsec=(0.0, 10.0, 30.0), method: str = "sep", max_sources: SupportsInt = 32,
-                 deblend_nthresh: SupportsInt = 32, deblend_cont: SupportsFloat = 0.005, point_first: bool = False):
+                 deblend_nthresh: SupportsInt = 32, deblend_cont: SupportsFloat = 0.005, point_first: bool = True):
         from ..params import check_scalar
         from ..survey.detect import DETECTORS
 
@@ -176,7 +185,8 @@ def filter_kernels(model: SourceModel, scales_arcsec: tuple[float, ...], dtype=j
 
 
 def _convolve(image, kernel):
-    return jax.scipy.signal.fftconvolve(image, kernel, mode="same")
+    # the kernels are templates centred on pixel (c/2, c/2) of even cutouts: convolve about that pixel
+    return convolve_centred(image, kernel)
 
 
 def significance_map(
@@ -215,6 +225,8 @@ def estimate_background(
     exposure: Float[Array, "n_band n m"],
     settings: DetectionSettings,
     kernels: Float[Array, "k c c"] | None = None,
+    sources: Float[Array, "n_band n m"] | None = None,
+    template: Float[Array, "n_band n m"] | None = None,
 ) -> tuple[Float[Array, "n_band n m"], Float[Array, "n_band n m"]]:
     """Background counts per pixel and their relative variance, "image" or "sep" method (module docstring).
 
@@ -223,6 +235,15 @@ def estimate_background(
         exposure: (n_band, n, m) vignetted exposure [s].
         settings: `background`, `background_box`, `background_kappa`, `background_iterations`.
         kernels: matched-filter kernels for the source mask (None: per pixel).
+        sources: (n_band, n, m) expected counts of the sources measured so far ("image" only): subtracted
+            from the box sums, and the mask made on the residual. The wings of bright AGN (≈ 25 % of their
+            light beyond 24″) and of clusters then no longer raise the boxes around them
+            (`measure.render_models`, `remeasure_background`).
+        template: (n_band, n, m) the background's expected shape ("image" only; e.g. `Observation.background`,
+            what an observer builds from the exposure maps and the particle-background calibration): the
+            boxes then measure its normalisation, smooth, instead of the count rate per vignetted exposure,
+            which steps where a pointing's field of view ends (the particle background is unvignetted), so
+            the bilinear boxes left ridges of excess along the edges (false extended sources).
 
     Returns:
         (background, relative variance), each (n_band, n, m).
@@ -242,17 +263,84 @@ def estimate_background(
     mask = jnp.ones((n, m), counts.dtype)
     grow = jnp.ones((5, 5), counts.dtype)  # masks 2 pixels beyond the significant ones (PSF wings)
     bkg = rel_var = None
+    src_counts = jnp.zeros_like(counts) if sources is None else sources
     for _ in range(settings.background_iterations):
         c_box = _box_sum(counts * mask[None], box)
-        e_box = _box_sum(exposure * mask[None], box)
+        s_box = _box_sum(src_counts * mask[None], box)
+        shape_map = exposure if template is None else template
+        e_box = _box_sum(shape_map * mask[None], box)
         ok = e_box > 0
-        rate = jnp.where(ok, c_box / jnp.where(ok, e_box, 1.0), 0.0)
-        bkg = _upsample(rate, (nb, n, m)) * exposure
-        rel_var = _upsample(1.0 / jnp.maximum(c_box, 1.0), (nb, n, m))
-        sig = significance_map(counts.sum(0), bkg.sum(0), kernels)
+        rate = jnp.where(ok, jnp.maximum(c_box - s_box, 0.0) / jnp.where(ok, e_box, 1.0), 0.0)
+        bkg = _upsample(rate, (nb, n, m)) * shape_map
+        rel_var = _upsample(1.0 / jnp.maximum(c_box - s_box, 1.0), (nb, n, m))
+        sig = significance_map(counts.sum(0), (bkg + src_counts).sum(0), kernels)
         src = (sig > settings.background_kappa).astype(counts.dtype)
         mask = (_convolve(src, grow) < 0.5).astype(counts.dtype)
     return bkg, rel_var
+
+
+def remeasure_background(
+    detection: Detection,
+    counts: Float[Array, "n_band n m"],
+    exposure: Float[Array, "n_band n m"],
+    model: SourceModel,
+    settings: DetectionSettings,
+    sources: Float[Array, "n_band n m"],
+    template: Float[Array, "n_band n m"] | None = None,
+) -> Detection:
+    """The detection with its "image" background estimated again, the measured sources' models subtracted
+    (`estimate_background(sources=…, template=…)`); unchanged for the "sep" and "model" backgrounds; jit-able."""
+    if settings.background != "image":
+        return detection
+    kernels = filter_kernels(model, settings.scales_arcsec, counts.dtype) if settings.scales_arcsec else None
+    bkg, rel_var = estimate_background(counts, exposure, settings, kernels, sources, template)
+    return eqx.tree_at(lambda d: (d.background, d.background_rel_var), detection, (bkg, rel_var))
+
+
+def point_count_limit(
+    background: Float[Array, "n m"], model: SourceModel, threshold: float, min_area: int = 1, n_bisect: int = 48
+) -> Float[Array, "n m"]:
+    r"""Expected counts a point source needs to be detected: `min_area` pixels above `threshold` on the
+    PSF-filtered significance map.
+
+    With the unit-sum PSF filter K (`filter_kernels`, scale 0: the PSF over the cutout, which holds a
+    fraction f of its light) and $\bar k = \sum K^2$, a point source of C expected counts raises the
+    effective counts $S' = K ⊗ n / \bar k$ from the background's $B' = K ⊗ b / \bar k$ to $B' + f C$
+    at its pixel (K matches the PSF), and to $B' + ρ f C$ at the pixel where the filtered PSF
+    (K ⊗ PSF) has fallen to the `min_area`-th largest of its values, ρ times its peak; the limit solves
+    `poisson_significance`(B' + ρ f C, B') = threshold, by bisection in ln C. B' is normalised by the
+    part of K inside the image, so the edges see their own background.
+
+    Args:
+        background: (n, m) expected counts per pixel that a point source stands on (band sum), ≥ 0.
+        model: PSF and pixel scale.
+        threshold: detection threshold [Gaussian σ], > 0.
+        min_area: connected pixels above the threshold, ≥ 1 (`DetectionSettings.min_area`).
+
+    Returns:
+        (n, m) limiting source counts (band sum).
+    """
+    dtype = background.dtype
+    half = model.cutout // 2
+    t = model.templates(jnp.full((2,), float(half), dtype), jnp.zeros((1,), dtype))[0]
+    frac = jnp.sum(t)
+    k = t / frac
+    kbar = jnp.sum(k**2)
+    peak = jnp.sort(_convolve(t, k).reshape(-1))[::-1]
+    rho = peak[min_area - 1] / peak[0]
+    inside = _convolve(jnp.ones_like(background), k)
+    b_eff = jnp.maximum(_convolve(background, k) / jnp.maximum(inside, 1e-6) / kbar, 1e-6)
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = 0.5 * (lo + hi)
+        above = poisson_significance(b_eff + rho * frac * jnp.exp(mid), b_eff) >= threshold
+        return jnp.where(above, lo, mid), jnp.where(above, mid, hi)
+
+    lo = jnp.full_like(b_eff, math.log(1e-3))
+    hi = jnp.full_like(b_eff, math.log(1e7))
+    lo, hi = jax.lax.fori_loop(0, n_bisect, step, (lo, hi))
+    return jnp.exp(0.5 * (lo + hi))
 
 
 def _point_first(seg_p: Int[Array, "n m"], seg_e: Int[Array, "n m"], max_sources: int) -> Int[Array, "n m"]:
@@ -283,8 +371,9 @@ def detect(
         exposure: (n_band, n, m) vignetted exposure [s], ≥ 0.
         model: PSF and pixel scale (the filters).
         settings: detection settings (default `DetectionSettings()`).
-        background_model: (n_band, n, m) expected background counts, required for
-            ``background="model"`` and ignored otherwise.
+        background_model: (n_band, n, m) expected background counts: the background for
+            ``background="model"`` (required), the shape whose normalisation the boxes measure for
+            ``"image"`` (`estimate_background`'s template; optional), ignored by ``"sep"``.
 
     Returns:
         A `Detection`.
@@ -310,7 +399,8 @@ def detect(
             raise ValueError(f"background_model shape {bkg.shape} != counts shape {counts.shape}")
         rel_var = jnp.zeros_like(bkg)
     else:
-        bkg, rel_var = estimate_background(counts, exposure, settings, kernels)
+        template = None if background_model is None else jnp.asarray(background_model, counts.dtype)
+        bkg, rel_var = estimate_background(counts, exposure, settings, kernels, template=template)
     sig = significance_map(counts.sum(0), bkg.sum(0), kernels)
     inside = exposure.sum(0) > 0
     sig = jnp.where(inside, sig, 0.0)  # nothing is detected outside the field of view

@@ -45,13 +45,15 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ..xray.response import BandResponse
-from .detection import Detection, DetectionSettings, detect
-from .measure import FitSettings, MeasuredCatalogue, SourceModel, measure_catalogue
+from .confusion import Confusion, agn_confusion
+from .detection import Detection, DetectionSettings, detect, remeasure_background
+from .measure import FitSettings, MeasuredCatalogue, SourceModel, measure_catalogue, refine_catalogue, render_models
 from .photons import Observation, ObservationConfig, band_mean_energy_keV, observe
 from .psf import PSF_ZONE_THETA_ARCMIN, king_parameters, king_profile
 
 __all__ = ["FIELD_CORE_RADII_ARCSEC", "FieldSettings", "FieldResult", "upsample_count_rate", "field_source_model", "observe_and_detect",
-           "measure_chunk", "crop_detection", "observe_field", "observation_factor"]
+           "field_confusion", "measure_chunk", "measure_field", "measure_field_host", "crop_detection", "observe_field",
+           "observation_factor"]
 
 # The extent-fit grid for survey fields: 2″–80″ (XXL's C1 extents) in 17 steps of 26 % (the fit refines between
 # nodes by a parabola). `FitSettings`' default has 33 (12 %); half the nodes halve the measurement's cost.
@@ -100,6 +102,9 @@ class FieldSettings(eqx.Module):
         chunk: slots measured at once, ≥ 1.
         fit: extent-fit and aperture settings (default `FitSettings` with the 17 core radii
             `FIELD_CORE_RADII_ARCSEC`).
+        point_first: segment the PSF-scale significance first (`DetectionSettings.point_first`; default
+            True: with the second measurement pass, fragments of AGN wings no longer become false
+            extended sources, docs/validation/observations.md).
 
     Raises:
         ValueError: a value outside its range (named).
@@ -115,10 +120,11 @@ class FieldSettings(eqx.Module):
     max_sources: int = eqx.field(static=True)
     chunk: int = eqx.field(static=True)
     fit: FitSettings = eqx.field(static=True)
+    point_first: bool = eqx.field(static=True)
 
     def __init__(self, pixel_arcsec: float = 8.0, background_box_arcsec: float = 128.0, cutout_arcsec: float = 192.0,
                  supersample: int = 2, threshold: float = 4.0, background: str = "image", detector: str = "sep",
-                 max_sources: int = 256, chunk: int = 16, fit: FitSettings | None = None):
+                 max_sources: int = 256, chunk: int = 16, fit: FitSettings | None = None, point_first: bool = True):
         from ..params import check_scalar
 
         self.pixel_arcsec = float(check_scalar("pixel_arcsec", pixel_arcsec, 0.0, 60.0, low_open=True))
@@ -131,6 +137,7 @@ class FieldSettings(eqx.Module):
         self.max_sources = int(check_scalar("max_sources", max_sources, 1, 65535, integer=True))
         self.chunk = int(check_scalar("chunk", chunk, 1, 65535, integer=True))
         self.fit = FitSettings(core_radii_arcsec=FIELD_CORE_RADII_ARCSEC) if fit is None else fit
+        self.point_first = bool(point_first)
         self.detection  # validates background and detector now
 
     @property
@@ -152,7 +159,7 @@ class FieldSettings(eqx.Module):
         """The `DetectionSettings` for this pixel (slots rounded up to whole chunks)."""
         return DetectionSettings(background=self.background, background_box=self.box_pixels,
                                  threshold=self.threshold, method=self.detector,
-                                 max_sources=self.n_chunks * self.chunk)
+                                 max_sources=self.n_chunks * self.chunk, point_first=self.point_first)
 
 
 def field_source_model(settings: FieldSettings, response: BandResponse) -> SourceModel:
@@ -189,7 +196,8 @@ class FieldResult(eqx.Module):
 def measure_chunk(
     padded: Observation, detection: Detection, settings: FieldSettings, response: BandResponse, chunk: Int[Array, ""]
 ) -> MeasuredCatalogue:
-    """Measure the sources of labels chunk·K + 1 … (chunk + 1)·K (K = ``settings.chunk``); jit-able.
+    """First measurement pass over the sources of labels chunk·K + 1 … (chunk + 1)·K (K = ``settings.chunk``);
+    jit-able. `measure_field` runs it over every chunk, then the second pass over the whole field.
 
     Args:
         padded: the observation padded to the background mesh (`observe_and_detect`).
@@ -201,13 +209,100 @@ def measure_chunk(
     Returns:
         `MeasuredCatalogue` of K slots (slot s holds label chunk·K + s + 1).
     """
+    return _measure_chunk(padded, detection, settings, field_source_model(settings, response), chunk)
+
+
+def _measure_chunk(padded, detection, settings, model, chunk):
     k = settings.chunk
     seg = detection.segmentation
     lo = chunk * k
     inside = (seg > lo) & (seg <= lo + k)
     seg_c = jnp.where(inside, seg - lo, 0).astype(seg.dtype)
-    return measure_catalogue(padded.counts, padded.exposure, detection.background, seg_c,
-                             field_source_model(settings, response), k, settings.fit, detection.background_rel_var)
+    return measure_catalogue(padded.counts, padded.exposure, detection.background, seg_c, model, k, settings.fit,
+                             detection.background_rel_var)
+
+
+def _refine(padded, detection, settings, model, first, confusion):
+    # second pass (brighter neighbours modelled, fainter masked); the image background estimated again without
+    # the kept sources (their wings); third pass (every neighbour modelled), with the confusion term
+    second = refine_catalogue(padded.counts, padded.exposure, detection.background, first, model, settings.fit,
+                              detection.background_rel_var)
+    detection = remeasure_background(detection, padded.counts, padded.exposure, model, settings.detection,
+                                     render_models(second, padded.counts.shape[1:]), padded.background)
+    return refine_catalogue(padded.counts, padded.exposure, detection.background, second, model, settings.fit,
+                            detection.background_rel_var, confusion=confusion, model_fainter=True)
+
+
+def field_confusion(settings: FieldSettings, config: ObservationConfig, response: BandResponse) -> Confusion | None:
+    """The unresolved AGN's `Confusion` for this field's pixel and detection (None when AGN are off)."""
+    d = settings.detection
+    return agn_confusion(config, response, settings.pixel_arcsec, d.threshold, d.min_area)
+
+
+def _flat(cats: MeasuredCatalogue) -> MeasuredCatalogue:
+    return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), cats)
+
+
+def measure_field(
+    padded: Observation,
+    detection: Detection,
+    settings: FieldSettings,
+    response: BandResponse,
+    confusion: Confusion | None = None,
+) -> MeasuredCatalogue:
+    """Both measurement passes over every slot; jit-able.
+
+    The first pass fits every source alone, its neighbours masked (`lax.map` over the chunks); the
+    image background is then estimated again with the first pass's models subtracted
+    (`detection.remeasure_background`); the second pass refits the sources brightest first with the
+    brighter neighbours' models held fixed, and adds the confusion term (`measure.refine_catalogue`).
+
+    Args:
+        padded, detection: `observe_and_detect`'s padded observation and detection.
+        settings: `FieldSettings`.
+        response: band response (concrete: the PSF's mean energy).
+        confusion: the unresolved AGN (`field_confusion`); None: no confusion term.
+
+    Returns:
+        `MeasuredCatalogue` of ``settings.n_chunks × settings.chunk`` slots (slot s: label s + 1).
+    """
+    model = field_source_model(settings, response)
+    chunks = jnp.arange(settings.n_chunks)
+    first = _flat(jax.lax.map(lambda c: _measure_chunk(padded, detection, settings, model, c), chunks))
+    return _refine(padded, detection, settings, model, first, confusion)
+
+
+_chunk_jit = eqx.filter_jit(_measure_chunk)
+_refine_jit = eqx.filter_jit(_refine)
+
+
+def measure_field_host(
+    padded: Observation,
+    detection: Detection,
+    settings: FieldSettings,
+    model: SourceModel,
+    confusion: Confusion | None = None,
+) -> MeasuredCatalogue:
+    """`measure_field` on the host: the first pass over the chunks that hold detections only (concrete arrays).
+
+    Args:
+        padded, detection, settings, confusion: as `measure_field`.
+        model: `field_source_model(settings, response)`; pass the same object for every field of a
+            run so the measurement compiles once.
+
+    Returns:
+        `MeasuredCatalogue` of ⌈n_detected / K⌉ × K slots (slot s: label s + 1), K = ``settings.chunk``;
+        one empty chunk when nothing was detected.
+    """
+    n_det = int(jnp.max(detection.segmentation))
+    used = max(1, -(-n_det // settings.chunk))
+    first = [_chunk_jit(padded, detection, settings, model, jnp.asarray(c)) for c in range(used)]
+    first = jax.tree.map(lambda *a: jnp.concatenate(a), *first)
+    # padded to every slot of the field, so the second pass compiles once whatever the number of detections
+    total = settings.n_chunks * settings.chunk
+    first = jax.tree.map(lambda a: jnp.concatenate([a, jnp.zeros((total - a.shape[0],) + a.shape[1:], a.dtype)]), first)
+    out = _refine_jit(padded, detection, settings, model, first, confusion)
+    return jax.tree.map(lambda a: a[: used * settings.chunk], out)
 
 
 def observe_and_detect(
@@ -272,9 +367,8 @@ def observe_field(
 ) -> FieldResult:
     """Observe a survey field's summed count-rate map, detect and measure its sources; jit-able.
 
-    Every slot is measured (`lax.map` over the chunks); on the host,
-    `observe_and_detect` + `measure_chunk` over the chunks that hold detections
-    give the same catalogue for less work.
+    Every slot is measured, in two passes (`measure_field`); on the host, `observe_and_detect` +
+    `field_confusion` + `measure_field_host` give the same catalogue for less work.
 
     Args:
         key: PRNG key (AGN, photons).
@@ -297,8 +391,7 @@ def observe_field(
     response = _response(response)
     obs, padded, det, cr = observe_and_detect(key, count_rate_maps, map_pixel_arcmin, config, settings, response,
                                               halo_position_arcmin=halo_position_arcmin, halo_valid=halo_valid)
-    cats = jax.lax.map(lambda c: measure_chunk(padded, det, settings, response, c), jnp.arange(settings.n_chunks))
-    cat = jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:]), cats)
+    cat = measure_field(padded, det, settings, response, field_confusion(settings, config, response))
     return FieldResult(observation=obs, detection=crop_detection(det, cr.shape[:2]), catalogue=cat, count_rate=cr)
 
 

@@ -256,7 +256,7 @@ def inject_and_recover(
     if not count_rate > 0:
         raise ValueError(f"count_rate = {count_rate}: must be > 0")
     config = ObservationConfig() if config is None else config
-    detection = DetectionSettings(max_sources=8) if detection is None else detection
+    detection = DetectionSettings(max_sources=16) if detection is None else detection
     if source_model is None:
         source_model = default_source_model(pixel_arcsec, psf_box_arcsec=(shape[0] * pixel_arcsec, shape[1] * pixel_arcsec))
     run = _chain(shape, pixel_arcsec, config, detection, fit, source_model)
@@ -312,20 +312,23 @@ def _chain(shape, pixel_arcsec, config, detection, fit, source_model):
     from ..xray.emissivity import default_band_response
     from .absorption import band_transmission, thermal_photon_spectrum
     from .detection import detect
-    from .measure import measure_catalogue
+    from .confusion import agn_confusion
+    from .measure import measure_two_pass
     from .photons import observe
 
     cache_key = (shape, pixel_arcsec, config, detection, fit, source_model)
     if cache_key in _CHAINS:
         return _CHAINS[cache_key]
     response = default_band_response()
+    confusion = agn_confusion(config, response, pixel_arcsec, detection.threshold, detection.min_area)
 
     @jax.jit
     def run(key, maps):
         obs = observe(key, maps, pixel_arcsec / 60.0, config, response)
         det = detect(obs.counts, obs.exposure, source_model, detection, obs.background)
-        cat = measure_catalogue(obs.counts, obs.exposure, det.background, det.segmentation, source_model,
-                                detection.max_sources, fit, det.background_rel_var)
+        cat = measure_two_pass(obs.counts, obs.exposure, det.background, det.segmentation, source_model,
+                               detection.max_sources, fit, det.background_rel_var, confusion=confusion,
+                               detection=detection, background_template=obs.background)
         e_mid = 0.5 * (response.energ_lo_keV + response.energ_hi_keV)
         tau = band_transmission(jnp.asarray(config.nh_cm2, e_mid.dtype),
                                 thermal_photon_spectrum(e_mid, config.cluster_kT_keV), response)
@@ -382,7 +385,7 @@ def build_selection_table(
     if not (isinstance(n_real, int) and n_real >= 1):
         raise ValueError(f"n_real = {n_real!r}: must be an int >= 1")
     config = ObservationConfig() if config is None else config
-    detection = DetectionSettings(max_sources=8) if detection is None else detection
+    detection = DetectionSettings(max_sources=16) if detection is None else detection
     fit = FitSettings() if fit is None else fit
     model = default_source_model(pixel_arcsec, psf_box_arcsec=(shape[0] * pixel_arcsec, shape[1] * pixel_arcsec))
     crs, rcs, zs, pcs = grids["cr_grid"], grids["core_radius_grid"], grids["z_grid"], grids["point_cr_grid"]

@@ -24,6 +24,7 @@ same seed gives the same universe in both modes.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 
@@ -137,7 +138,7 @@ def run_observation(args, *, maps, seg, cat, config, z_boxes, progress=None) -> 
     import jax
     import jax.numpy as jnp
 
-    from ..observation.field import crop_detection, measure_chunk, observe_and_detect
+    from ..observation.field import crop_detection, field_confusion, field_source_model, measure_field_host, observe_and_detect
     from ..xray.emissivity import default_band_response
 
     g = config.geometry
@@ -153,9 +154,8 @@ def run_observation(args, *, maps, seg, cat, config, z_boxes, progress=None) -> 
         return observe_and_detect(key, cr, map_pixel_arcmin, obs_config, settings, response,
                                   halo_position_arcmin=halo_pos, halo_valid=halo_ok)
 
-    @eqx.filter_jit
-    def stage2(padded, det, c):
-        return measure_chunk(padded, det, settings, response, c)
+    model = field_source_model(settings, response)  # one object: the measurement compiles once for every field
+    confusion = field_confusion(settings, obs_config, response)
 
     key0 = jax.random.fold_in(jax.random.key(args.seed), OBSERVATION_STREAM)
     fields = []
@@ -169,13 +169,10 @@ def run_observation(args, *, maps, seg, cat, config, z_boxes, progress=None) -> 
         obs, padded, det, cr_fine = jax.block_until_ready(stage1(jax.random.fold_in(key0, i), cr, halo_pos, halo_ok))
         t1 = time.perf_counter()
         n_det = int(jnp.max(det.segmentation))
-        chunks = [jax.block_until_ready(stage2(padded, det, jnp.asarray(c))) for c in range(-(-n_det // settings.chunk))]
+        meas = jax.block_until_ready(measure_field_host(padded, det, settings, model, confusion))
+        meas = dataclasses.replace(meas, model_counts=None, cutout_corner=None)  # the fit's internals, not products
         t_meas += time.perf_counter() - t1
         t_obs += t1 - t0
-        if chunks:
-            meas = jax.tree.map(lambda *a: jnp.concatenate(a), *chunks)
-        else:  # nothing detected: one empty chunk
-            meas = jax.tree.map(lambda a: a[:0], jax.block_until_ready(stage2(padded, det, jnp.asarray(0))))
         det = crop_detection(det, cr_fine.shape[:2])
         truth = _truth(meas, obs, np.asarray(seg[i]), jax.tree.map(lambda a: a[i], cat), z_boxes, factor,
                        map_pixel_arcmin / factor)
