@@ -16,7 +16,14 @@ from hypothesis import strategies as st
 from jaxcluster.observation.agn import draw_agn, n_above, paint_point_sources, second_moment_below
 from jaxcluster.observation.confusion import Confusion
 from jaxcluster.observation.detection import filter_kernels, point_count_limit, significance_map
-from jaxcluster.observation.measure import FitSettings, SourceModel, _place, measure_catalogue, measure_two_pass
+from jaxcluster.observation.measure import (
+    FitSettings,
+    SourceModel,
+    _place,
+    measure_catalogue,
+    measure_two_pass,
+    render_models,
+)
 
 PIX = 4.0  # arcsec
 N = 96
@@ -173,3 +180,43 @@ def test_confusion_term_follows_the_local_limit_and_the_aperture():
         assert np.all(var_conf < 1.05 * v.max(axis=(1, 2)) * math.pi * r**2), (cr, var_conf)
         assert np.all(var_conf > 0.3 * v.min(axis=(1, 2)) * math.pi * r**2 / 3), (cr, var_conf)
     assert np.all(added[0.2] > 1.5 * added[0.01])
+
+
+def test_image_background_follows_the_expected_map_across_a_field_of_view_edge(getkey):
+    """Two background components, one following the vignetted exposure (sky) and one not (particles), with a
+    field-of-view edge through the image: the boxes measuring the normalisation of the expected map follow
+    the step to a few per cent; the count rate per vignetted exposure smooths it over a box (a ridge)."""
+    from jaxcluster.observation.detection import DetectionSettings, estimate_background
+
+    n = 128
+    cols = np.arange(n)[None, :] * np.ones((n, 1))
+    plain = np.where(cols < 70, 2.0e4, 1.0e4)  # a second pointing's field of view ends at column 70 [s]
+    vign = np.where(cols < 70, 1.4e4, 1.0e4)  # its vignetted exposure there is 0.4 of 10 ks [s]
+    expected = jnp.asarray(np.stack([2.0e-5 * plain + 3.0e-5 * vign] * 2))  # counts per pixel
+    exposure = jnp.asarray(np.stack([vign] * 2))
+    counts = jax.random.poisson(getkey(), jnp.broadcast_to(expected, (2, n, n)) * 30.0).astype(jnp.float64) / 30.0
+    settings = DetectionSettings(background_box=32, max_sources=4)
+    with_map, _ = estimate_background(counts, exposure, settings, None, template=expected)
+    per_exposure, _ = estimate_background(counts, exposure, settings, None)
+    err_map = np.abs(np.asarray(with_map / expected) - 1.0)
+    err_exp = np.abs(np.asarray(per_exposure / expected) - 1.0)
+    assert err_map.max() < 0.03, err_map.max()
+    assert err_exp[:, :, 55:85].max() > 0.08  # the ridge of the per-exposure estimate near the edge
+
+
+def test_render_models_puts_every_kept_model_in_place():
+    """The rendered image holds each valid source's `model_counts` at its cutout corner (sum and peak)."""
+    bright, faint = (48.0, 48.0, 0.3), (48.0, 58.0, 0.004)
+    lam = _scene([bright, faint])
+    seg = np.zeros((N, N), np.int32)
+    _disk(seg, 48, 48, 3, 1)
+    _disk(seg, 48, 58, 2, 2)
+    fit = FitSettings(core_radii_arcsec=np.geomspace(2.0, 80.0, 17))
+    cat = jax.jit(lambda: measure_two_pass(lam, jnp.full((2, N, N), EXPOSURE), jnp.full((2, N, N), BKG),
+                                           jnp.asarray(seg), MODEL, 2, fit))()
+    img = np.asarray(render_models(cat, (N, N)))
+    inside = np.asarray(cat.model_counts).sum(axis=(0, 2, 3))  # all cutouts lie inside the image here
+    np.testing.assert_allclose(img.sum(axis=(1, 2)), inside, rtol=1e-12)
+    assert np.unravel_index(np.argmax(img.sum(0)), (N, N)) == (48, 48)
+    # the bright source's model is its expected counts: the image minus the background, near its centre
+    np.testing.assert_allclose(img.sum(0)[44:53, 44:53], (np.asarray(lam) - BKG).sum(0)[44:53, 44:53], rtol=0.02)

@@ -218,8 +218,8 @@ def _measure_chunk(padded, detection, settings, model, chunk):
     lo = chunk * k
     inside = (seg > lo) & (seg <= lo + k)
     seg_c = jnp.where(inside, seg - lo, 0).astype(seg.dtype)
-    return measure_catalogue(padded.counts, padded.exposure, detection.background, seg_c, model, k, settings.fit,
-                             detection.background_rel_var)
+    return measure_catalogue(padded.counts, padded.exposure, detection.background, seg_c, model, k,
+                             settings.fit.first_pass(), detection.background_rel_var)
 
 
 def _refine(padded, detection, settings, model, first, confusion):

@@ -62,42 +62,48 @@ radius (at least 2 pixels) of a more significant, clearly extended detection
 segments (`detection`, point sources first) is one source. So is any detection
 whose point fit converged within 10″ of a more significant one (noise peaks in
 a bright AGN's King wings, segmented at the PSF scale, are refitted onto it). An AGN that close to
-a cluster's centre is lost with it, as any blend.
+a cluster's centre is lost with it, as any blend. The first pass applies this within its slots
+(a chunk of a survey field); the later passes against every source already done.
 
-**Neighbours: two passes.** A source's light reaches its neighbours' cutouts through the King
-wings (≈ 25 % of a point source's counts lie beyond 24″). `measure_catalogue` is run twice
-(`measure_two_pass`, or `observation.field.measure_field` over the chunks of a survey field):
+**Neighbours: three passes.** A source's light reaches its neighbours' cutouts through the
+King wings (≈ 25 % of a point source's counts lie beyond 24″). `measure_two_pass` (or
+`observation.field.measure_field` over the chunks of a survey field) measures in three passes:
 
-1. every source alone: the other detections (segment centroids) are masked from its fit and
-   photometry, a disk of `mask_radius_arcsec` (24″ by default) or half the separation,
-   whichever is smaller, so a source's own centre is never masked;
-2. every source again, against the first pass of the whole image (`neighbours`): of its
-   `n_neighbours` nearest other detections, the **brighter** ones (higher first-pass DET_LH)
-   have their first-pass models (`model_counts`: max(CR_b, 0) × template × exposure) added to the
-   background, held fixed, and the **fainter** ones are masked as before.
+1. `measure_catalogue`, every source alone: the other detections (segment centroids) are
+   masked from its fit and photometry, a disk of `mask_radius_arcsec` (24″ by default) or half
+   the separation, whichever is smaller, so a source's own centre is never masked;
+2. `refine_catalogue`, every source again in decreasing first-pass DET_LH (a `lax.scan` over the
+   whole image): of its `n_neighbours` nearest other detections, the **brighter** ones, already
+   done, have their second-pass models (`model_counts`: max(CR_b, 0) × template × exposure)
+   added to the background and held fixed; the **fainter** ones are masked. A detection that
+   falls below `min_det_lh` (6) once its brighter neighbours are modelled is dropped: fragments
+   of a bright AGN's wings, or of a cluster, segmented at the PSF scale;
+3. the image background is estimated again with the kept sources' models subtracted
+   (`detection.estimate_background(sources=…)`: their wings no longer raise the boxes around
+   them), and `refine_catalogue` runs again on it from the second pass, now with the fainter
+   neighbours' second-pass models held fixed too (`model_fainter`), and the confusion term.
 
-Masked pixels are left out of the Cash sums and of D alike, so the correction stays exact for
-the source itself. Without the second pass, the wings of a bright AGN beyond the mask, left in
-the cutout of a faint neighbour (a noise peak or a fragment of the wing segmented at the PSF
-scale), were fitted as a large β-model: 77 false C1 in one AGN-only deg² with PSF-scale
-segmentation, 7 with the second pass (docs/validation/observations.md). A detection whose
-DET_LH falls below `min_det_lh` (6) is dropped: fragments of brighter sources do, once those
-are modelled. This is a sequential approximation of the simultaneous fit of overlapping
-sources (as SAS emldetect does); sources are not refitted jointly.
+Neighbours below `neighbour_min_det_lh` (15) are neither masked nor modelled: at a few σ they are
+as often the upward fluctuations a cluster's halo is segmented into as real sources. Masked
+pixels are left out of the Cash sums and of D alike, so the correction stays exact for the
+source itself. With one pass and PSF-scale segments, one AGN-only deg² held 77 false C1 (12 with
+all-scales segments only); with the three passes, 3 (docs/validation/observations.md). This is
+a sequential approximation of the simultaneous fit of overlapping sources (as SAS emldetect
+does); a bright AGN within ≈ 15–25″ of a cluster's centre is not separated from it.
 
 **Confusion.** AGN below the detection limit are part of the background on average (the image
 estimate follows them) but not pixel by pixel: the counts they put in an aperture scatter by
 $σ^2_{\rm conf} = \sum_i v_i\,(E_i\,(A ⊗ P)_i)^2$, with $v_i$ the variance of their count rate in
 pixel i (`confusion.Confusion`: the Moretti et al. 2003 counts below the local point-source
-limit, which counts this source's own light as background), $E_i$ the exposure and $A ⊗ P$ the aperture spread by the
-PSF (a source at i puts that fraction of its counts in the aperture). It is added to the
-aperture's variance, coherently over the bands in the total. For a 0.03 s⁻¹ cluster in an 80″
-aperture it is comparable to the Poisson term: without it the CR pulls had a standard deviation
-of 1.7 with AGN on, 1.1 without.
+limit, which counts this source's own light and its modelled neighbours as background), $E_i$
+the exposure and $A ⊗ P$ the aperture spread by the PSF (a source at i puts that fraction of its
+counts in the aperture). It is added to the aperture's variance, coherently over the bands in
+the total.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import SupportsFloat, SupportsInt
@@ -295,6 +301,9 @@ class FitSettings(eqx.Module):
             (brighter ones modelled, fainter ones masked), ≥ 1.
         neighbour_min_det_lh: DET_LH from which a detection is masked or modelled in its neighbours'
             second and third passes (default 15, our choice: module docstring, "Neighbours").
+        extended_min_ext_lh: the later passes fit the extended models only for sources whose
+            previous pass gave EXT_LH above this (default 3, far below the C2 cut of 15); the others
+            are point sources, fitted without the core-radius grid (most of the cost).
     """
 
     core_radii_arcsec: tuple[float, ...] = eqx.field(static=True)
@@ -309,13 +318,14 @@ class FitSettings(eqx.Module):
     min_det_lh: float = eqx.field(static=True)
     n_neighbours: int = eqx.field(static=True)
     neighbour_min_det_lh: float = eqx.field(static=True)
+    extended_min_ext_lh: float = eqx.field(static=True)
 
     def __init__(self, core_radii_arcsec=None, n_point_steps: SupportsInt = 12, n_amplitude_steps: SupportsInt = 12,
                  aperture_factor: SupportsFloat = 4.0, aperture_min_arcsec: SupportsFloat = 30.0,
                  aperture_max_arcsec: SupportsFloat | None = None, mask_radius_arcsec: SupportsFloat = 24.0,
                  max_extent_ln_err: SupportsFloat = 1.0, min_ext_lh: SupportsFloat = 15.0,
                  min_det_lh: SupportsFloat = 6.0, n_neighbours: SupportsInt = 12,
-                 neighbour_min_det_lh: SupportsFloat = 15.0):
+                 neighbour_min_det_lh: SupportsFloat = 15.0, extended_min_ext_lh: SupportsFloat = 3.0):
         if core_radii_arcsec is None:
             # log-spaced, 12 % apart: the parabola refines between nodes; 2″–80″ spans XXL's C1 extents
             core_radii_arcsec = np.geomspace(2.0, 80.0, 33)
@@ -337,6 +347,16 @@ class FitSettings(eqx.Module):
         self.min_det_lh = float(check_scalar("min_det_lh", min_det_lh, 0.0, 1e6))
         self.n_neighbours = int(_check_positive("n_neighbours", n_neighbours, integer=True, low=1, high=1024))
         self.neighbour_min_det_lh = float(check_scalar("neighbour_min_det_lh", neighbour_min_det_lh, 0.0, 1e6))
+        self.extended_min_ext_lh = float(check_scalar("extended_min_ext_lh", extended_min_ext_lh, 0.0, 1e6))
+
+    def first_pass(self) -> FitSettings:
+        """These settings with every third core radius (and the last): the first pass only orders the
+        sources and gives the later passes their neighbours' models, which need no finer extents."""
+        rc = self.core_radii_arcsec
+        coarse = rc[::3] + ((rc[-1],) if (len(rc) - 1) % 3 else ())
+        if len(coarse) < 3:
+            coarse = rc
+        return dataclasses.replace(self, core_radii_arcsec=coarse)
 
 
 def cash(counts: Float[Array, "*p"], model: Float[Array, "*p"]) -> Float[Array, ""]:
@@ -417,6 +437,7 @@ def fit_source(
     background: Float[Array, "c c"],
     relative_exposure: Float[Array, "c c"],
     centre0: Float[Array, " 2"],
+    extended: bool | Bool[Array, ""] = True,
 ) -> SourceFit:
     """Point and extended (β = 2/3) Poisson fits of one cutout (module docstring).
 
@@ -427,6 +448,9 @@ def fit_source(
         background: (c, c) expected background counts, held fixed.
         relative_exposure: (c, c) exposure / exposure at the start position (vignetting), ≥ 0.
         centre0: (2,) starting position (row, col) [cutout pixels].
+        extended: whether to fit the extended models (may be traced: under `lax.scan` a False skips
+            the core-radius grid, the cost of the fit; under `vmap` both branches run). When False,
+            the source is a point source: extent 0, EXT_LH 0, C_ext = C_point.
 
     Returns:
         A `SourceFit`.
@@ -461,55 +485,73 @@ def fit_source(
 
     p, _ = jax.lax.scan(fisher_step, p0, None, length=settings.n_point_steps)
     centre = p[1:]
-    rc = jnp.asarray((0.0,) + settings.core_radii_arcsec, dtype=dtype)
-    T = model.templates(centre, rc)  # (k, c, c); T[0] is the point source
-    te = T * relative_exposure[None]
-    a_start = jnp.full(rc.shape, jnp.exp(p[0]), dtype)
-    amps = jax.vmap(lambda t, a: _amplitude_newton(counts, background, t, a, settings.n_amplitude_steps))(te, a_start)
-    c_all = jax.vmap(lambda t, a: cash(counts, a * t + background))(te, amps)
-    c_point = c_all[0]
-    c_ext_grid = c_all[1:]
-    k = jnp.argmin(c_ext_grid)
-    u = jnp.log(jnp.asarray(settings.core_radii_arcsec, dtype))
-    h = (u[-1] - u[0]) / (u.shape[0] - 1)  # log spacing (the grid need not be uniform; the mean step is used)
-    km, kp = jnp.maximum(k - 1, 0), jnp.minimum(k + 1, u.shape[0] - 1)
-    cm, c0, cp = c_ext_grid[km], c_ext_grid[k], c_ext_grid[kp]
-    curv = cm - 2.0 * c0 + cp
-    interior = (k > 0) & (k < u.shape[0] - 1) & (curv > 0)
-    shift = jnp.where(interior, jnp.clip(0.5 * h * (cm - cp) / jnp.where(interior, curv, 1.0), -h, h), 0.0)
-    c_ext = jnp.where(interior, c0 - (cm - cp) ** 2 / (8.0 * jnp.where(interior, curv, 1.0)), c0)
-    c_ext = jnp.minimum(c_ext, c0)
-    extent = jnp.exp(u[k] + shift)
-    c_bkg = cash(counts, background)
-    c_best = jnp.minimum(c_point, c_ext)
-    det_lh = likelihood_from_delta_cash(c_bkg - c_best, 3)
-    ext_lh = likelihood_from_delta_cash(c_point - c_ext, 1)
-    # the extended template at the refined extent, linear in ln r_c between the nodes (T[1:] is the grid)
-    t_ext = T[1:]
-    du = jnp.maximum(u[kp] - u[km], 1e-12)
-    slope = (t_ext[kp] - t_ext[km]) / du
-    t_at = jnp.maximum(t_ext[k] + shift * slope, 0.0)
-    point_best = (c_point <= c_ext) | (ext_lh < settings.min_ext_lh)  # photometry: extended only if significant
-    template = jnp.where(point_best, T[0], t_at)
-    template_dlnrc = jnp.where(point_best, 0.0, slope)
-    amp = jnp.where(point_best, amps[0], amps[1 + k])
-    # Fisher matrix of (A, u = ln r_c) for m = A T(u) e + b; the linearised ML response of û to the counts,
-    # h_i = [F⁻¹ (∂m_i/∂θ)]_u / m_i, gives σ_u² = Σ h_i² m_i and the covariance of û with aperture counts.
-    g_a = t_at * relative_exposure
-    g_u = amp * slope * relative_exposure
-    m_fit = amp * g_a + background
-    w = jnp.where(m_fit > 0, 1.0 / jnp.where(m_fit > 0, m_fit, 1.0), 0.0)
-    f_aa, f_au, f_uu = jnp.sum(g_a * g_a * w), jnp.sum(g_a * g_u * w), jnp.sum(g_u * g_u * w)
-    det = f_aa * f_uu - f_au**2
-    det = jnp.where(det > 1e-12 * (f_aa * f_uu + 1e-300), det, jnp.inf)
-    h_map = (f_aa * g_u - f_au * g_a) / det * w  # row u of F⁻¹ times the gradient, over m
-    sig_u = jnp.sqrt(jnp.sum(h_map**2 * m_fit))
-    scale = jnp.where(sig_u > settings.max_extent_ln_err, settings.max_extent_ln_err / jnp.maximum(sig_u, 1e-300), 1.0)
-    h_map = jnp.where(point_best, 0.0, h_map * scale)
-    sig_u = jnp.where(point_best, 0.0, jnp.minimum(sig_u, settings.max_extent_ln_err))
-    return SourceFit(centre=centre, amplitude=amp, extent=extent, c_background=c_bkg, c_point=c_point,
-                     c_extended=c_ext, det_lh=det_lh, ext_lh=ext_lh, template=template, template_dlnrc=template_dlnrc,
-                     extent_ln_err=sig_u, extent_influence=h_map)
+
+    def with_extent():
+        rc = jnp.asarray((0.0,) + settings.core_radii_arcsec, dtype=dtype)
+        T = model.templates(centre, rc)  # (k, c, c); T[0] is the point source
+        te = T * relative_exposure[None]
+        a_start = jnp.full(rc.shape, jnp.exp(p[0]), dtype)
+        amps = jax.vmap(lambda t, a: _amplitude_newton(counts, background, t, a, settings.n_amplitude_steps))(te, a_start)
+        c_all = jax.vmap(lambda t, a: cash(counts, a * t + background))(te, amps)
+        c_point = c_all[0]
+        c_ext_grid = c_all[1:]
+        k = jnp.argmin(c_ext_grid)
+        u = jnp.log(jnp.asarray(settings.core_radii_arcsec, dtype))
+        h = (u[-1] - u[0]) / (u.shape[0] - 1)  # log spacing (the grid need not be uniform; the mean step is used)
+        km, kp = jnp.maximum(k - 1, 0), jnp.minimum(k + 1, u.shape[0] - 1)
+        cm, c0, cp = c_ext_grid[km], c_ext_grid[k], c_ext_grid[kp]
+        curv = cm - 2.0 * c0 + cp
+        interior = (k > 0) & (k < u.shape[0] - 1) & (curv > 0)
+        shift = jnp.where(interior, jnp.clip(0.5 * h * (cm - cp) / jnp.where(interior, curv, 1.0), -h, h), 0.0)
+        c_ext = jnp.where(interior, c0 - (cm - cp) ** 2 / (8.0 * jnp.where(interior, curv, 1.0)), c0)
+        c_ext = jnp.minimum(c_ext, c0)
+        extent = jnp.exp(u[k] + shift)
+        c_bkg = cash(counts, background)
+        c_best = jnp.minimum(c_point, c_ext)
+        det_lh = likelihood_from_delta_cash(c_bkg - c_best, 3)
+        ext_lh = likelihood_from_delta_cash(c_point - c_ext, 1)
+        # the extended template at the refined extent, linear in ln r_c between the nodes (T[1:] is the grid)
+        t_ext = T[1:]
+        du = jnp.maximum(u[kp] - u[km], 1e-12)
+        slope = (t_ext[kp] - t_ext[km]) / du
+        t_at = jnp.maximum(t_ext[k] + shift * slope, 0.0)
+        point_best = (c_point <= c_ext) | (ext_lh < settings.min_ext_lh)  # photometry: extended only if significant
+        template = jnp.where(point_best, T[0], t_at)
+        template_dlnrc = jnp.where(point_best, 0.0, slope)
+        amp = jnp.where(point_best, amps[0], amps[1 + k])
+        # Fisher matrix of (A, u = ln r_c) for m = A T(u) e + b; the linearised ML response of û to the counts,
+        # h_i = [F⁻¹ (∂m_i/∂θ)]_u / m_i, gives σ_u² = Σ h_i² m_i and the covariance of û with aperture counts.
+        g_a = t_at * relative_exposure
+        g_u = amp * slope * relative_exposure
+        m_fit = amp * g_a + background
+        w = jnp.where(m_fit > 0, 1.0 / jnp.where(m_fit > 0, m_fit, 1.0), 0.0)
+        f_aa, f_au, f_uu = jnp.sum(g_a * g_a * w), jnp.sum(g_a * g_u * w), jnp.sum(g_u * g_u * w)
+        det = f_aa * f_uu - f_au**2
+        det = jnp.where(det > 1e-12 * (f_aa * f_uu + 1e-300), det, jnp.inf)
+        h_map = (f_aa * g_u - f_au * g_a) / det * w  # row u of F⁻¹ times the gradient, over m
+        sig_u = jnp.sqrt(jnp.sum(h_map**2 * m_fit))
+        scale = jnp.where(sig_u > settings.max_extent_ln_err, settings.max_extent_ln_err / jnp.maximum(sig_u, 1e-300), 1.0)
+        h_map = jnp.where(point_best, 0.0, h_map * scale)
+        sig_u = jnp.where(point_best, 0.0, jnp.minimum(sig_u, settings.max_extent_ln_err))
+        return SourceFit(centre=centre, amplitude=amp, extent=extent, c_background=c_bkg, c_point=c_point,
+                         c_extended=c_ext, det_lh=det_lh, ext_lh=ext_lh, template=template, template_dlnrc=template_dlnrc,
+                         extent_ln_err=sig_u, extent_influence=h_map)
+
+    def point_only():
+        t0 = model.templates(centre, jnp.zeros((1,), dtype))[0]
+        te0 = t0 * relative_exposure
+        amp = _amplitude_newton(counts, background, te0, jnp.exp(p[0]), settings.n_amplitude_steps)
+        c_pt = cash(counts, amp * te0 + background)
+        c_bkg = cash(counts, background)
+        zero = jnp.zeros((), dtype)
+        return SourceFit(centre=centre, amplitude=amp, extent=zero, c_background=c_bkg, c_point=c_pt,
+                         c_extended=c_pt, det_lh=likelihood_from_delta_cash(c_bkg - c_pt, 3), ext_lh=zero,
+                         template=t0, template_dlnrc=jnp.zeros_like(t0), extent_ln_err=zero,
+                         extent_influence=jnp.zeros_like(t0))
+
+    if isinstance(extended, bool):
+        return with_extent() if extended else point_only()
+    return jax.lax.cond(extended, with_extent, point_only)
 
 
 class MeasuredCatalogue(eqx.Module):
@@ -682,7 +724,7 @@ class _Measured(eqx.Module):
     corner: Int[Array, "*s 2"]
 
 
-def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start) -> _Measured:
+def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start, extended=True) -> _Measured:
     """Fit and photometry of one cutout (module docstring): `keep` masks pixels, `cb` holds every model held fixed."""
     dtype = cn.dtype
     c = model.cutout
@@ -692,7 +734,7 @@ def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start
     yy = jnp.arange(c, dtype=dtype)
     es = ce.sum(0)
     e_ref = jnp.maximum(es[half, half], 1e-30)
-    fit = fit_source(model, settings, cn.sum(0) * keep, cb.sum(0) * keep, es / e_ref * keep, start - origin)
+    fit = fit_source(model, settings, cn.sum(0) * keep, cb.sum(0) * keep, es / e_ref * keep, start - origin, extended)
     radius_pix = jnp.clip(settings.aperture_factor * fit.extent, settings.aperture_min_arcsec, ap_max) / model.pixel_arcsec
     radius_pix = jnp.where(fit.c_point <= fit.c_extended, settings.aperture_min_arcsec / model.pixel_arcsec, radius_pix)
     d2 = (yy[:, None] - fit.centre[0]) ** 2 + (yy[None, :] - fit.centre[1]) ** 2
@@ -903,7 +945,8 @@ def refine_catalogue(
         else:
             rad = jnp.where(near & ~brighter, jnp.minimum(r_mask, 0.5 * jnp.sqrt(d2[idx])), 0.0)
         keep = _disks(first.position[idx], rad, corner.astype(dtype), c, dtype)
-        m = _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, cen)
+        m = _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, cen,
+                         first.ext_lh[g] > settings.extended_min_ext_lh)
         dist = jnp.hypot(*(done_pos - m.position[None, :]).T)
         dup = jnp.any(done_valid & ((dist < same_r) | (done_ext & (dist < done_reach))))
         ok = ~dup & (m.fit.det_lh >= settings.min_det_lh)
@@ -975,7 +1018,8 @@ def measure_two_pass(
         background_template: the background's expected shape for that estimate
             (`detection.estimate_background`'s `template`).
     """
-    first = measure_catalogue(counts, exposure, background, segmentation, model, max_sources, settings,
+    settings = FitSettings() if settings is None else settings
+    first = measure_catalogue(counts, exposure, background, segmentation, model, max_sources, settings.first_pass(),
                               background_rel_var, cuts)
     second = refine_catalogue(counts, exposure, background, first, model, settings, background_rel_var, cuts)
     if detection is not None and detection.background == "image":
