@@ -1,6 +1,7 @@
 """Figures and numbers of docs/validation/observations.md: AGN logN–logS recovered, CR pulls, background per pointing.
 
-    python docs/validation/make_observations.py [--fields 2] [--side 60]
+    python docs/validation/make_observations.py [--fields 12] [--side 60]
+    python docs/validation/make_observations.py --survey DIR   # a `jaxcluster simulate --mode observed` run
 
 The logN–logS: `--fields` AGN-only fields (no clusters) of `--side`′ × `--side`′
 observed as `jaxcluster simulate --mode observed` does (7.5″ pixels, 10 ks,
@@ -111,6 +112,33 @@ def lognlogs(fields: int, side_arcmin: float, seed: int) -> dict:
                 mean_measured_over_input_flux_above_s90=float(np.mean(ratio_m[above])) if above.any() else None)
 
 
+def fiducial_survey(out: Path) -> dict:
+    """C1 surface density and dN/dz of a `jaxcluster simulate --mode observed` run (directory `out`) against its
+    own noiseless catalogue (the ideal chain on the same lightcones: `catalogue.ecsv`, CR > cr_min)."""
+    from astropy.table import Table
+
+    summary = json.loads((out / "summary.json").read_text())
+    obs = Table.read(out / "observed_catalogue.ecsv")
+    ideal = Table.read(out / "catalogue.ecsv")
+    n_cones = int(summary.get("n_lightcones", len(set(np.asarray(obs["lightcone"]).tolist()))))
+    area = float(summary["area_deg2_total"])
+    c1 = np.asarray(obs["c1"], bool)
+    c2 = np.asarray(obs["c2"], bool)
+    z_true = np.asarray(obs["z_true"], np.float64)
+    cluster = np.isfinite(z_true)
+    edges = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    sel = np.asarray(ideal["selected"], bool)
+    per_cone = [int(np.sum(c1 & (np.asarray(obs["lightcone"]) == k))) for k in range(n_cones)]
+    return dict(
+        directory=str(out), area_deg2=area, n_lightcones=n_cones,
+        n_c1=int(c1.sum()), n_c2=int(c2.sum()), c1_per_deg2=c1.sum() / area, c1_per_lightcone=per_cone,
+        c1_on_a_cluster=int(np.sum(c1 & cluster)), c1_without_cluster=int(np.sum(c1 & ~cluster)),
+        n_ideal_selected=int(sel.sum()), ideal_selected_per_deg2=sel.sum() / area,
+        z_edges=edges, dndz_c1=np.histogram(z_true[c1 & cluster], edges)[0],
+        dndz_ideal_selected=np.histogram(np.asarray(ideal["z"], np.float64)[sel], edges)[0],
+    )
+
+
 def figures(res: dict, bench: dict | None) -> None:
     import matplotlib
 
@@ -158,7 +186,14 @@ def main(argv=None) -> None:
     ap.add_argument("--fields", type=int, default=12)
     ap.add_argument("--side", type=float, default=60.0, help="field side [arcmin]")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--survey", default=None, help="a `jaxcluster simulate --mode observed` output directory: "
+                    "write observations_fiducial.json (C1 density and dN/dz against its ideal catalogue) and stop")
     args = ap.parse_args(argv)
+    if args.survey is not None:
+        fid = clean_json(fiducial_survey(Path(args.survey)))
+        (HERE / "observations_fiducial.json").write_text(json.dumps(fid, indent=1))
+        print(json.dumps(fid, indent=1))
+        return
     res = lognlogs(args.fields, args.side, args.seed)
     bench_path = HERE.parent.parent / "benchmarks" / "results" / "observations.json"
     bench = json.loads(bench_path.read_text()) if bench_path.exists() else None

@@ -236,9 +236,11 @@ def estimate_background(
         settings: `background`, `background_box`, `background_kappa`, `background_iterations`.
         kernels: matched-filter kernels for the source mask (None: per pixel).
         sources: (n_band, n, m) expected counts of the sources measured so far ("image" only): subtracted
-            from the box sums, and the mask made on the residual. The wings of bright AGN (≈ 25 % of their
-            light beyond 24″) and of clusters then no longer raise the boxes around them
-            (`measure.render_models`, `remeasure_background`).
+            from the box sums, and the mask is then where they exceed half the background, not where the
+            counts are significant (which selects upward fluctuations: around bright sources the boxes came
+            out at 0.35–0.9 of the true background, and large false extended sources followed). The wings of
+            bright AGN (≈ 25 % of their light beyond 24″) and of clusters then no longer raise the boxes around
+            them either (`measure.render_models`, `remeasure_background`).
         template: (n_band, n, m) the background's expected shape ("image" only; e.g. `Observation.background`,
             what an observer builds from the exposure maps and the particle-background calibration): the
             boxes then measure its normalisation, smooth, instead of the count rate per vignetted exposure,
@@ -273,9 +275,14 @@ def estimate_background(
         rate = jnp.where(ok, jnp.maximum(c_box - s_box, 0.0) / jnp.where(ok, e_box, 1.0), 0.0)
         bkg = _upsample(rate, (nb, n, m)) * shape_map
         rel_var = _upsample(1.0 / jnp.maximum(c_box - s_box, 1.0), (nb, n, m))
-        sig = significance_map(counts.sum(0), (bkg + src_counts).sum(0), kernels)
-        src = (sig > settings.background_kappa).astype(counts.dtype)
-        mask = (_convolve(src, grow) < 0.5).astype(counts.dtype)
+        if sources is None:
+            sig = significance_map(counts.sum(0), bkg.sum(0), kernels)
+            src = (sig > settings.background_kappa).astype(counts.dtype)
+            mask = (_convolve(src, grow) < 0.5).astype(counts.dtype)
+        else:
+            # with the sources modelled, mask only where they dominate, whatever the counts: a mask made on the
+            # counts (their significance) removes upward fluctuations and biases the boxes low near sources
+            mask = (src_counts.sum(0) <= 0.5 * bkg.sum(0)).astype(counts.dtype)
     return bkg, rel_var
 
 
