@@ -125,7 +125,9 @@ def fiducial_survey(out: Path) -> dict:
     c1 = np.asarray(obs["c1"], bool)
     c2 = np.asarray(obs["c2"], bool)
     z_true = np.asarray(obs["z_true"], np.float64)
-    cluster = np.isfinite(z_true)
+    cluster = np.isfinite(z_true) & (z_true > 0)  # unmatched detections are written with z_true = 0 (or NaN)
+    agn = np.asarray(obs["agn_flux"], np.float64)
+    extent = np.asarray(obs["extent"], np.float64)
     edges = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
     sel = np.asarray(ideal["selected"], bool)
     per_cone = [int(np.sum(c1 & (np.asarray(obs["lightcone"]) == k))) for k in range(n_cones)]
@@ -133,6 +135,9 @@ def fiducial_survey(out: Path) -> dict:
         directory=str(out), area_deg2=area, n_lightcones=n_cones,
         n_c1=int(c1.sum()), n_c2=int(c2.sum()), c1_per_deg2=c1.sum() / area, c1_per_lightcone=per_cone,
         c1_on_a_cluster=int(np.sum(c1 & cluster)), c1_without_cluster=int(np.sum(c1 & ~cluster)),
+        c1_without_cluster_near_an_agn=int(np.sum(c1 & ~cluster & (np.nan_to_num(agn) > 0))),
+        c1_without_cluster_at_the_largest_extent=int(np.sum(c1 & ~cluster & (extent >= 0.99 * np.nanmax(extent)))),
+        c1_on_a_cluster_true_cr=np.sort(np.asarray(obs["cr_true"], np.float64)[c1 & cluster]),
         n_ideal_selected=int(sel.sum()), ideal_selected_per_deg2=sel.sum() / area,
         z_edges=edges, dndz_c1=np.histogram(z_true[c1 & cluster], edges)[0],
         dndz_ideal_selected=np.histogram(np.asarray(ideal["z"], np.float64)[sel], edges)[0],
