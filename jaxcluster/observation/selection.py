@@ -111,7 +111,7 @@ class SelectionTable(eqx.Module):
     """Injection–recovery counts and the fitted smooth selection (module docstring).
 
     Attributes:
-        cr: (n_cr,) injected unabsorbed CR[0.5–2 keV] [counts s⁻¹].
+        cr: (n_cr,) injected unabsorbed 0.5–2 keV CR [counts s⁻¹].
         core_radius: (n_rc,) injected core radii [arcsec].
         z: (n_z,) redshifts (set the band split).
         trials: (n_cr, n_rc, n_z) injections per cell.
@@ -174,7 +174,7 @@ def selection_probability(
 
     Args:
         table: a `SelectionTable` (e.g. `load_selection_table()`).
-        count_rate: unabsorbed CR[0.5–2 keV] [counts s⁻¹], > 0 (≤ 0 gives 0).
+        count_rate: unabsorbed 0.5–2 keV CR [counts s⁻¹], > 0 (≤ 0 gives 0).
         core_radius_arcsec: β-model core radius [arcsec], > 0 (clamped to the table's range).
         z: redshift (clamped to the table's range).
     """
@@ -237,7 +237,7 @@ def inject_and_recover(
 
     Args:
         key: PRNG key (offset, AGN, photons).
-        count_rate: unabsorbed CR[0.5–2 keV] [counts s⁻¹], > 0.
+        count_rate: unabsorbed 0.5–2 keV CR [counts s⁻¹], > 0.
         core_radius_arcsec: r_c [arcsec] (0: point source).
         band_fractions: (2,) fractions of CR in [0.5–1], [1–2] keV.
         shape, pixel_arcsec: the field.
@@ -357,7 +357,7 @@ def build_selection_table(
 
     Args:
         key: PRNG key (one fold per trial).
-        cr_grid: injected unabsorbed CR[0.5–2] [counts s⁻¹], increasing, > 0.
+        cr_grid: injected unabsorbed 0.5–2 keV CR [counts s⁻¹], increasing, > 0.
         core_radius_grid: core radii [arcsec], increasing, > 0.
         z_grid: redshifts, increasing, > 0.
         point_cr_grid: point-source CRs [counts s⁻¹], increasing, > 0.
