@@ -72,7 +72,6 @@ __all__ = [
     "BACKGROUND_METHODS",
     "DetectionSettings",
     "point_count_limit",
-    "remeasure_background",
     "Detection",
     "poisson_significance",
     "filter_kernels",
@@ -240,7 +239,7 @@ def estimate_background(
             counts are significant (which selects upward fluctuations: around bright sources the boxes came
             out at 0.35–0.9 of the true background, and large false extended sources followed). The wings of
             bright AGN (≈ 25 % of their light beyond 24″) and of clusters then no longer raise the boxes around
-            them either (`measure.render_models`, `remeasure_background`).
+            them either (`measure.render_models`, `measure.later_passes`).
         template: (n_band, n, m) the background's expected shape ("image" only; e.g. `Observation.background`,
             what an observer builds from the exposure maps and the particle-background calibration): the
             boxes then measure its normalisation, smooth, instead of the count rate per vignetted exposure,
@@ -284,24 +283,6 @@ def estimate_background(
             # counts (their significance) removes upward fluctuations and biases the boxes low near sources
             mask = (src_counts.sum(0) <= 0.5 * bkg.sum(0)).astype(counts.dtype)
     return bkg, rel_var
-
-
-def remeasure_background(
-    detection: Detection,
-    counts: Float[Array, "n_band n m"],
-    exposure: Float[Array, "n_band n m"],
-    model: SourceModel,
-    settings: DetectionSettings,
-    sources: Float[Array, "n_band n m"],
-    template: Float[Array, "n_band n m"] | None = None,
-) -> Detection:
-    """The detection with its "image" background estimated again, the measured sources' models subtracted
-    (`estimate_background(sources=…, template=…)`); unchanged for the "sep" and "model" backgrounds; jit-able."""
-    if settings.background != "image":
-        return detection
-    kernels = filter_kernels(model, settings.scales_arcsec, counts.dtype) if settings.scales_arcsec else None
-    bkg, rel_var = estimate_background(counts, exposure, settings, kernels, sources, template)
-    return eqx.tree_at(lambda d: (d.background, d.background_rel_var), detection, (bkg, rel_var))
 
 
 def point_count_limit(

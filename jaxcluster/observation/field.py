@@ -46,8 +46,8 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ..xray.response import BandResponse
 from .confusion import Confusion, agn_confusion
-from .detection import Detection, DetectionSettings, detect, remeasure_background
-from .measure import FitSettings, MeasuredCatalogue, SourceModel, measure_catalogue, refine_catalogue, render_models
+from .detection import Detection, DetectionSettings, detect
+from .measure import FitSettings, MeasuredCatalogue, SourceModel, later_passes, measure_catalogue
 from .photons import Observation, ObservationConfig, band_mean_energy_keV, observe
 from .psf import PSF_ZONE_THETA_ARCMIN, king_parameters, king_profile
 
@@ -223,14 +223,9 @@ def _measure_chunk(padded, detection, settings, model, chunk):
 
 
 def _refine(padded, detection, settings, model, first, confusion):
-    # second pass (brighter neighbours modelled, fainter masked); the image background estimated again without
-    # the kept sources (their wings); third pass (every neighbour modelled), with the confusion term
-    second = refine_catalogue(padded.counts, padded.exposure, detection.background, first, model, settings.fit,
-                              detection.background_rel_var)
-    detection = remeasure_background(detection, padded.counts, padded.exposure, model, settings.detection,
-                                     render_models(second, padded.counts.shape[1:]), padded.background)
-    return refine_catalogue(padded.counts, padded.exposure, detection.background, second, model, settings.fit,
-                            detection.background_rel_var, confusion=confusion, model_fainter=True)
+    return later_passes(padded.counts, padded.exposure, detection.background, first, model, settings.fit,
+                        detection.background_rel_var, confusion=confusion, detection=settings.detection,
+                        background_template=padded.background)
 
 
 def field_confusion(settings: FieldSettings, config: ObservationConfig, response: BandResponse) -> Confusion | None:
@@ -253,9 +248,9 @@ def measure_field(
     """Both measurement passes over every slot; jit-able.
 
     The first pass fits every source alone, its neighbours masked (`lax.map` over the chunks); the
-    image background is then estimated again with the first pass's models subtracted
-    (`detection.remeasure_background`); the second pass refits the sources brightest first with the
-    brighter neighbours' models held fixed, and adds the confusion term (`measure.refine_catalogue`).
+    later passes (`measure.later_passes`) refit them brightest first with the brighter neighbours'
+    models held fixed, estimate the image background again without the kept sources, and refit them
+    with every neighbour modelled and the confusion term.
 
     Args:
         padded, detection: `observe_and_detect`'s padded observation and detection.

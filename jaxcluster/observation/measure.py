@@ -127,6 +127,7 @@ __all__ = [
     "refine_catalogue",
     "render_models",
     "measure_two_pass",
+    "later_passes",
 ]
 
 _LN2 = math.log(2.0)
@@ -1013,7 +1014,7 @@ def measure_two_pass(
     Args:
         detection: the `detection.DetectionSettings` that estimated an "image" background: after the
             second pass it is estimated again with the kept sources' models subtracted
-            (`detection.remeasure_background`) and the second pass is run again on it (from its own
+            (`detection.estimate_background(sources=…)`) and the second pass is run again on it (from its own
             catalogue); None: the background is kept.
         background_template: the background's expected shape for that estimate
             (`detection.estimate_background`'s `template`).
@@ -1021,6 +1022,26 @@ def measure_two_pass(
     settings = FitSettings() if settings is None else settings
     first = measure_catalogue(counts, exposure, background, segmentation, model, max_sources, settings.first_pass(),
                               background_rel_var, cuts)
+    return later_passes(counts, exposure, background, first, model, settings, background_rel_var, cuts,
+                        confusion=confusion, detection=detection, background_template=background_template)
+
+
+def later_passes(
+    counts: Float[ArrayLike, "n_band n m"],
+    exposure: Float[ArrayLike, "n_band n m"],
+    background: Float[ArrayLike, "n_band n m"],
+    first: MeasuredCatalogue,
+    model: SourceModel,
+    settings: FitSettings,
+    background_rel_var: Float[ArrayLike, "n_band n m"] | None = None,
+    cuts=None,
+    *,
+    confusion=None,
+    detection=None,
+    background_template: Float[ArrayLike, "n_band n m"] | None = None,
+) -> MeasuredCatalogue:
+    """Passes 2 and 3 after a first pass over every source of the image (`measure_two_pass`; a survey
+    field's chunks, `observation.field.measure_field`); jit-able. Arguments as `measure_two_pass`."""
     second = refine_catalogue(counts, exposure, background, first, model, settings, background_rel_var, cuts)
     if detection is not None and detection.background == "image":
         from .detection import estimate_background, filter_kernels
