@@ -131,6 +131,9 @@ __all__ = [
 ]
 
 _LN2 = math.log(2.0)
+# Templates are evaluated in float32 (twice as fast on CPU; 2.5e-7 of their peak from float64, far below any
+# Poisson error); the likelihoods and photometry sum them in the image's dtype.
+_TEMPLATE_DTYPE = jnp.float32
 
 
 def _check_positive(name: str, value, integer: bool = False, low: float | int = 0.0, high: float | int = math.inf):
@@ -276,6 +279,10 @@ class SourceModel(eqx.Module):
         img = jnp.where((core_radii_arcsec > 0)[:, None, None], ext, point[None])
         return jax.vmap(self.bin)(img)
 
+    def point_template(self, centre: Float[Array, " 2"]) -> Float[Array, "c c"]:
+        """The unit-flux PSF template of the cutout (`templates` at r_c = 0, without its FFT)."""
+        return self.bin(self.point_subpixels(centre))
+
 
 class FitSettings(eqx.Module):
     """Settings of the extent fit and of the photometry (static).
@@ -305,6 +312,8 @@ class FitSettings(eqx.Module):
         extended_min_ext_lh: the later passes fit the extended models only for sources whose
             previous pass gave EXT_LH above this (default 3, far below the C2 cut of 15); the others
             are point sources, fitted without the core-radius grid (most of the cost).
+        n_refine_steps: Fisher-scoring steps of the point fit in the later passes, which start from the
+            previous pass's position, its amplitude refitted there first (default 6).
     """
 
     core_radii_arcsec: tuple[float, ...] = eqx.field(static=True)
@@ -320,13 +329,15 @@ class FitSettings(eqx.Module):
     n_neighbours: int = eqx.field(static=True)
     neighbour_min_det_lh: float = eqx.field(static=True)
     extended_min_ext_lh: float = eqx.field(static=True)
+    n_refine_steps: int = eqx.field(static=True)
 
     def __init__(self, core_radii_arcsec=None, n_point_steps: SupportsInt = 12, n_amplitude_steps: SupportsInt = 12,
                  aperture_factor: SupportsFloat = 4.0, aperture_min_arcsec: SupportsFloat = 30.0,
                  aperture_max_arcsec: SupportsFloat | None = None, mask_radius_arcsec: SupportsFloat = 24.0,
                  max_extent_ln_err: SupportsFloat = 1.0, min_ext_lh: SupportsFloat = 15.0,
                  min_det_lh: SupportsFloat = 6.0, n_neighbours: SupportsInt = 12,
-                 neighbour_min_det_lh: SupportsFloat = 15.0, extended_min_ext_lh: SupportsFloat = 3.0):
+                 neighbour_min_det_lh: SupportsFloat = 15.0, extended_min_ext_lh: SupportsFloat = 3.0,
+                 n_refine_steps: SupportsInt = 6):
         if core_radii_arcsec is None:
             # log-spaced, 12 % apart: the parabola refines between nodes; 2″–80″ spans XXL's C1 extents
             core_radii_arcsec = np.geomspace(2.0, 80.0, 33)
@@ -349,12 +360,14 @@ class FitSettings(eqx.Module):
         self.n_neighbours = int(_check_positive("n_neighbours", n_neighbours, integer=True, low=1, high=1024))
         self.neighbour_min_det_lh = float(check_scalar("neighbour_min_det_lh", neighbour_min_det_lh, 0.0, 1e6))
         self.extended_min_ext_lh = float(check_scalar("extended_min_ext_lh", extended_min_ext_lh, 0.0, 1e6))
+        self.n_refine_steps = int(_check_positive("n_refine_steps", n_refine_steps, integer=True, low=1, high=1000))
 
     def first_pass(self) -> FitSettings:
-        """These settings with every third core radius (and the last): the first pass only orders the
-        sources and gives the later passes their neighbours' models, which need no finer extents."""
+        """These settings with every fourth core radius (and the last): the first pass only orders the
+        sources, picks those the later passes fit extended (EXT_LH above `extended_min_ext_lh`, far below
+        the C2 cut) and gives the second pass its neighbours' models, which need no finer extents."""
         rc = self.core_radii_arcsec
-        coarse = rc[::3] + ((rc[-1],) if (len(rc) - 1) % 3 else ())
+        coarse = rc[::4] + ((rc[-1],) if (len(rc) - 1) % 4 else ())
         if len(coarse) < 3:
             coarse = rc
         return dataclasses.replace(self, core_radii_arcsec=coarse)
@@ -439,6 +452,7 @@ def fit_source(
     relative_exposure: Float[Array, "c c"],
     centre0: Float[Array, " 2"],
     extended: bool | Bool[Array, ""] = True,
+    amplitude0: Float[Array, ""] | None = None,
 ) -> SourceFit:
     """Point and extended (β = 2/3) Poisson fits of one cutout (module docstring).
 
@@ -452,6 +466,8 @@ def fit_source(
         extended: whether to fit the extended models (may be traced: under `lax.scan` a False skips
             the core-radius grid, the cost of the fit; under `vmap` both branches run). When False,
             the source is a point source: extent 0, EXT_LH 0, C_ext = C_point.
+        amplitude0: starting point-source amplitude [counts at the start position's exposure] (a
+            previous pass's fit); None: the cutout's net counts.
 
     Returns:
         A `SourceFit`.
@@ -459,11 +475,19 @@ def fit_source(
     dtype = counts.dtype
     half = model.cutout / 2.0
 
-    def point_model(p):
-        t = model.bin(model.point_subpixels(p[1:]))
-        return jnp.exp(p[0]) * t * relative_exposure + background
+    def point_template(c0):
+        return model.point_template(c0.astype(_TEMPLATE_DTYPE)).astype(dtype)
 
-    a0 = jnp.maximum(jnp.sum(counts - background), 3.0)
+    def point_model(p):
+        return jnp.exp(p[0]) * point_template(p[1:]) * relative_exposure + background
+
+    if amplitude0 is None:
+        a0 = jnp.maximum(jnp.sum(counts - background), 3.0)
+    else:
+        # a later pass: the amplitude at the previous position first (its neighbours' models changed the
+        # background), so that the few Fisher steps start near the optimum and the position does not wander
+        te_start = point_template(centre0) * relative_exposure
+        a0 = _amplitude_newton(counts, background, te_start, jnp.maximum(amplitude0, 3.0), settings.n_amplitude_steps)
     p0 = jnp.concatenate([jnp.log(a0)[None], centre0.astype(dtype)])
 
     def fisher_step(p, _):
@@ -488,8 +512,10 @@ def fit_source(
     centre = p[1:]
 
     def with_extent():
-        rc = jnp.asarray((0.0,) + settings.core_radii_arcsec, dtype=dtype)
-        T = model.templates(centre, rc)  # (k, c, c); T[0] is the point source
+        rc = jnp.asarray(settings.core_radii_arcsec, dtype=_TEMPLATE_DTYPE)
+        T = model.templates(centre.astype(_TEMPLATE_DTYPE), rc).astype(dtype)
+        T = jnp.concatenate([point_template(centre)[None], T])  # T[0]: the point source
+        rc = jnp.concatenate([jnp.zeros((1,), dtype), rc.astype(dtype)])
         te = T * relative_exposure[None]
         a_start = jnp.full(rc.shape, jnp.exp(p[0]), dtype)
         amps = jax.vmap(lambda t, a: _amplitude_newton(counts, background, t, a, settings.n_amplitude_steps))(te, a_start)
@@ -539,7 +565,7 @@ def fit_source(
                          extent_ln_err=sig_u, extent_influence=h_map)
 
     def point_only():
-        t0 = model.templates(centre, jnp.zeros((1,), dtype))[0]
+        t0 = point_template(centre)
         te0 = t0 * relative_exposure
         amp = _amplitude_newton(counts, background, te0, jnp.exp(p[0]), settings.n_amplitude_steps)
         c_pt = cash(counts, amp * te0 + background)
@@ -725,8 +751,10 @@ class _Measured(eqx.Module):
     corner: Int[Array, "*s 2"]
 
 
-def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start, extended=True) -> _Measured:
-    """Fit and photometry of one cutout (module docstring): `keep` masks pixels, `cb` holds every model held fixed."""
+def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start, extended=True,
+                 start_rate=None) -> _Measured:
+    """Fit and photometry of one cutout (module docstring): `keep` masks pixels, `cb` holds every model held fixed;
+    `start_rate` (n_band,) a previous pass's count rates [counts s⁻¹], the fit's starting amplitude."""
     dtype = cn.dtype
     c = model.cutout
     half = c // 2
@@ -735,7 +763,9 @@ def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start
     yy = jnp.arange(c, dtype=dtype)
     es = ce.sum(0)
     e_ref = jnp.maximum(es[half, half], 1e-30)
-    fit = fit_source(model, settings, cn.sum(0) * keep, cb.sum(0) * keep, es / e_ref * keep, start - origin, extended)
+    amp0 = None if start_rate is None else jnp.sum(start_rate * ce[:, half, half])
+    fit = fit_source(model, settings, cn.sum(0) * keep, cb.sum(0) * keep, es / e_ref * keep, start - origin, extended,
+                     amp0)
     radius_pix = jnp.clip(settings.aperture_factor * fit.extent, settings.aperture_min_arcsec, ap_max) / model.pixel_arcsec
     radius_pix = jnp.where(fit.c_point <= fit.c_extended, settings.aperture_min_arcsec / model.pixel_arcsec, radius_pix)
     d2 = (yy[:, None] - fit.centre[0]) ** 2 + (yy[None, :] - fit.centre[1]) ** 2
@@ -924,6 +954,7 @@ def refine_catalogue(
     order = jnp.argsort(jnp.where(first.valid, -first.det_lh, jnp.inf)).astype(jnp.int32)  # brightest first
     rank = jnp.zeros((n_slot,), jnp.int32).at[order].set(jnp.arange(n_slot, dtype=jnp.int32))
     same_r = max(10.0 / model.pixel_arcsec, 1.0)
+    later = dataclasses.replace(settings, n_point_steps=settings.n_refine_steps)  # from the previous fit
 
     def measure(g, done_models, done_valid, done_pos, done_reach, done_ext):
         cen = first.position[g]
@@ -946,8 +977,8 @@ def refine_catalogue(
         else:
             rad = jnp.where(near & ~brighter, jnp.minimum(r_mask, 0.5 * jnp.sqrt(d2[idx])), 0.0)
         keep = _disks(first.position[idx], rad, corner.astype(dtype), c, dtype)
-        m = _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, cen,
-                         first.ext_lh[g] > settings.extended_min_ext_lh)
+        m = _measure_one(model, later, confusion, corner, cn, cb, ce, cv, keep, cen,
+                         first.ext_lh[g] > settings.extended_min_ext_lh, first.count_rate[g])
         dist = jnp.hypot(*(done_pos - m.position[None, :]).T)
         dup = jnp.any(done_valid & ((dist < same_r) | (done_ext & (dist < done_reach))))
         ok = ~dup & (m.fit.det_lh >= settings.min_det_lh)
