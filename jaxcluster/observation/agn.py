@@ -165,7 +165,7 @@ def draw_agn(
     *,
     s_min: float = 1e-15,
     s_max: float = 1e-11,
-    params=MORETTI03_SOFT,
+    params: tuple[float, float, float, float] = MORETTI03_SOFT,
     halo_position_arcmin: Float[Array, "n_halo 2"] | None = None,
     halo_valid: Bool[Array, " n_halo"] | None = None,
 ) -> AGNCatalogue:
@@ -177,10 +177,13 @@ def draw_agn(
         max_sources: number of slots (static); draws beyond it are dropped — size it
             well above the mean (`expected_number`), as `observe` does.
         ecf: (n_band,) count rate per unit flux (`energy_conversion_factor`).
-        s_min, s_max: flux limits [erg s⁻¹ cm⁻²] (static).
+        s_min: lower flux limit [erg s⁻¹ cm⁻²] (static).
+        s_max: upper flux limit [erg s⁻¹ cm⁻²] (static).
         params: logN–logS parameters (α1, α2, S0, N_S).
-        halo_position_arcmin, halo_valid: when given, each AGN sits at a halo drawn
-            uniformly among the valid ones ("haloes" mode); else positions are uniform.
+        halo_position_arcmin: (n_halo, 2) halo positions (field coordinates [arcmin]); when given,
+            each AGN sits at a halo drawn uniformly among the valid ones ("haloes" mode); else
+            positions are uniform.
+        halo_valid: (n_halo,) which haloes may host an AGN ("haloes" mode; None: all of them).
 
     Returns:
         `AGNCatalogue`.

@@ -27,6 +27,8 @@ $σ^2_{\rm conf} = \sum_i v_i (E_i (A ⊗ P)_i)^2$ counts².
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +36,10 @@ from jaxtyping import Array, Float
 
 from ..xray.response import BandResponse
 from .agn import MORETTI03_SOFT, energy_conversion_factor, second_moment_below
+
+if TYPE_CHECKING:
+    from .measure import SourceModel
+    from .photons import ObservationConfig
 
 __all__ = ["Confusion", "agn_confusion"]
 
@@ -63,7 +69,8 @@ class Confusion(eqx.Module):
         m2 = jnp.interp(lim, self.ln_flux, self.m2)
         return (self.ecf**2).reshape((-1,) + (1,) * lim.ndim) * (self.pixel_deg2 * m2)[None]
 
-    def flux_limit(self, counts_without_agn: Float[Array, "n m"], exposure: Float[Array, "n_band n m"], model) -> Float[Array, "n m"]:
+    def flux_limit(self, counts_without_agn: Float[Array, "n m"], exposure: Float[Array, "n_band n m"],
+                   model: SourceModel) -> Float[Array, "n m"]:
         """Detection limit of a point source at each pixel [erg s⁻¹ cm⁻²] (module docstring).
 
         Args:
@@ -81,7 +88,12 @@ class Confusion(eqx.Module):
 
 
 def agn_confusion(
-    config, response: BandResponse, pixel_arcsec: float, threshold: float, min_area: int = 1, params=MORETTI03_SOFT
+    config: ObservationConfig,
+    response: BandResponse,
+    pixel_arcsec: float,
+    threshold: float,
+    min_area: int = 1,
+    params: tuple[float, float, float, float] = MORETTI03_SOFT,
 ) -> Confusion | None:
     """The `Confusion` of an observation's AGN (None when ``config.agn == "off"``).
 
@@ -91,6 +103,7 @@ def agn_confusion(
         pixel_arcsec: observation pixel [arcsec], > 0.
         threshold: detection threshold [Gaussian σ], > 0 (`DetectionSettings.threshold`).
         min_area: connected pixels above it (`DetectionSettings.min_area`), ≥ 1.
+        params: logN–logS parameters (α1, α2, S0, N_S) (`agn.MORETTI03_SOFT`).
     """
     if config.agn == "off":
         return None

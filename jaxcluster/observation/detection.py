@@ -58,7 +58,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import SupportsFloat, SupportsInt
+from typing import TYPE_CHECKING, SupportsFloat, SupportsInt
 
 import equinox as eqx
 import jax
@@ -67,6 +67,9 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int
 
 from .measure import SourceModel, convolve_centred
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "BACKGROUND_METHODS",
@@ -123,8 +126,9 @@ class DetectionSettings(eqx.Module):
     def __init__(self, background: str = "image", background_box: SupportsInt = 32,
                  background_kappa: SupportsFloat = 4.0, background_iterations: SupportsInt = 3,
                  threshold: SupportsFloat = 4.0, min_area: SupportsInt = 3,
-                 scales_arcsec=(0.0, 10.0, 30.0), method: str = "sep", max_sources: SupportsInt = 32,
-                 deblend_nthresh: SupportsInt = 32, deblend_cont: SupportsFloat = 0.005, point_first: bool = True):
+                 scales_arcsec: Sequence[SupportsFloat] = (0.0, 10.0, 30.0), method: str = "sep",
+                 max_sources: SupportsInt = 32, deblend_nthresh: SupportsInt = 32,
+                 deblend_cont: SupportsFloat = 0.005, point_first: bool = True):
         from ..params import check_scalar
         from ..survey.detect import DETECTORS
 

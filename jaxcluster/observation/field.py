@@ -253,7 +253,8 @@ def measure_field(
     with every neighbour modelled and the confusion term.
 
     Args:
-        padded, detection: `observe_and_detect`'s padded observation and detection.
+        padded: `observe_and_detect`'s padded observation.
+        detection: `observe_and_detect`'s padded detection.
         settings: `FieldSettings`.
         response: band response (concrete: the PSF's mean energy).
         confusion: the unresolved AGN (`field_confusion`); None: no confusion term.
@@ -281,9 +282,12 @@ def measure_field_host(
     """`measure_field` on the host: the first pass over the chunks that hold detections only (concrete arrays).
 
     Args:
-        padded, detection, settings, confusion: as `measure_field`.
+        padded: as in `measure_field`.
+        detection: as in `measure_field`.
+        settings: as in `measure_field`.
         model: `field_source_model(settings, response)`; pass the same object for every field of a
             run so the measurement compiles once.
+        confusion: as in `measure_field`.
 
     Returns:
         `MeasuredCatalogue` of ⌈n_detected / K⌉ × K slots (slot s: label s + 1), K = ``settings.chunk``;
@@ -374,8 +378,9 @@ def observe_field(
         config: `ObservationConfig`.
         settings: `FieldSettings`.
         response: band response (default EPIC-pn, `xray.default_band_response`).
-        halo_position_arcmin, halo_valid: halo positions (field coordinates [arcmin]) for
+        halo_position_arcmin: (n_halo, 2) halo positions (field coordinates [arcmin]) for
             ``config.agn == "haloes"``.
+        halo_valid: (n_halo,) mask of the valid haloes, for ``config.agn == "haloes"``.
 
     Returns:
         `FieldResult`.

@@ -73,14 +73,16 @@ class ObservationConfig(eqx.Module):
             the clusters' band absorption, [0.1, 50].
         agn: ``"random"`` (uniform positions), ``"haloes"`` (at given halo positions)
             or ``"off"`` (static).
-        agn_flux_min_cgs, agn_flux_max_cgs: AGN flux range [erg s⁻¹ cm⁻²] (0.5–2 keV),
+        agn_flux_min_cgs: lower end of the AGN flux range [erg s⁻¹ cm⁻²] (0.5–2 keV),
+            1e-18 ≤ min < max ≤ 1e-9 (static).
+        agn_flux_max_cgs: upper end of the AGN flux range [erg s⁻¹ cm⁻²] (0.5–2 keV),
             1e-18 ≤ min < max ≤ 1e-9 (static).
         agn_photon_index: AGN photon index Γ, (0, 4].
         agn_max_sources: slots for AGN (static); None: mean + 8σ + 16 of the field's
             expected number.
         psf: apply the PSF (static).
-        particle_background, cosmic_background: include the particle background, and
-            the CXB + Galactic foreground (static).
+        particle_background: include the particle background (static).
+        cosmic_background: include the CXB + Galactic foreground (static).
     """
 
     exposure_s: float | Array = XXL_EXPOSURE_S
@@ -178,8 +180,9 @@ def observe(
         config: `ObservationConfig`.
         response: band response (default `jaxcluster.xray.default_band_response()`);
             its bands must be those of the maps.
-        halo_position_arcmin, halo_valid: halo positions (field coordinates [arcmin])
-            and mask, required when ``config.agn == "haloes"``.
+        halo_position_arcmin: (n_halo, 2) halo positions (field coordinates [arcmin]),
+            required when ``config.agn == "haloes"``.
+        halo_valid: (n_halo,) mask of the valid haloes (``config.agn == "haloes"``).
 
     Returns:
         `Observation`.

@@ -64,7 +64,7 @@ class Pointings(eqx.Module):
 def grid_pointings(
     side_arcmin: tuple[float, float],
     spacing_arcmin: float = XXL_SPACING_ARCMIN,
-    exposure_s=XXL_EXPOSURE_S,
+    exposure_s: float | Array = XXL_EXPOSURE_S,
     fov_radius_arcmin: float = FOV_RADIUS_ARCMIN,
 ) -> Pointings:
     """Square grid of pointings covering a field of sides (x, y) [arcmin] (module docstring).

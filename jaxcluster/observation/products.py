@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -51,6 +51,13 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..io.atomic import atomic_path
+
+if TYPE_CHECKING:
+    import os
+
+    from astropy.io import fits
+    from astropy.table import Table
+    from jaxtyping import ArrayLike
 
 __all__ = ["IMAGE_UNITS", "band_name", "image_wcs_header", "observation_cards", "write_observation",
            "split_counts_by_pointing", "pointing_cutout", "write_pointing", "observed_catalogue_table"]
@@ -70,7 +77,7 @@ def band_name(band_keV: tuple[float, float]) -> str:
 
 
 def image_wcs_header(shape: tuple[int, int], pixel_arcmin: float, centre_deg: tuple[float, float],
-                     origin: tuple[int, int] = (0, 0)):
+                     origin: tuple[int, int] = (0, 0)) -> fits.Header:
     """2-D RA/Dec TAN header of an (n, m) observation image, or of its cutout starting at `origin` (module docstring).
 
     Args:
@@ -126,8 +133,9 @@ def _image(data, header, name: str, unit: str, what: str, cards, extver: int):
     return hdu
 
 
-def write_observation(path, observations: Sequence[Mapping[str, Any]], *, bands_keV, pixel_arcmin: float,
-                      centre_deg, cards: Sequence[tuple[str, Any, str]]) -> None:
+def write_observation(path: str | os.PathLike, observations: Sequence[Mapping[str, Any]], *,
+                      bands_keV: Sequence[tuple[float, float]], pixel_arcmin: float,
+                      centre_deg: tuple[float, float], cards: Sequence[tuple[str, Any, str]]) -> None:
     """``observation.fits``: the mosaic images of every lightcone (module docstring).
 
     Args:
@@ -213,16 +221,21 @@ def pointing_cutout(centre_arcmin, pixel_arcmin: float, fov_radius_arcmin: float
     return slice(i0, i1), slice(j0, j1), (i0, j0)
 
 
-def write_pointing(path, *, counts, exposure, background, bands_keV, shape: tuple[int, int], origin: tuple[int, int],
-                   pixel_arcmin: float, centre_deg, pointing_deg: tuple[float, float], pointing_id: int,
-                   cards: Sequence[tuple[str, Any, str]]) -> None:
+def write_pointing(path: str | os.PathLike, *, counts: Float[ArrayLike, "n_band a b"],
+                   exposure: Float[ArrayLike, "n_band a b"], background: Float[ArrayLike, "n_band a b"],
+                   bands_keV: Sequence[tuple[float, float]], shape: tuple[int, int], origin: tuple[int, int],
+                   pixel_arcmin: float, centre_deg: tuple[float, float], pointing_deg: tuple[float, float],
+                   pointing_id: int, cards: Sequence[tuple[str, Any, str]]) -> None:
     """One pointing's cutout images (module docstring): counts, exposure and background per band.
 
     Args:
         path: output file.
-        counts, exposure, background: (n_band, a, b) cutouts (counts; s; counts).
+        counts: (n_band, a, b) cutout of the photon counts [counts].
+        exposure: (n_band, a, b) cutout of the exposure [s].
+        background: (n_band, a, b) cutout of the background [counts].
         bands_keV: the bands [keV].
-        shape: (n, m) of the whole field's image; origin: the cutout's first (row, column) in it.
+        shape: (n, m) of the whole field's image.
+        origin: the cutout's first (row, column) in the whole field's image.
         pixel_arcmin: observation pixel [arcmin].
         centre_deg: field centre (RA, Dec) [deg] (the projection's).
         pointing_deg: the pointing's (RA, Dec) [deg].
@@ -247,9 +260,10 @@ def write_pointing(path, *, counts, exposure, background, bands_keV, shape: tupl
         fits.HDUList(hdus).writeto(tmp, output_verify="exception")
 
 
-def observed_catalogue_table(cats: Sequence, *, pixel_arcmin: float, shape: tuple[int, int], centre_deg,
-                             bands_keV, truth: Sequence[Mapping[str, np.ndarray]] | None = None,
-                             record: Mapping[str, Any], meta: Mapping[str, Any] | None = None):
+def observed_catalogue_table(cats: Sequence, *, pixel_arcmin: float, shape: tuple[int, int],
+                             centre_deg: tuple[float, float], bands_keV: Sequence[tuple[float, float]],
+                             truth: Sequence[Mapping[str, np.ndarray]] | None = None,
+                             record: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> Table:
     """The measured catalogue of every lightcone's photon image, with units (astropy `Table`).
 
     Args:

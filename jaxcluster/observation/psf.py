@@ -95,13 +95,20 @@ def half_energy_diameter_arcsec(rc_arcsec, alpha):
     return 2.0 * rc_arcsec * jnp.sqrt(2.0 ** (1.0 / (alpha - 1.0)) - 1.0)
 
 
-def psf_kernel(shape: tuple[int, int], pixel_arcmin: float, rc_arcsec, alpha, dtype=None) -> Float[Array, "N M"]:
+def psf_kernel(
+    shape: tuple[int, int],
+    pixel_arcmin: float,
+    rc_arcsec: Float[ArrayLike, ""],
+    alpha: Float[ArrayLike, ""],
+    dtype=None,
+) -> Float[Array, "N M"]:
     """PSF kernel on the (N, M) FFT grid, origin at [0, 0] with wrapped offsets, summing to 1.
 
     Args:
         shape: (N, M) grid (the zero-padded FFT size; static).
         pixel_arcmin: pixel side [arcmin] (static).
-        rc_arcsec, alpha: King parameters (`king_parameters`).
+        rc_arcsec: King core radius r_c [arcsec] (`king_parameters`).
+        alpha: King slope α (`king_parameters`).
 
     Returns:
         (N, M) fraction of a point source's photons landing in each pixel offset.

@@ -36,12 +36,18 @@ import functools
 import json
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+if TYPE_CHECKING:
+    from .detection import DetectionSettings
+    from .measure import FitSettings, SourceModel
+    from .photons import ObservationConfig
 
 __all__ = [
     "DEFAULT_TABLE",
@@ -117,10 +123,13 @@ class SelectionTable(eqx.Module):
         trials: (n_cr, n_rc, n_z) injections per cell.
         detected: (n_cr, n_rc, n_z) injections recovered (any class).
         c1: (n_cr, n_rc, n_z) injections recovered as C1.
-        mu, log_width, logit_pmax: (n_rc, n_z) the logistic's parameters (log10 CR units).
+        mu: (n_rc, n_z) the logistic's centre μ (log10 CR units).
+        log_width: (n_rc, n_z) the logistic's ln w (w in log10 CR units).
+        logit_pmax: (n_rc, n_z) the logistic's logit p_max.
         point_cr: (n_pt,) injected point-source CR [counts s⁻¹].
-        point_trials, point_detected, point_c1: (n_pt,) point-source trials, detections,
-            and (false) C1 classifications.
+        point_trials: (n_pt,) point-source trials.
+        point_detected: (n_pt,) point-source detections.
+        point_c1: (n_pt,) point-source (false) C1 classifications.
         meta: settings and provenance (static JSON string).
     """
 
@@ -230,8 +239,9 @@ def fit_logistic(log10_cr: np.ndarray, successes: np.ndarray, trials: np.ndarray
 
 def inject_and_recover(
     key: PRNGKeyArray, count_rate: float, core_radius_arcsec: float, band_fractions: Sequence[float], *,
-    shape: tuple[int, int] = (64, 64), pixel_arcsec: float = 4.0, config=None, detection=None, fit=None,
-    source_model=None, match_arcsec: float | None = None,
+    shape: tuple[int, int] = (64, 64), pixel_arcsec: float = 4.0, config: ObservationConfig | None = None,
+    detection: DetectionSettings | None = None, fit: FitSettings | None = None,
+    source_model: SourceModel | None = None, match_arcsec: float | None = None,
 ) -> dict:
     """Observe one injected source and run the detection chain; what was recovered (host, one field).
 
@@ -240,9 +250,11 @@ def inject_and_recover(
         count_rate: unabsorbed 0.5–2 keV CR [counts s⁻¹], > 0.
         core_radius_arcsec: r_c [arcsec] (0: point source).
         band_fractions: (2,) fractions of CR in [0.5–1], [1–2] keV.
-        shape, pixel_arcsec: the field.
+        shape: (n, m) shape of the field [pixels].
+        pixel_arcsec: pixel side of the field [arcsec].
         config: `ObservationConfig` (default: XXL's, `observe`'s defaults).
-        detection, fit: `DetectionSettings`, `FitSettings`.
+        detection: `DetectionSettings`.
+        fit: `FitSettings`.
         source_model: `SourceModel` (default: on-axis King PSF at the bands' mean energy).
         match_arcsec: recovery radius [arcsec] (default max(20″, r_c)).
 
@@ -348,9 +360,9 @@ def build_selection_table(
     *,
     shape: tuple[int, int] = (64, 64),
     pixel_arcsec: float = 4.0,
-    config=None,
-    detection=None,
-    fit=None,
+    config: ObservationConfig | None = None,
+    detection: DetectionSettings | None = None,
+    fit: FitSettings | None = None,
     progress: bool = False,
 ) -> SelectionTable:
     """Run the injection–recovery grid and fit the smooth selection (module docstring).
@@ -362,7 +374,11 @@ def build_selection_table(
         z_grid: redshifts, increasing, > 0.
         point_cr_grid: point-source CRs [counts s⁻¹], increasing, > 0.
         n_real: realisations per cell, ≥ 1.
-        shape, pixel_arcsec, config, detection, fit: as `inject_and_recover`.
+        shape: as in `inject_and_recover`.
+        pixel_arcsec: as in `inject_and_recover`.
+        config: as in `inject_and_recover`.
+        detection: as in `inject_and_recover`.
+        fit: as in `inject_and_recover`.
         progress: print one line per cell.
 
     Returns:
