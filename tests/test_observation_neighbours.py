@@ -220,3 +220,91 @@ def test_render_models_puts_every_kept_model_in_place():
     assert np.unravel_index(np.argmax(img.sum(0)), (N, N)) == (48, 48)
     # the bright source's model is its expected counts: the image minus the background, near its centre
     np.testing.assert_allclose(img.sum(0)[44:53, 44:53], (np.asarray(lam) - BKG).sum(0)[44:53, 44:53], rtol=0.02)
+
+
+def _beta_square_fraction(rc, x0, x1, y0, y1):
+    """β = 2/3 flux fraction in the rectangle [x0, x1] × [y0, y1] [arcsec] around its centre: the corners of
+    G = atan(xy / (r_c √(r_c² + x² + y²))) / 2π (the solid angle of a rectangle seen from height r_c)."""
+    def g(x, y):
+        return math.atan(x * y / (rc * math.sqrt(rc**2 + x**2 + y**2))) / (2.0 * math.pi)
+    return g(x1, y1) - g(x0, y1) - g(x1, y0) + g(x0, y0)
+
+
+def test_extended_wings_hold_the_beta_light_beyond_the_cutout():
+    """`extended_wings` of an extended source: zero inside its cutout and, summed over the image, CR × E × the
+    β-model's flux between the cutout and the image edges (the rectangle formula, not the renderer's sums);
+    a point-like source (EXT_LH below the cut) has none."""
+    from jaxcluster.observation.measure import MeasuredCatalogue, extended_wings
+
+    n, c, pix, rc = 400, 48, 4.0, 20.0
+    centre = np.array([180.3, 210.6])
+    corner = np.round(centre).astype(np.int32) - c // 2
+    cr = np.array([0.01, 0.02])
+
+    def catalogue(ext_lh):
+        return MeasuredCatalogue(
+            position=jnp.asarray(centre[None]), det_lh=jnp.asarray([100.0]), ext_lh=jnp.asarray([ext_lh]),
+            extent=jnp.asarray([rc]), count_rate=jnp.asarray(cr[None]), count_rate_err=jnp.asarray([[1e-3, 1e-3]]),
+            net_counts=jnp.asarray([[1.0, 1.0]]), background_counts=jnp.asarray([[0.0, 0.0]]),
+            aperture_arcsec=jnp.asarray([80.0]), source_class=jnp.asarray([1]), valid=jnp.asarray([True]),
+            total_err=jnp.asarray([1e-3]), model_counts=jnp.zeros((1, 2, c, c)), cutout_corner=jnp.asarray(corner[None]))
+
+    exposure = jnp.full((2, n, n), EXPOSURE)
+    wings = np.asarray(extended_wings(catalogue(50.0), exposure, pix, 15.0))
+    assert np.all(wings[:, corner[0]: corner[0] + c, corner[1]: corner[1] + c] == 0.0)
+    # pixel (i, j) spans [i − ½, i + ½]: the image and the cutout edges relative to the centre [arcsec]
+    edges = lambda lo, hi, x: ((lo - 0.5 - x) * pix, (hi - 0.5 - x) * pix)  # noqa: E731
+    whole = _beta_square_fraction(rc, *edges(0, n, centre[0]), *edges(0, n, centre[1]))
+    cut = _beta_square_fraction(rc, *edges(corner[0], corner[0] + c, centre[0]),
+                                *edges(corner[1], corner[1] + c, centre[1]))
+    expected = cr * EXPOSURE * (whole - cut)
+    assert 0.1 < whole - cut < 0.3  # a fifth of the light lies beyond the cutout
+    np.testing.assert_allclose(wings.sum(axis=(1, 2)), expected, rtol=2e-3)
+    assert float(np.abs(np.asarray(extended_wings(catalogue(5.0), exposure, pix, 15.0))).max()) == 0.0
+
+
+def test_held_neighbour_model_error_enters_the_faint_sources_error_only():
+    """With `held_model_error`, the bright neighbour's relative error times its counts in the faint source's
+    aperture adds to the faint source's variance (the CRs unchanged), and the faint model's to the bright one's."""
+    bright, faint = (48.0, 48.0, 0.3), (48.0, 55.0, 0.01)  # 28″ apart: the bright wings fill the faint aperture
+    lam = _scene([bright, faint])
+    seg = np.zeros((N, N), np.int32)
+    _disk(seg, 48, 48, 3, 1)
+    _disk(seg, 48, 55, 2, 2)
+    out = {}
+    for held in (False, True):
+        fit = FitSettings(core_radii_arcsec=np.geomspace(2.0, 80.0, 17), held_model_error=held)
+        out[held] = jax.jit(lambda: measure_two_pass(lam, jnp.full((2, N, N), EXPOSURE), jnp.full((2, N, N), BKG),
+                                                     jnp.asarray(seg), MODEL, 2, fit))()
+    np.testing.assert_allclose(out[True].count_rate, out[False].count_rate, rtol=1e-12)
+    e_off, e_on = np.asarray(out[False].total_err), np.asarray(out[True].total_err)
+    assert e_on[1] > 1.02 * e_off[1], (e_on, e_off)
+    # the size of the added term: (σ_bright / CR_bright) × the bright model's counts in the faint aperture
+    added = (e_on[1] ** 2 - e_off[1] ** 2) * (float(out[True].count_rate_total[1]) / float(
+        np.sum(np.asarray(out[True].net_counts[1])))) ** 2
+    rel = float(out[True].total_err[0] / out[True].count_rate_total[0])
+    assert 0.0 < math.sqrt(added) < rel * float(np.asarray(out[True].model_counts[0]).sum())
+    # the bright source's third pass holds the faint one too, whose light lies in its 30″ aperture
+    assert e_on[0] > e_off[0]
+
+
+def test_confusion_limit_rises_to_the_modelled_neighbours_det_lh():
+    """Detected AGN below the DET_LH from which neighbours are modelled stay in the apertures: the confusion
+    limit becomes the significance √ΔC of that DET_LH (χ²₃: 5.75σ at 15), and its variance grows."""
+    from jaxcluster.observation import ObservationConfig
+    from jaxcluster.observation.confusion import agn_confusion
+    from jaxcluster.observation.measure import likelihood_from_delta_cash
+    from jaxcluster.xray.emissivity import default_band_response
+
+    response = default_band_response()
+    plain = agn_confusion(ObservationConfig(), response, PIX, 4.0, 3)
+    raised = agn_confusion(ObservationConfig(), response, PIX, 4.0, 3, modelled_det_lh=15.0)
+    assert raised.min_area == 1
+    assert abs(float(likelihood_from_delta_cash(jnp.asarray(raised.threshold**2), 3)) - 15.0) < 1e-6
+    assert 5.7 < raised.threshold < 5.8
+    assert agn_confusion(ObservationConfig(), response, PIX, 7.0, 3, modelled_det_lh=15.0).threshold == 7.0
+    b = jnp.full((48, 48), 0.2)
+    e = jnp.full((2, 48, 48), EXPOSURE)
+    lim_p, lim_r = plain.flux_limit(b, e, MODEL), raised.flux_limit(b, e, MODEL)
+    assert float(jnp.min(lim_r / lim_p)) > 1.2
+    assert float(jnp.min(raised.rate_variance(lim_r) / plain.rate_variance(lim_p))) > 1.05

@@ -27,6 +27,7 @@ $σ^2_{\rm conf} = \sum_i v_i (E_i (A ⊗ P)_i)^2$ counts².
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import equinox as eqx
@@ -94,6 +95,7 @@ def agn_confusion(
     threshold: float,
     min_area: int = 1,
     params: tuple[float, float, float, float] = MORETTI03_SOFT,
+    modelled_det_lh: float | None = None,
 ) -> Confusion | None:
     """The `Confusion` of an observation's AGN (None when ``config.agn == "off"``).
 
@@ -104,12 +106,21 @@ def agn_confusion(
         threshold: detection threshold [Gaussian σ], > 0 (`DetectionSettings.threshold`).
         min_area: connected pixels above it (`DetectionSettings.min_area`), ≥ 1.
         params: logN–logS parameters (α1, α2, S0, N_S) (`agn.MORETTI03_SOFT`).
+        modelled_det_lh: DET_LH from which detected neighbours are masked or modelled
+            (`FitSettings.neighbour_min_det_lh`); the AGN detected below it are left in the apertures
+            too, so the limit is raised to the point-source significance √ΔC that gives this DET_LH
+            (ΔC the χ²₃ value of `measure.likelihood_from_delta_cash`; 5.75σ at DET_LH 15) when that
+            exceeds `threshold`. None: the detection limit.
     """
     if config.agn == "off":
         return None
     if not (pixel_arcsec > 0 and threshold > 0 and min_area >= 1):
         raise ValueError(f"pixel_arcsec = {pixel_arcsec}, threshold = {threshold} must be > 0 and "
                          f"min_area = {min_area} >= 1")
+    if modelled_det_lh is not None:
+        sigma = math.sqrt(_delta_cash_of_likelihood(float(modelled_det_lh), 3))
+        if sigma > threshold:
+            threshold, min_area = sigma, 1
     grid, m2 = second_moment_below(config.agn_flux_min_cgs, config.agn_flux_max_cgs, params)
     dtype = response.area_cm2.dtype
     ecf = energy_conversion_factor(jnp.asarray(config.nh_cm2, dtype), response, config.agn_photon_index)
@@ -117,3 +128,17 @@ def agn_confusion(
                      pixel_deg2=float((pixel_arcsec / 3600.0) ** 2), threshold=float(threshold),
                      min_area=int(min_area))
 
+
+
+def _delta_cash_of_likelihood(likelihood: float, dof: int) -> float:
+    """ΔC whose `measure.likelihood_from_delta_cash` is `likelihood` (bisection; host floats)."""
+    from .measure import likelihood_from_delta_cash
+
+    lo, hi = 0.0, 10.0 * likelihood + 50.0
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        if float(likelihood_from_delta_cash(jnp.asarray(mid), dof)) < likelihood:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)

@@ -231,7 +231,8 @@ def _refine(padded, detection, settings, model, first, confusion):
 def field_confusion(settings: FieldSettings, config: ObservationConfig, response: BandResponse) -> Confusion | None:
     """The unresolved AGN's `Confusion` for this field's pixel and detection (None when AGN are off)."""
     d = settings.detection
-    return agn_confusion(config, response, settings.pixel_arcsec, d.threshold, d.min_area)
+    return agn_confusion(config, response, settings.pixel_arcsec, d.threshold, d.min_area,
+                         modelled_det_lh=settings.fit.neighbour_min_det_lh)
 
 
 def _flat(cats: MeasuredCatalogue) -> MeasuredCatalogue:

@@ -80,7 +80,8 @@ King wings (≈ 25 % of a point source's counts lie beyond 24″). `measure_two_
    of a bright AGN's wings, or of a cluster, segmented at the PSF scale;
 3. the image background is estimated again with the kept sources' models subtracted
    (`detection.estimate_background(sources=…)`: their wings no longer raise the boxes around
-   them), and `refine_catalogue` runs again on it from the second pass, now with the fainter
+   them; `extended_wings` adds the β-model light of the extended ones beyond their cutouts),
+   and `refine_catalogue` runs again on it from the second pass, now with the fainter
    neighbours' second-pass models held fixed too (`model_fainter`), and the confusion term.
 
 Neighbours below `neighbour_min_det_lh` (15) are neither masked nor modelled: at a few σ they are
@@ -99,6 +100,13 @@ limit, which counts this source's own light and its modelled neighbours as backg
 the exposure and $A ⊗ P$ the aperture spread by the PSF (a source at i puts that fraction of its
 counts in the aperture). It is added to the aperture's variance, coherently over the bands in
 the total.
+
+**Held models' errors.** The neighbours' models held fixed in the later passes are measurements, not
+truths: with `held_model_error` (default), each one's relative error σ_CR/CR (from its own pass)
+times the counts it puts in the aperture is added to the aperture's variance, the neighbours taken
+as independent and each coherent over the bands. Without it, a cluster with a bright AGN in its
+core had its error set by its own Poisson counts alone, though its flux rests on the AGN's
+subtraction.
 """
 
 from __future__ import annotations
@@ -106,7 +114,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import SupportsFloat, SupportsInt
+from typing import TYPE_CHECKING, SupportsFloat, SupportsInt
 
 import equinox as eqx
 import jax
@@ -114,6 +122,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr
 from jaxtyping import Array, ArrayLike, Bool, Float, Int
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from .classes import ClassCuts
+    from .confusion import Confusion
+    from .detection import DetectionSettings
 
 __all__ = [
     "SourceModel",
@@ -126,6 +141,7 @@ __all__ = [
     "measure_catalogue",
     "refine_catalogue",
     "render_models",
+    "extended_wings",
     "measure_two_pass",
     "later_passes",
 ]
@@ -312,6 +328,8 @@ class FitSettings(eqx.Module):
         extended_min_ext_lh: the later passes fit the extended models only for sources whose
             previous pass gave EXT_LH above this (default 3, far below the C2 cut of 15); the others
             are point sources, fitted without the core-radius grid (most of the cost).
+        held_model_error: add each held neighbour model's normalisation error (σ_CR/CR × its counts in the
+            aperture) to the photometric variance in the later passes (default True; module docstring).
         n_refine_steps: Fisher-scoring steps of the point fit in the later passes, which start from the
             previous pass's position, its amplitude refitted there first (default 6).
     """
@@ -330,14 +348,16 @@ class FitSettings(eqx.Module):
     neighbour_min_det_lh: float = eqx.field(static=True)
     extended_min_ext_lh: float = eqx.field(static=True)
     n_refine_steps: int = eqx.field(static=True)
+    held_model_error: bool = eqx.field(static=True)
 
-    def __init__(self, core_radii_arcsec=None, n_point_steps: SupportsInt = 12, n_amplitude_steps: SupportsInt = 12,
+    def __init__(self, core_radii_arcsec: Sequence[SupportsFloat] | np.ndarray | None = None,
+                 n_point_steps: SupportsInt = 12, n_amplitude_steps: SupportsInt = 12,
                  aperture_factor: SupportsFloat = 4.0, aperture_min_arcsec: SupportsFloat = 30.0,
                  aperture_max_arcsec: SupportsFloat | None = None, mask_radius_arcsec: SupportsFloat = 24.0,
                  max_extent_ln_err: SupportsFloat = 1.0, min_ext_lh: SupportsFloat = 15.0,
                  min_det_lh: SupportsFloat = 6.0, n_neighbours: SupportsInt = 12,
                  neighbour_min_det_lh: SupportsFloat = 15.0, extended_min_ext_lh: SupportsFloat = 3.0,
-                 n_refine_steps: SupportsInt = 6):
+                 n_refine_steps: SupportsInt = 6, held_model_error: bool = True):
         if core_radii_arcsec is None:
             # log-spaced, 12 % apart: the parabola refines between nodes; 2″–80″ spans XXL's C1 extents
             core_radii_arcsec = np.geomspace(2.0, 80.0, 33)
@@ -361,6 +381,7 @@ class FitSettings(eqx.Module):
         self.neighbour_min_det_lh = float(check_scalar("neighbour_min_det_lh", neighbour_min_det_lh, 0.0, 1e6))
         self.extended_min_ext_lh = float(check_scalar("extended_min_ext_lh", extended_min_ext_lh, 0.0, 1e6))
         self.n_refine_steps = int(_check_positive("n_refine_steps", n_refine_steps, integer=True, low=1, high=1000))
+        self.held_model_error = bool(held_model_error)
 
     def first_pass(self) -> FitSettings:
         """These settings with every fourth core radius (and the last): the first pass only orders the
@@ -403,7 +424,9 @@ class SourceFit(eqx.Module):
         centre: (2,) fitted position (row, col) [cutout pixels].
         amplitude: total source counts of the best model at the cutout centre's exposure.
         extent: fitted core radius [arcsec] (the extended fit's, whatever the likelihoods).
-        c_background, c_point, c_extended: Cash statistics of the three models.
+        c_background: Cash statistic of the background-only model.
+        c_point: Cash statistic of the point-source model.
+        c_extended: Cash statistic of the extended (β-model) model.
         det_lh: detection likelihood (ν = 3), best model vs background.
         ext_lh: extension likelihood (ν = 1), extended vs point.
         template: (c, c) unit-flux template of the photometry (point if C_point ≤ C_ext or
@@ -696,6 +719,11 @@ def _segment_centroids(seg, weight, max_sources):
 def _place(cutouts, offset, c):
     """Cutouts (k, nb, c, c) whose first pixel is at `offset` (k, 2) [pixels] from ours, resampled onto our
     (nb, c, c) cutout grid and summed (pixels outside a cutout contribute 0)."""
+    return jnp.sum(_place_each(cutouts, offset, c), axis=0)
+
+
+def _place_each(cutouts, offset, c):
+    """`_place` without the sum: (k, nb, c, c)."""
     yy = jnp.arange(c, dtype=offset.dtype)
     rr = yy[None, :] - offset[:, 0, None]  # (k, c): their row for each of our rows
     qq = yy[None, :] - offset[:, 1, None]
@@ -704,7 +732,7 @@ def _place(cutouts, offset, c):
     rows = jnp.take_along_axis(cutouts, jnp.clip(rr, 0, c - 1)[:, None, :, None], axis=2)
     both = jnp.take_along_axis(rows, jnp.clip(qq, 0, c - 1)[:, None, None, :], axis=3)
     w = (okr[:, :, None] & okq[:, None, :]).astype(cutouts.dtype)
-    return jnp.sum(both * w[:, None], axis=0)
+    return both * w[:, None]
 
 
 class _Image(eqx.Module):
@@ -752,9 +780,10 @@ class _Measured(eqx.Module):
 
 
 def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start, extended=True,
-                 start_rate=None) -> _Measured:
+                 start_rate=None, held_sigma=None) -> _Measured:
     """Fit and photometry of one cutout (module docstring): `keep` masks pixels, `cb` holds every model held fixed;
-    `start_rate` (n_band,) a previous pass's count rates [counts s⁻¹], the fit's starting amplitude."""
+    `start_rate` (n_band,) a previous pass's count rates [counts s⁻¹], the fit's starting amplitude;
+    `held_sigma` (k, n_band, c, c) the 1σ uncertainty of each held model [counts per pixel]."""
     dtype = cn.dtype
     c = model.cutout
     half = c // 2
@@ -788,16 +817,24 @@ def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start
         psf_pix = model.bin(model.point_subpixels(jnp.full((2,), float(half), dtype)))
         spread = convolve_centred(ap, psf_pix)
         var_conf = jnp.sum(v * (ce * spread[None]) ** 2, axis=(1, 2))  # [counts²] per band
+    # the neighbours' models held fixed are measurements too: each one's normalisation error, through the
+    # counts it puts in this aperture (neighbours independent; coherent over the bands)
+    if held_sigma is None:
+        s_held = jnp.zeros((1,) + N.shape, dtype)
+    else:
+        s_held = jnp.sum(held_sigma * ap[None, None], axis=(2, 3))  # (k, n_band) [counts]
+    var_held = jnp.sum(s_held**2, axis=0)
     # δCR_b = δN_b/D_b − CR_b s_b δû (s_b = ∂ln D_b/∂ln r_c), δû = Σ_i h_i δn_i (both bands): Poisson and
     # background terms, the extent's, and their covariance Cov(N_b, û) = Σ_ap h_i μ_b,i (μ ≈ n)
     k_b = cr * dD / Dp  # CR_b s_b
     cov_nu = jnp.sum(ap[None] * fit.extent_influence[None] * cn, axis=(1, 2))
-    var_ap = (jnp.maximum(N, 1.0) + var_b + var_conf) / Dp**2
+    var_ap = (jnp.maximum(N, 1.0) + var_b + var_conf + var_held) / Dp**2
     var = var_ap + (k_b * fit.extent_ln_err) ** 2 - 2.0 * k_b * cov_nu / Dp
     err = jnp.where(D > 0, jnp.sqrt(jnp.maximum(var, var_ap)), jnp.inf)
     k_t = jnp.sum(k_b)
     # the same unresolved sources shine in both bands: their terms add coherently in the band sum
-    var_ap_t = jnp.sum((jnp.maximum(N, 1.0) + var_b) / Dp**2) + jnp.sum(jnp.sqrt(var_conf) / Dp) ** 2
+    var_ap_t = (jnp.sum((jnp.maximum(N, 1.0) + var_b) / Dp**2) + jnp.sum(jnp.sqrt(var_conf) / Dp) ** 2
+                + jnp.sum(jnp.sum(s_held / Dp[None], axis=1) ** 2))
     var_t = var_ap_t + (k_t * fit.extent_ln_err) ** 2 - 2.0 * k_t * jnp.sum(cov_nu / Dp)
     err_t = jnp.where(jnp.all(D > 0), jnp.sqrt(jnp.maximum(var_t, var_ap_t)), jnp.inf)
     return _Measured(position=fit.centre + origin, fit=fit, count_rate=cr, err=err, err_total=err_t, net=N - B, bkg=B,
@@ -852,9 +889,9 @@ def measure_catalogue(
     max_sources: int,
     settings: FitSettings | None = None,
     background_rel_var: Float[ArrayLike, "n_band n m"] | None = None,
-    cuts=None,
+    cuts: ClassCuts | None = None,
     *,
-    confusion=None,
+    confusion: Confusion | None = None,
 ) -> MeasuredCatalogue:
     """Fit, photometer and classify every detected source, each alone (the first pass; module docstring); jit-able.
 
@@ -913,9 +950,9 @@ def refine_catalogue(
     model: SourceModel,
     settings: FitSettings | None = None,
     background_rel_var: Float[ArrayLike, "n_band n m"] | None = None,
-    cuts=None,
+    cuts: ClassCuts | None = None,
     *,
-    confusion=None,
+    confusion: Confusion | None = None,
     model_fainter: bool = False,
 ) -> MeasuredCatalogue:
     """The second pass (module docstring, "Neighbours"): every source again, brightest first; jit-able.
@@ -929,10 +966,16 @@ def refine_catalogue(
     one kept, is a duplicate; one whose DET_LH falls below `min_det_lh` is dropped.
 
     Args:
-        counts, exposure, background, model, settings, background_rel_var, cuts, confusion: as
-            `measure_catalogue` (the whole image).
+        counts: as in `measure_catalogue` (the whole image).
+        exposure: as in `measure_catalogue` (the whole image).
+        background: as in `measure_catalogue` (the whole image).
         first: `measure_catalogue`'s result for **every** source of the image (all chunks, with
             `model_counts`).
+        model: as in `measure_catalogue`.
+        settings: as in `measure_catalogue`.
+        background_rel_var: as in `measure_catalogue` (the whole image).
+        cuts: as in `measure_catalogue`.
+        confusion: as in `measure_catalogue`.
 
     Returns:
         A `MeasuredCatalogue` with the slots of `first`.
@@ -969,16 +1012,21 @@ def refine_catalogue(
         brighter = near & (rank[idx] < rank[g])
         # the brighter ones done: their second-pass models join the background; the fainter ones are masked
         offset = done_models.corner[idx] - corner[None, :]
-        cb = cb + _place(done_models.counts[idx] * brighter[:, None, None, None].astype(dtype), offset, c)
+        held = _place_each(done_models.counts[idx] * brighter[:, None, None, None].astype(dtype), offset, c)
+        sigma = held * done_models.rel_err[idx][:, None, None, None]
         if model_fainter:
-            cb = cb + _place(first.model_counts[idx] * (near & ~brighter)[:, None, None, None].astype(dtype),
-                             first.cutout_corner[idx] - corner[None, :], c)
+            fainter = _place_each(first.model_counts[idx] * (near & ~brighter)[:, None, None, None].astype(dtype),
+                                  first.cutout_corner[idx] - corner[None, :], c)
+            held = held + fainter
+            sigma = sigma + fainter * first_rel[idx][:, None, None, None]
             rad = jnp.zeros_like(neg)
         else:
             rad = jnp.where(near & ~brighter, jnp.minimum(r_mask, 0.5 * jnp.sqrt(d2[idx])), 0.0)
+        cb = cb + jnp.sum(held, axis=0)
         keep = _disks(first.position[idx], rad, corner.astype(dtype), c, dtype)
         m = _measure_one(model, later, confusion, corner, cn, cb, ce, cv, keep, cen,
-                         first.ext_lh[g] > settings.extended_min_ext_lh, first.count_rate[g])
+                         first.ext_lh[g] > settings.extended_min_ext_lh, first.count_rate[g],
+                         sigma if settings.held_model_error else None)
         dist = jnp.hypot(*(done_pos - m.position[None, :]).T)
         dup = jnp.any(done_valid & ((dist < same_r) | (done_ext & (dist < done_reach))))
         ok = ~dup & (m.fit.det_lh >= settings.min_det_lh)
@@ -991,12 +1039,14 @@ def refine_catalogue(
         m, ok = jax.lax.cond(first.valid[g], lambda: measure(g, models, valid, pos, reach, ext),
                              lambda: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), empty))
         ext_g = (m.fit.c_extended < m.fit.c_point) & (m.fit.ext_lh > cuts.ext_lh_c1) & (m.fit.extent > cuts.extent_min)
-        models = _Models(models.counts.at[g].set(jnp.where(ok, m.model_counts, 0.0)), models.corner.at[g].set(m.corner))
+        models = _Models(models.counts.at[g].set(jnp.where(ok, m.model_counts, 0.0)), models.corner.at[g].set(m.corner),
+                         models.rel_err.at[g].set(_rel_err(m.err_total, jnp.sum(m.count_rate))))
         carry = (models, valid.at[g].set(ok), pos.at[g].set(m.position),
                  reach.at[g].set(jnp.maximum(m.fit.extent / model.pixel_arcsec, 2.0)), ext.at[g].set(ext_g))
         return carry, (m, ok)
 
-    models0 = _Models(jnp.zeros_like(first.model_counts), first.cutout_corner)
+    first_rel = _rel_err(first.total_err, first.count_rate_total)
+    models0 = _Models(jnp.zeros_like(first.model_counts), first.cutout_corner, jnp.zeros((n_slot,), dtype))
     carry0 = (models0, jnp.zeros((n_slot,), bool), first.position, jnp.zeros((n_slot,), dtype), jnp.zeros((n_slot,), bool))
     _, (m, ok) = jax.lax.scan(step, carry0, jnp.arange(n_slot))
     back = lambda a: a[rank]  # noqa: E731 (scan order → slot order)
@@ -1018,9 +1068,62 @@ def render_models(catalogue: MeasuredCatalogue, shape: tuple[int, int]) -> Float
     return img[:, c: c + n, c: c + m]
 
 
+def extended_wings(
+    catalogue: MeasuredCatalogue,
+    exposure: Float[Array, "n_band n m"],
+    pixel_arcsec: float,
+    min_ext_lh: float,
+    max_sources: int = 16,
+) -> Float[Array, "n_band n m"]:
+    r"""The β-model light of the extended sources **outside** their cutouts [expected counts per pixel].
+
+    `render_models` stops at each source's cutout, but a β = 2/3 profile holds
+    $1/\sqrt{1 + R^2/r_c^2}$ of its flux beyond R (20 % beyond 96″ at r_c = 20″): in the boxes
+    around a cluster that light raised the background estimate by ≈ 10 % and biased the cluster's
+    CR low. Outside the cutout the PSF no longer matters, so the profile is the analytic
+    $S(r) = \frac{r_c}{2π}(r_c^2 + r^2)^{-3/2}$ per arcsec², times CR_b and the exposure.
+
+    Args:
+        catalogue: a measured catalogue (valid sources with `extent` [arcsec], `count_rate`).
+        exposure: (n_band, n, m) vignetted exposure [s] of the image.
+        pixel_arcsec: pixel side [arcsec].
+        min_ext_lh: EXT_LH from which a source is extended (`FitSettings.min_ext_lh`).
+        max_sources: the brightest extended sources rendered (static).
+
+    Returns:
+        (n_band, n, m) expected counts.
+    """
+    nb, n, m = exposure.shape
+    dtype = exposure.dtype
+    c = catalogue.model_counts.shape[-1]
+    ext = catalogue.valid & (catalogue.ext_lh >= min_ext_lh) & (catalogue.extent > 0)
+    k = min(max_sources, ext.shape[0])
+    _, idx = jax.lax.top_k(jnp.where(ext, jnp.sum(catalogue.count_rate, axis=-1), -jnp.inf), k)
+    rows = jnp.arange(n, dtype=dtype)
+    cols = jnp.arange(m, dtype=dtype)
+
+    def one(i):
+        rc = jnp.maximum(catalogue.extent[i], 1e-3)
+        r2 = (((rows - catalogue.position[i, 0]) ** 2)[:, None] + ((cols - catalogue.position[i, 1]) ** 2)[None, :]) \
+            * pixel_arcsec**2
+        frac = rc / (2.0 * math.pi) * (rc**2 + r2) ** -1.5 * pixel_arcsec**2
+        corner = catalogue.cutout_corner[i].astype(dtype)
+        inside = ((rows >= corner[0]) & (rows < corner[0] + c))[:, None] & ((cols >= corner[1]) & (cols < corner[1] + c))[None, :]
+        return jnp.where(inside | ~ext[i], 0.0, frac)
+
+    profiles = jax.vmap(one)(idx)  # (k, n, m)
+    rate = jnp.maximum(catalogue.count_rate[idx], 0.0)  # (k, n_band)
+    return jnp.einsum("kb,knm->bnm", rate, profiles) * exposure
+
+
 class _Models(eqx.Module):
     counts: Float[Array, "s nb c c"]
     corner: Int[Array, "s 2"]
+    rel_err: Float[Array, " s"]  # σ_CR / CR of each model (its normalisation's relative error)
+
+
+def _rel_err(err, cr):
+    return jnp.where((cr > 0) & jnp.isfinite(err), err / jnp.where(cr > 0, cr, 1.0), 0.0)
 
 
 def measure_two_pass(
@@ -1032,10 +1135,10 @@ def measure_two_pass(
     max_sources: int,
     settings: FitSettings | None = None,
     background_rel_var: Float[ArrayLike, "n_band n m"] | None = None,
-    cuts=None,
+    cuts: ClassCuts | None = None,
     *,
-    confusion=None,
-    detection=None,
+    confusion: Confusion | None = None,
+    detection: DetectionSettings | None = None,
     background_template: Float[ArrayLike, "n_band n m"] | None = None,
 ) -> MeasuredCatalogue:
     """`measure_catalogue` (every source alone, neighbours masked), then `refine_catalogue` (brightest first,
@@ -1065,22 +1168,28 @@ def later_passes(
     model: SourceModel,
     settings: FitSettings,
     background_rel_var: Float[ArrayLike, "n_band n m"] | None = None,
-    cuts=None,
+    cuts: ClassCuts | None = None,
     *,
-    confusion=None,
-    detection=None,
+    confusion: Confusion | None = None,
+    detection: DetectionSettings | None = None,
     background_template: Float[ArrayLike, "n_band n m"] | None = None,
 ) -> MeasuredCatalogue:
     """Passes 2 and 3 after a first pass over every source of the image (`measure_two_pass`; a survey
     field's chunks, `observation.field.measure_field`); jit-able. Arguments as `measure_two_pass`."""
-    second = refine_catalogue(counts, exposure, background, first, model, settings, background_rel_var, cuts)
-    if detection is not None and detection.background == "image":
+    image = detection is not None and detection.background == "image"
+    exposure = jnp.asarray(exposure)
+
+    def without(cat):
+        # the background again, with the catalogue's models (and the extended sources' wings) subtracted
         from .detection import estimate_background, filter_kernels
 
-        # the background again, with the models of the sources the second pass kept subtracted
-        kernels = filter_kernels(model, detection.scales_arcsec, second.count_rate.dtype) if detection.scales_arcsec else None
-        background, background_rel_var = estimate_background(jnp.asarray(counts), jnp.asarray(exposure), detection,
-                                                             kernels, render_models(second, jnp.shape(counts)[1:]),
-                                                             background_template)
+        kernels = filter_kernels(model, detection.scales_arcsec, cat.count_rate.dtype) if detection.scales_arcsec else None
+        sources = render_models(cat, jnp.shape(counts)[1:]) + extended_wings(cat, exposure, model.pixel_arcsec,
+                                                                              settings.min_ext_lh)
+        return estimate_background(jnp.asarray(counts), exposure, detection, kernels, sources, background_template)
+
+    second = refine_catalogue(counts, exposure, background, first, model, settings, background_rel_var, cuts)
+    if image:
+        background, background_rel_var = without(second)
     return refine_catalogue(counts, exposure, background, second, model, settings, background_rel_var, cuts,
                             confusion=confusion, model_fainter=True)

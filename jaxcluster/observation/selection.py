@@ -259,8 +259,10 @@ def inject_and_recover(
         match_arcsec: recovery radius [arcsec] (default max(20″, r_c)).
 
     Returns:
-        dict(detected, c1, count_rate, count_rate_err, count_rate_true (absorbed, per band
-        summed), extent, det_lh, ext_lh, hr, hr_err).
+        dict(detected, c1, source_class (of the match: 0 point, 1 C1, 2 C2; −1 none), count_rate,
+        count_rate_err, count_rate_true (absorbed, per band summed), extent, det_lh, ext_lh, hr, hr_err).
+        The match is the nearest valid detection within `match_arcsec`, or for a cluster (r_c > 0)
+        the most significant extended (C1/C2) one there, if any.
     """
     from .detection import DetectionSettings
     from .photons import ObservationConfig
@@ -285,8 +287,14 @@ def inject_and_recover(
     radius = max(20.0, core_radius_arcsec) if match_arcsec is None else match_arcsec
     k = int(np.argmin(d))
     found = bool(d[k] <= radius)
+    extended = (np.asarray(cat.source_class) > 0) & (d <= radius)
+    if core_radius_arcsec > 0 and extended.any():
+        # a cluster is recovered by its extended detection, the most significant within the radius, even where
+        # a point-like fragment or an AGN lies nearer its centre
+        k = int(np.argmax(np.where(extended, np.asarray(cat.det_lh), -np.inf)))
     true = float(np.sum(np.asarray(crb) * np.asarray(tau)))
-    out = dict(detected=found, c1=found and int(cat.source_class[k]) == 1, count_rate_true=true,
+    out = dict(detected=found, c1=found and int(cat.source_class[k]) == 1,
+               source_class=int(cat.source_class[k]) if found else -1, count_rate_true=true,
                count_rate=np.nan, count_rate_err=np.nan, extent=np.nan, det_lh=np.nan, ext_lh=np.nan,
                hr=np.nan, hr_err=np.nan, hr_true=float(crb[1] * tau[1] / (crb[0] * tau[0])))
     if found:
@@ -325,14 +333,15 @@ def _chain(shape, pixel_arcsec, config, detection, fit, source_model):
     from .absorption import band_transmission, thermal_photon_spectrum
     from .detection import detect
     from .confusion import agn_confusion
-    from .measure import measure_two_pass
+    from .measure import FitSettings, measure_two_pass
     from .photons import observe
 
     cache_key = (shape, pixel_arcsec, config, detection, fit, source_model)
     if cache_key in _CHAINS:
         return _CHAINS[cache_key]
     response = default_band_response()
-    confusion = agn_confusion(config, response, pixel_arcsec, detection.threshold, detection.min_area)
+    confusion = agn_confusion(config, response, pixel_arcsec, detection.threshold, detection.min_area,
+                              modelled_det_lh=(fit or FitSettings()).neighbour_min_det_lh)
 
     @jax.jit
     def run(key, maps):
