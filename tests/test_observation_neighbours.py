@@ -222,47 +222,6 @@ def test_render_models_puts_every_kept_model_in_place():
     np.testing.assert_allclose(img.sum(0)[44:53, 44:53], (np.asarray(lam) - BKG).sum(0)[44:53, 44:53], rtol=0.02)
 
 
-def _beta_square_fraction(rc, x0, x1, y0, y1):
-    """β = 2/3 flux fraction in the rectangle [x0, x1] × [y0, y1] [arcsec] around its centre: the corners of
-    G = atan(xy / (r_c √(r_c² + x² + y²))) / 2π (the solid angle of a rectangle seen from height r_c)."""
-    def g(x, y):
-        return math.atan(x * y / (rc * math.sqrt(rc**2 + x**2 + y**2))) / (2.0 * math.pi)
-    return g(x1, y1) - g(x0, y1) - g(x1, y0) + g(x0, y0)
-
-
-def test_extended_wings_hold_the_beta_light_beyond_the_cutout():
-    """`extended_wings` of an extended source: zero inside its cutout and, summed over the image, CR × E × the
-    β-model's flux between the cutout and the image edges (the rectangle formula, not the renderer's sums);
-    a point-like source (EXT_LH below the cut) has none."""
-    from jaxcluster.observation.measure import MeasuredCatalogue, extended_wings
-
-    n, c, pix, rc = 400, 48, 4.0, 20.0
-    centre = np.array([180.3, 210.6])
-    corner = np.round(centre).astype(np.int32) - c // 2
-    cr = np.array([0.01, 0.02])
-
-    def catalogue(ext_lh):
-        return MeasuredCatalogue(
-            position=jnp.asarray(centre[None]), det_lh=jnp.asarray([100.0]), ext_lh=jnp.asarray([ext_lh]),
-            extent=jnp.asarray([rc]), count_rate=jnp.asarray(cr[None]), count_rate_err=jnp.asarray([[1e-3, 1e-3]]),
-            net_counts=jnp.asarray([[1.0, 1.0]]), background_counts=jnp.asarray([[0.0, 0.0]]),
-            aperture_arcsec=jnp.asarray([80.0]), source_class=jnp.asarray([1]), valid=jnp.asarray([True]),
-            total_err=jnp.asarray([1e-3]), model_counts=jnp.zeros((1, 2, c, c)), cutout_corner=jnp.asarray(corner[None]))
-
-    exposure = jnp.full((2, n, n), EXPOSURE)
-    wings = np.asarray(extended_wings(catalogue(50.0), exposure, pix, 15.0))
-    assert np.all(wings[:, corner[0]: corner[0] + c, corner[1]: corner[1] + c] == 0.0)
-    # pixel (i, j) spans [i − ½, i + ½]: the image and the cutout edges relative to the centre [arcsec]
-    edges = lambda lo, hi, x: ((lo - 0.5 - x) * pix, (hi - 0.5 - x) * pix)  # noqa: E731
-    whole = _beta_square_fraction(rc, *edges(0, n, centre[0]), *edges(0, n, centre[1]))
-    cut = _beta_square_fraction(rc, *edges(corner[0], corner[0] + c, centre[0]),
-                                *edges(corner[1], corner[1] + c, centre[1]))
-    expected = cr * EXPOSURE * (whole - cut)
-    assert 0.1 < whole - cut < 0.3  # a fifth of the light lies beyond the cutout
-    np.testing.assert_allclose(wings.sum(axis=(1, 2)), expected, rtol=2e-3)
-    assert float(np.abs(np.asarray(extended_wings(catalogue(5.0), exposure, pix, 15.0))).max()) == 0.0
-
-
 def test_held_neighbour_model_error_enters_the_faint_sources_error_only():
     """With `held_model_error`, the bright neighbour's relative error times its counts in the faint source's
     aperture adds to the faint source's variance (the CRs unchanged), and the faint model's to the bright one's."""

@@ -80,8 +80,7 @@ King wings (≈ 25 % of a point source's counts lie beyond 24″). `measure_two_
    of a bright AGN's wings, or of a cluster, segmented at the PSF scale;
 3. the image background is estimated again with the kept sources' models subtracted
    (`detection.estimate_background(sources=…)`: their wings no longer raise the boxes around
-   them; `extended_wings` adds the β-model light of the extended ones beyond their cutouts),
-   and `refine_catalogue` runs again on it from the second pass, now with the fainter
+   them), and `refine_catalogue` runs again on it from the second pass, now with the fainter
    neighbours' second-pass models held fixed too (`model_fainter`), and the confusion term.
 
 Neighbours below `neighbour_min_det_lh` (15) are neither masked nor modelled: at a few σ they are
@@ -141,7 +140,6 @@ __all__ = [
     "measure_catalogue",
     "refine_catalogue",
     "render_models",
-    "extended_wings",
     "measure_two_pass",
     "later_passes",
 ]
@@ -1068,54 +1066,6 @@ def render_models(catalogue: MeasuredCatalogue, shape: tuple[int, int]) -> Float
     return img[:, c: c + n, c: c + m]
 
 
-def extended_wings(
-    catalogue: MeasuredCatalogue,
-    exposure: Float[Array, "n_band n m"],
-    pixel_arcsec: float,
-    min_ext_lh: float,
-    max_sources: int = 16,
-) -> Float[Array, "n_band n m"]:
-    r"""The β-model light of the extended sources **outside** their cutouts [expected counts per pixel].
-
-    `render_models` stops at each source's cutout, but a β = 2/3 profile holds
-    $1/\sqrt{1 + R^2/r_c^2}$ of its flux beyond R (20 % beyond 96″ at r_c = 20″): in the boxes
-    around a cluster that light raised the background estimate by ≈ 10 % and biased the cluster's
-    CR low. Outside the cutout the PSF no longer matters, so the profile is the analytic
-    $S(r) = \frac{r_c}{2π}(r_c^2 + r^2)^{-3/2}$ per arcsec², times CR_b and the exposure.
-
-    Args:
-        catalogue: a measured catalogue (valid sources with `extent` [arcsec], `count_rate`).
-        exposure: (n_band, n, m) vignetted exposure [s] of the image.
-        pixel_arcsec: pixel side [arcsec].
-        min_ext_lh: EXT_LH from which a source is extended (`FitSettings.min_ext_lh`).
-        max_sources: the brightest extended sources rendered (static).
-
-    Returns:
-        (n_band, n, m) expected counts.
-    """
-    nb, n, m = exposure.shape
-    dtype = exposure.dtype
-    c = catalogue.model_counts.shape[-1]
-    ext = catalogue.valid & (catalogue.ext_lh >= min_ext_lh) & (catalogue.extent > 0)
-    k = min(max_sources, ext.shape[0])
-    _, idx = jax.lax.top_k(jnp.where(ext, jnp.sum(catalogue.count_rate, axis=-1), -jnp.inf), k)
-    rows = jnp.arange(n, dtype=dtype)
-    cols = jnp.arange(m, dtype=dtype)
-
-    def one(i):
-        rc = jnp.maximum(catalogue.extent[i], 1e-3)
-        r2 = (((rows - catalogue.position[i, 0]) ** 2)[:, None] + ((cols - catalogue.position[i, 1]) ** 2)[None, :]) \
-            * pixel_arcsec**2
-        frac = rc / (2.0 * math.pi) * (rc**2 + r2) ** -1.5 * pixel_arcsec**2
-        corner = catalogue.cutout_corner[i].astype(dtype)
-        inside = ((rows >= corner[0]) & (rows < corner[0] + c))[:, None] & ((cols >= corner[1]) & (cols < corner[1] + c))[None, :]
-        return jnp.where(inside | ~ext[i], 0.0, frac)
-
-    profiles = jax.vmap(one)(idx)  # (k, n, m)
-    rate = jnp.maximum(catalogue.count_rate[idx], 0.0)  # (k, n_band)
-    return jnp.einsum("kb,knm->bnm", rate, profiles) * exposure
-
-
 class _Models(eqx.Module):
     counts: Float[Array, "s nb c c"]
     corner: Int[Array, "s 2"]
@@ -1176,20 +1126,14 @@ def later_passes(
 ) -> MeasuredCatalogue:
     """Passes 2 and 3 after a first pass over every source of the image (`measure_two_pass`; a survey
     field's chunks, `observation.field.measure_field`); jit-able. Arguments as `measure_two_pass`."""
-    image = detection is not None and detection.background == "image"
-    exposure = jnp.asarray(exposure)
-
-    def without(cat):
-        # the background again, with the catalogue's models (and the extended sources' wings) subtracted
+    second = refine_catalogue(counts, exposure, background, first, model, settings, background_rel_var, cuts)
+    if detection is not None and detection.background == "image":
         from .detection import estimate_background, filter_kernels
 
-        kernels = filter_kernels(model, detection.scales_arcsec, cat.count_rate.dtype) if detection.scales_arcsec else None
-        sources = render_models(cat, jnp.shape(counts)[1:]) + extended_wings(cat, exposure, model.pixel_arcsec,
-                                                                              settings.min_ext_lh)
-        return estimate_background(jnp.asarray(counts), exposure, detection, kernels, sources, background_template)
-
-    second = refine_catalogue(counts, exposure, background, first, model, settings, background_rel_var, cuts)
-    if image:
-        background, background_rel_var = without(second)
+        # the background again, with the models of the sources the second pass kept subtracted
+        kernels = filter_kernels(model, detection.scales_arcsec, second.count_rate.dtype) if detection.scales_arcsec else None
+        background, background_rel_var = estimate_background(jnp.asarray(counts), jnp.asarray(exposure), detection,
+                                                             kernels, render_models(second, jnp.shape(counts)[1:]),
+                                                             background_template)
     return refine_catalogue(counts, exposure, background, second, model, settings, background_rel_var, cuts,
                             confusion=confusion, model_fainter=True)
