@@ -623,6 +623,8 @@ class MeasuredCatalogue(eqx.Module):
             cutout, max(CR_b, 0) × template × exposure_b (zero for invalid slots); what a second
             pass holds fixed for the fainter neighbours (None when not kept).
         cutout_corner: (s, 2) image pixel (row, col) of each cutout's first pixel.
+        hr_err: (s,) 1σ error of the hardness ratio without the extent term, which cancels in the ratio
+            (None: from `count_rate_err`).
     """
 
     position: Float[Array, "s 2"]
@@ -639,6 +641,7 @@ class MeasuredCatalogue(eqx.Module):
     total_err: Float[Array, " s"] | None = None
     model_counts: Float[Array, "s n_band c c"] | None = None
     cutout_corner: Int[Array, "s 2"] | None = None
+    hr_err: Float[Array, " s"] | None = None
 
     @property
     def count_rate_total(self) -> Float[Array, " s"]:
@@ -661,7 +664,10 @@ class MeasuredCatalogue(eqx.Module):
 
     @property
     def hardness_ratio_err(self) -> Float[Array, " s"]:
-        """1σ error of HR by first-order propagation (module docstring)."""
+        """1σ error of HR by first-order propagation (module docstring): `hr_err` when measured (the
+        extent term, common to both bands, cancels in the ratio), else from `count_rate_err`."""
+        if self.hr_err is not None:
+            return self.hr_err
         soft, hard = self.count_rate[..., 0], self.count_rate[..., 1]
         es, eh = self.count_rate_err[..., 0], self.count_rate_err[..., 1]
         ok = (soft > 0) & (hard != 0)
@@ -775,6 +781,7 @@ class _Measured(eqx.Module):
     aperture_arcsec: Float[Array, "*s"]
     model_counts: Float[Array, "*s nb c c"]
     corner: Int[Array, "*s 2"]
+    hr_err: Float[Array, "*s"]
 
 
 def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start, extended=True,
@@ -835,8 +842,20 @@ def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start
                 + jnp.sum(jnp.sum(s_held / Dp[None], axis=1) ** 2))
     var_t = var_ap_t + (k_t * fit.extent_ln_err) ** 2 - 2.0 * k_t * jnp.sum(cov_nu / Dp)
     err_t = jnp.where(jnp.all(D > 0), jnp.sqrt(jnp.maximum(var_t, var_ap_t)), jnp.inf)
+    if cr.shape[0] == 2:
+        # HR = CR_1/CR_0: δ ln HR = δN_1/(D_1 CR_1) − δN_0/(D_0 CR_0) − (s_1 − s_0) δû, and s_b = ∂ln D_b/∂ln r_c is
+        # the same template's in both bands, so the extent term cancels; the aperture (co)variances remain
+        ok = (cr[0] > 0) & (cr[1] != 0) & jnp.all(D > 0)
+        safe = jnp.where(ok, cr, 1.0)
+        # the unresolved AGN and the held models shine in both bands: their covariance cancels in the ratio too
+        cov = (jnp.sqrt(var_conf[0] * var_conf[1]) + jnp.sum(s_held[:, 0] * s_held[:, 1])) / (Dp[0] * Dp[1])
+        var_rel = var_ap[0] / safe[0] ** 2 + var_ap[1] / safe[1] ** 2 - 2.0 * cov / (safe[0] * safe[1])
+        hr_err = jnp.where(ok, jnp.abs(cr[1] / safe[0]) * jnp.sqrt(jnp.maximum(var_rel, 0.0)), jnp.nan)
+    else:
+        hr_err = jnp.full((), jnp.nan, dtype)
     return _Measured(position=fit.centre + origin, fit=fit, count_rate=cr, err=err, err_total=err_t, net=N - B, bkg=B,
-                     aperture_arcsec=radius_pix * model.pixel_arcsec, model_counts=model_counts, corner=corner)
+                     aperture_arcsec=radius_pix * model.pixel_arcsec, model_counts=model_counts, corner=corner,
+                     hr_err=hr_err)
 
 
 def _catalogue(m: _Measured, valid, cuts) -> MeasuredCatalogue:
@@ -851,7 +870,7 @@ def _catalogue(m: _Measured, valid, cuts) -> MeasuredCatalogue:
         count_rate=jnp.where(valid[:, None], m.count_rate, zero), count_rate_err=jnp.where(valid[:, None], m.err, jnp.inf),
         net_counts=jnp.where(valid[:, None], m.net, zero), background_counts=jnp.where(valid[:, None], m.bkg, zero),
         aperture_arcsec=jnp.where(valid, m.aperture_arcsec, zero), source_class=jnp.where(valid, cls, 0), valid=valid,
-        total_err=jnp.where(valid, m.err_total, jnp.inf),
+        total_err=jnp.where(valid, m.err_total, jnp.inf), hr_err=jnp.where(valid, m.hr_err, jnp.nan),
         model_counts=jnp.where(valid[:, None, None, None], m.model_counts, zero), cutout_corner=m.corner)
 
 
