@@ -276,3 +276,30 @@ def test_point_first_keeps_psf_segments_and_adds_extended_only_ones():
     assert out[0, 0] == 1 and out[3, 3] == 2 and out[1, 1] == 0  # the blend is split into its point segments
     assert np.all(out[5:8, 5:8] == 3)  # the extended-only segment is appended
     assert set(np.unique(out)) == {0, 1, 2, 3}
+
+
+def test_extended_templates_match_observes_image_of_a_beta_cluster():
+    """On the noise-free expected image `observe` makes of an on-axis β = 2/3 cluster (per-band King PSFs,
+    vignetting, absorption), the extent fit's templates (β ⊗ the PSF at the bands' mean energy) recover r_c
+    to 1 % and reach the perfect model's Cash statistic: the profile the measurement assumes is the one
+    the observation makes."""
+    from jaxcluster.observation import ObservationConfig
+    from jaxcluster.observation.measure import FitSettings, cash, fit_source
+    from jaxcluster.observation.photons import observe
+    from jaxcluster.observation.selection import beta_count_rate_map, cluster_band_fractions, default_source_model
+    from jaxcluster.xray.emissivity import default_band_response
+
+    shape, pix = (64, 64), 4.0
+    model = default_source_model(pix, psf_box_arcsec=(256.0, 256.0))
+    c = model.cutout
+    lo = shape[0] // 2 - c // 2
+    for rc in (20.0, 40.0):
+        maps = beta_count_rate_map(shape, pix, jnp.asarray([32.0, 32.0]), rc,
+                                   jnp.asarray(cluster_band_fractions(0.3)) * 0.3)
+        obs = observe(jax.random.key(0), maps, pix / 60.0, ObservationConfig(agn="off"), default_band_response())
+        lam, bkg = (a[:, lo: lo + c, lo: lo + c].sum(0) for a in (obs.model, obs.background))
+        es = obs.exposure[:, lo: lo + c, lo: lo + c].sum(0)
+        fit = fit_source(model, FitSettings(), lam, bkg, es / es[c // 2, c // 2], jnp.asarray([c / 2.0, c / 2.0]))
+        assert abs(float(fit.extent) / rc - 1.0) < 0.01, (rc, float(fit.extent))
+        assert float(fit.c_extended - cash(lam, lam)) < 0.05
+        assert float(fit.c_point - fit.c_extended) > 1000.0  # and it is not a point source
