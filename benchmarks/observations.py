@@ -1,6 +1,6 @@
 """Observation model: its cost against the simulation's, the CR pull of injected clusters, background per pointing.
 
-    python benchmarks/observations.py [--area 1] [--trials 120] [--out benchmarks/results/observations.json]
+    python benchmarks/observations.py [--area 1] [--trials 200] [--out benchmarks/results/observations.json]
 
 1. **Cost** (`observation_cost_fraction`): one lightcone of `--area` deg² at
    seed 001's resolution (0.39 h⁻¹ Mpc, 12 boxes z = 0.1–0.5, 10 PM steps, 1′
@@ -194,7 +194,7 @@ def _background(realisations: int, seed: int) -> dict:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--area", type=float, default=1.0, help="lightcone area for the cost [deg²]")
-    ap.add_argument("--trials", type=int, default=120, help="injections per setting for the CR pull")
+    ap.add_argument("--trials", type=int, default=200, help="injections per setting for the CR pull")
     ap.add_argument("--bkg-realisations", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-cost", action="store_true")
