@@ -720,14 +720,9 @@ def _segment_centroids(seg, weight, max_sources):
     return jnp.stack([sr / safe, sc / safe], axis=-1), area
 
 
-def _place(cutouts, offset, c):
-    """Cutouts (k, nb, c, c) whose first pixel is at `offset` (k, 2) [pixels] from ours, resampled onto our
-    (nb, c, c) cutout grid and summed (pixels outside a cutout contribute 0)."""
-    return jnp.sum(_place_each(cutouts, offset, c), axis=0)
-
-
 def _place_each(cutouts, offset, c):
-    """`_place` without the sum: (k, nb, c, c)."""
+    """Cutouts (k, nb, c, c) whose first pixel is at `offset` (k, 2) [pixels] from ours, each resampled onto
+    our (nb, c, c) cutout grid (pixels outside a cutout contribute 0): (k, nb, c, c)."""
     yy = jnp.arange(c, dtype=offset.dtype)
     rr = yy[None, :] - offset[:, 0, None]  # (k, c): their row for each of our rows
     qq = yy[None, :] - offset[:, 1, None]
