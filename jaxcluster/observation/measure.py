@@ -236,7 +236,11 @@ class SourceModel(eqx.Module):
         u = (jnp.arange(c * s, dtype=centre.dtype) + 0.5) / s - 0.5  # sub-pixel centres [pixels]
         dr = (u[:, None] - centre[0]) * self.pixel_arcsec
         dc = (u[None, :] - centre[1]) * self.pixel_arcsec
-        r = jnp.sqrt(dr**2 + dc**2)
+        r2 = dr**2 + dc**2
+        # at r = 0 (the centre on a sub-pixel centre: an odd `supersample` and an integer position, e.g. a one-pixel
+        # segment's centroid) the gradient of √r² is NaN, the Fisher step was skipped and the position never moved;
+        # the profile is smooth in r², so its gradient there is 0
+        r = jnp.where(r2 > 0, jnp.sqrt(jnp.where(r2 > 0, r2, 1.0)), 0.0)
         return self.psf(r) * (self.sub_arcsec**2 / self.psf_norm)
 
     def bin(self, sub: Float[Array, "cs cs"]) -> Float[Array, "c c"]:
