@@ -118,12 +118,14 @@ def test_dask_worker_killed_mid_chunk(tmp_path, reference):
     assert report.failed == {} and report.out == out
     assert sorted(t["chunk"] for t in report.tasks) == list(range(10))
     published = sorted(t["chunk"] for t in report.tasks if t["published"])
-    # the killed worker may have published its chunk in the instant before the kill: then the retried task
-    # finds it there and publishes nothing. Every chunk is published once, by a reported task or by the victim.
-    killed_chunk = int(killed[0][1].split("_")[1])
+    # the victim may have published chunks before the kill whose task results died with it (the one it held
+    # the claim of, published in the instant before the kill, or one finished before the client fetched its
+    # result): Dask reruns those tasks, which find the chunk published and compute nothing. So every chunk is
+    # published once, by a reported task or by the victim
     assert len(set(published)) == len(published)
-    assert set(published) | {killed_chunk} == set(range(10)) and set(range(10)) - set(published) <= {killed_chunk}
-    assert _sha(out) == _sha(reference) and not parts_dir(out).exists()
+    by_victim = set(range(10)) - set(published)
+    assert all(not t["computed"] for t in report.tasks if t["chunk"] in by_victim)
+    assert _sha(out) == _sha(reference) and not parts_dir(out).exists()  # and nothing was lost
 
 
 def test_cli_slurm_array_task_status_and_merge(tmp_path, monkeypatch, capsys):
