@@ -4,7 +4,8 @@ Pointings and exposure with vignetting (`pointings`, `vignetting`), the King PSF
 (`psf`), Galactic absorption (`absorption`), particle and sky backgrounds
 (`background`), AGN from the logN–logS (`agn`), and Poisson photon images
 (`photons.observe` → `Observation`); then detection on the photon images
-(`detection.detect`), source fits, photometry and extent (`measure`), XXL-like
+(`detection.detect`), source fits, photometry and extent (`measure`), clusters
+blended with AGN fitted together with them (`blends`), XXL-like
 C1/C2 classes (`classes`), and the injection–recovery selection function
 (`selection`).
 """
@@ -40,6 +41,7 @@ from .psf import (
     psf_kernel,
 )
 from .vignetting import FOV_RADIUS_ARCMIN, vignetting
+from .blends import BlendFit, BlendSettings, fit_blend, poisson_amplitudes
 from .classes import C1, C2, ClassCuts, classify
 from .confusion import Confusion, agn_confusion
 from .detection import Detection, DetectionSettings, detect, estimate_background
@@ -63,6 +65,7 @@ __all__ = [
     "Pointings", "exposure_maps", "grid_pointings", "off_axis_arcmin", "pixel_centres_arcmin",
     "convolve", "encircled_energy", "half_energy_diameter_arcsec", "king_parameters", "king_profile", "psf_kernel",
     "FOV_RADIUS_ARCMIN", "vignetting",
+    "BlendFit", "BlendSettings", "fit_blend", "poisson_amplitudes",
     "C1", "C2", "ClassCuts", "classify", "Confusion", "agn_confusion", "Detection", "DetectionSettings", "detect", "estimate_background",
     "FitSettings", "MeasuredCatalogue", "SourceModel", "measure_catalogue", "measure_two_pass", "refine_catalogue",
     "SelectionTable", "build_selection_table", "inject_and_recover", "load_selection_table", "selection_figure",

@@ -89,7 +89,18 @@ pixels are left out of the Cash sums and of D alike, so the correction stays exa
 source itself. With one pass and PSF-scale segments, one AGN-only deg² held 77 false C1 (12 with
 all-scales segments only); with the three passes, 3 (docs/validation/observations.md). This is
 a sequential approximation of the simultaneous fit of overlapping sources (as SAS emldetect
-does); a bright AGN within ≈ 15–25″ of a cluster's centre is not separated from it.
+does); an AGN within ≈ 15–40″ of a cluster's centre, in its segment, is separated from it only by the
+blend fit below.
+
+**Blends.** In the third pass (`refine_catalogue(deblend=True)`, `FitSettings.blends`), every source
+fitted extended (C_ext < C_point, EXT_LH ≥ `min_ext_lh`) is fitted again as a β-model with its own
+centre beside point sources at its single fit's centre and at the residual's peaks, all amplitudes
+together (`blends.fit_blend`). Where that lowers C by `BlendSettings.min_delta_c` (40), the source is
+measured again with the significant point components' models held fixed like neighbours' (their
+amplitude errors, from the simultaneous fit's covariance, in the variance), starting from the β-model's
+centre; or, where the β-model's amplitude is below `min_point_snr` σ, as the brightest point with the
+others held (an AGN pair fitted as one extended source). `MeasuredCatalogue.n_blended` counts the points
+held; they are not catalogued themselves.
 
 **Confusion.** AGN below the detection limit are part of the background on average (the image
 estimate follows them) but not pixel by pixel: the counts they put in an aperture scatter by
@@ -125,6 +136,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, Int
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from .blends import BlendSettings
     from .classes import ClassCuts
     from .confusion import Confusion
     from .detection import DetectionSettings
@@ -287,15 +299,21 @@ class SourceModel(eqx.Module):
         pixels outside it. (A β kernel $e^{-2π r_c q}$ on a periodic grid would fold the
         r⁻³ wings back into the cutout: ≈ 6 % too much light at r_c = 40″ in a 192″ cutout.)
         """
+        c = self.cutout
+        ext = self.wide_templates(centre, core_radii_arcsec)[:, c // 2: c // 2 + c, c // 2: c // 2 + c]
+        point = self.point_template(centre)
+        return jnp.where((core_radii_arcsec > 0)[:, None, None], ext, point[None])
+
+    def wide_templates(self, centre: Float[Array, " 2"], core_radii_arcsec: Float[Array, " k"]) -> Float[Array, "k L L"]:
+        """The β ⊗ PSF templates of `templates` on the whole grid twice the cutout (pixels; cutout pixel i at
+        index i + c/2), before the cutout is cropped from its middle: a template shifted by whole pixels is
+        a slice of it (`blends.fit_blend`). Its outer c/2 pixels hold the PSF's wrap-around."""
         s, c = self.supersample, self.cutout
-        cs = c * s
         beta = self.beta_subpixels(centre, core_radii_arcsec)
         ft = jnp.fft.rfft2(beta) * jnp.fft.rfft2(self.psf_wrapped(centre.dtype))[None]
-        ext = jnp.fft.irfft2(ft, s=beta.shape[-2:])[:, cs // 2: cs // 2 + cs, cs // 2: cs // 2 + cs]
-        ext = jnp.maximum(ext, 0.0)  # FFT round-off below zero
-        point = self.point_subpixels(centre)
-        img = jnp.where((core_radii_arcsec > 0)[:, None, None], ext, point[None])
-        return jax.vmap(self.bin)(img)
+        ext = jnp.maximum(jnp.fft.irfft2(ft, s=beta.shape[-2:]), 0.0)  # FFT round-off below zero
+        L = 2 * c
+        return ext.reshape(-1, L, s, L, s).sum(axis=(2, 4))
 
     def point_template(self, centre: Float[Array, " 2"]) -> Float[Array, "c c"]:
         """The unit-flux PSF template of the cutout (`templates` at r_c = 0, without its FFT)."""
@@ -334,6 +352,8 @@ class FitSettings(eqx.Module):
             aperture) to the photometric variance in the later passes (default True; module docstring).
         n_refine_steps: Fisher-scoring steps of the point fit in the later passes, which start from the
             previous pass's position, its amplitude refitted there first (default 6).
+        blends: `blends.BlendSettings` of the third pass's blend fit of extended sources (True: its
+            defaults; module docstring, "Blends"); False or None: no blend fit.
     """
 
     core_radii_arcsec: tuple[float, ...] = eqx.field(static=True)
@@ -351,6 +371,7 @@ class FitSettings(eqx.Module):
     extended_min_ext_lh: float = eqx.field(static=True)
     n_refine_steps: int = eqx.field(static=True)
     held_model_error: bool = eqx.field(static=True)
+    blends: BlendSettings | None = eqx.field(static=True)
 
     def __init__(self, core_radii_arcsec: Sequence[SupportsFloat] | np.ndarray | None = None,
                  n_point_steps: SupportsInt = 12, n_amplitude_steps: SupportsInt = 12,
@@ -359,7 +380,8 @@ class FitSettings(eqx.Module):
                  max_extent_ln_err: SupportsFloat = 1.0, min_ext_lh: SupportsFloat = 15.0,
                  min_det_lh: SupportsFloat = 6.0, n_neighbours: SupportsInt = 12,
                  neighbour_min_det_lh: SupportsFloat = 15.0, extended_min_ext_lh: SupportsFloat = 3.0,
-                 n_refine_steps: SupportsInt = 6, held_model_error: bool = True):
+                 n_refine_steps: SupportsInt = 6, held_model_error: bool = True,
+                 blends: BlendSettings | bool | None = True):
         if core_radii_arcsec is None:
             # log-spaced, 12 % apart: the parabola refines between nodes; 2″–80″ spans XXL's C1 extents
             core_radii_arcsec = np.geomspace(2.0, 80.0, 33)
@@ -384,6 +406,15 @@ class FitSettings(eqx.Module):
         self.extended_min_ext_lh = float(check_scalar("extended_min_ext_lh", extended_min_ext_lh, 0.0, 1e6))
         self.n_refine_steps = int(_check_positive("n_refine_steps", n_refine_steps, integer=True, low=1, high=1000))
         self.held_model_error = bool(held_model_error)
+        from .blends import BlendSettings
+
+        if blends is True:
+            blends = BlendSettings()
+        elif blends is False:
+            blends = None
+        if blends is not None and not isinstance(blends, BlendSettings):
+            raise ValueError(f"blends = {blends!r} must be a BlendSettings, True (the defaults) or False/None")
+        self.blends = blends
 
     def first_pass(self) -> FitSettings:
         """These settings with every fourth core radius (and the last): the first pass only orders the
@@ -629,6 +660,8 @@ class MeasuredCatalogue(eqx.Module):
         cutout_corner: (s, 2) image pixel (row, col) of each cutout's first pixel.
         hr_err: (s,) 1σ error of the hardness ratio without the extent term, which cancels in the ratio
             (None: from `count_rate_err`).
+        n_blended: (s,) point sources fitted with the source in its blend fit and held fixed in its
+            measurement (module docstring, "Blends"; not catalogued themselves); None: no blend fit.
     """
 
     position: Float[Array, "s 2"]
@@ -646,6 +679,7 @@ class MeasuredCatalogue(eqx.Module):
     model_counts: Float[Array, "s n_band c c"] | None = None
     cutout_corner: Int[Array, "s 2"] | None = None
     hr_err: Float[Array, " s"] | None = None
+    n_blended: Int[Array, " s"] | None = None
 
     @property
     def count_rate_total(self) -> Float[Array, " s"]:
@@ -703,6 +737,8 @@ class MeasuredCatalogue(eqx.Module):
         t["hardness_ratio_err"] = np.asarray(self.hardness_ratio_err)[v]
         t["aperture"] = np.asarray(self.aperture_arcsec)[v] * u.arcsec
         t["source_class"] = np.asarray(self.source_class)[v]
+        if self.n_blended is not None:
+            t["n_blended"] = np.asarray(self.n_blended)[v]
         t.meta["classes"] = "1: C1, 2: C2, 0: neither (jaxcluster.observation.classes)"
         if pixel_arcsec is not None:
             t.meta["pixel_arcsec"] = float(pixel_arcsec)
@@ -781,6 +817,7 @@ class _Measured(eqx.Module):
     model_counts: Float[Array, "*s nb c c"]
     corner: Int[Array, "*s 2"]
     hr_err: Float[Array, "*s"]
+    n_blended: Int[Array, "*s"]
 
 
 def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start, extended=True,
@@ -854,7 +891,60 @@ def _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, start
         hr_err = jnp.full((), jnp.nan, dtype)
     return _Measured(position=fit.centre + origin, fit=fit, count_rate=cr, err=err, err_total=err_t, net=N - B, bkg=B,
                      aperture_arcsec=radius_pix * model.pixel_arcsec, model_counts=model_counts, corner=corner,
-                     hr_err=hr_err)
+                     hr_err=hr_err, n_blended=jnp.zeros((), jnp.int32))
+
+
+def _deblend(model, settings, confusion, corner, cn, cb, ce, cv, keep, m: _Measured, held_sigma) -> _Measured:
+    """The blend fit of an extended source (module docstring, "Blends"; `blends.fit_blend`) and, where it is
+    adopted, the source measured again with its significant point components held fixed like neighbours."""
+    from .blends import fit_blend, poisson_amplitudes
+
+    blends = settings.blends
+    fit = m.fit
+    dtype = cn.dtype
+    c = model.cutout
+    half = c // 2
+    origin = corner.astype(dtype)
+
+    def rel_exposure(e):
+        return e / jnp.maximum(e[half, half], 1e-30) * keep
+
+    def run():
+        e_rel = rel_exposure(ce.sum(0))
+        bl = fit_blend(model, blends, settings.core_radii_arcsec, cn.sum(0) * keep, cb.sum(0) * keep, e_rel,
+                       fit.amplitude * fit.template * e_rel, fit.c_extended, fit.centre, fit.extent)
+        significant = (bl.point_amplitudes > 0) & (bl.point_amplitudes >= blends.min_point_snr * bl.point_sigma)
+        # the source is the β-model while it stays significant, else the brightest point (an AGN pair or triple
+        # fitted as one extended source), the other points held
+        beta_ok = bl.beta_snr >= blends.min_point_snr
+        brightest = jnp.argmax(bl.point_amplitudes)
+        held = significant & (beta_ok | (jnp.arange(significant.shape[0]) != brightest))
+        start = jnp.where(beta_ok, bl.beta_centre, bl.point_centres[brightest])
+        P = jax.vmap(lambda p: model.point_template(p.astype(_TEMPLATE_DTYPE)).astype(dtype))(bl.point_centres)
+        beta_t = model.templates(bl.beta_centre.astype(_TEMPLATE_DTYPE), bl.extent.astype(_TEMPLATE_DTYPE)[None])[0]
+
+        def band(n_b, b_b, e_b):
+            # the components' amplitudes in one band, at the blend's positions and core radius
+            e_b = rel_exposure(e_b)
+            T = jnp.concatenate([beta_t.astype(dtype)[None], P]) * e_b[None]
+            frac = jnp.sum(n_b * keep) / jnp.maximum(jnp.sum(cn.sum(0) * keep), 1.0)
+            a0 = jnp.maximum(jnp.concatenate([bl.beta_amplitude[None], bl.point_amplitudes]) * frac, 1.0)
+            a, cov, _ = poisson_amplitudes(n_b * keep, b_b * keep, T, a0, blends.n_newton_steps)
+            sig = jnp.sqrt(jnp.maximum(jnp.diagonal(cov)[1:], 0.0))
+            return a[1:, None, None] * P * e_b[None], sig[:, None, None] * P * e_b[None]
+
+        pm, ps = jax.vmap(band)(cn, cb, ce)  # (nb, k, c, c)
+        w = held.astype(dtype)[None, :, None, None]
+        cb2 = cb + jnp.sum(pm * w, axis=1)
+        sig2 = jnp.moveaxis(ps * w, 1, 0)  # (k, nb, c, c)
+        sig2 = sig2 if held_sigma is None else jnp.concatenate([held_sigma, sig2])
+        m2 = _measure_one(model, settings, confusion, corner, cn, cb2, ce, cv, keep, start + origin, beta_ok,
+                          None, sig2)
+        m2 = dataclasses.replace(m2, n_blended=jnp.sum(held).astype(jnp.int32))
+        return jax.tree.map(lambda a, b: jnp.where(bl.adopted, a, b), m2, m)
+
+    extended = (fit.c_extended < fit.c_point) & (fit.ext_lh >= settings.min_ext_lh)
+    return jax.lax.cond(extended, run, lambda: m)
 
 
 def _catalogue(m: _Measured, valid, cuts) -> MeasuredCatalogue:
@@ -870,7 +960,8 @@ def _catalogue(m: _Measured, valid, cuts) -> MeasuredCatalogue:
         net_counts=jnp.where(valid[:, None], m.net, zero), background_counts=jnp.where(valid[:, None], m.bkg, zero),
         aperture_arcsec=jnp.where(valid, m.aperture_arcsec, zero), source_class=jnp.where(valid, cls, 0), valid=valid,
         total_err=jnp.where(valid, m.err_total, jnp.inf), hr_err=jnp.where(valid, m.hr_err, jnp.nan),
-        model_counts=jnp.where(valid[:, None, None, None], m.model_counts, zero), cutout_corner=m.corner)
+        model_counts=jnp.where(valid[:, None, None, None], m.model_counts, zero), cutout_corner=m.corner,
+        n_blended=jnp.where(valid, m.n_blended, 0))
 
 
 def _check_images(counts, exposure, background, segmentation=None):
@@ -970,6 +1061,7 @@ def refine_catalogue(
     *,
     confusion: Confusion | None = None,
     model_fainter: bool = False,
+    deblend: bool = False,
 ) -> MeasuredCatalogue:
     """The second pass (module docstring, "Neighbours"): every source again, brightest first; jit-able.
 
@@ -992,6 +1084,8 @@ def refine_catalogue(
         background_rel_var: as in `measure_catalogue` (the whole image).
         cuts: as in `measure_catalogue`.
         confusion: as in `measure_catalogue`.
+        model_fainter: hold the fainter neighbours' models in `first` fixed instead of masking them.
+        deblend: fit each extended source again as a blend (`settings.blends`; module docstring, "Blends").
 
     Returns:
         A `MeasuredCatalogue` with the slots of `first`.
@@ -1040,9 +1134,11 @@ def refine_catalogue(
             rad = jnp.where(near & ~brighter, jnp.minimum(r_mask, 0.5 * jnp.sqrt(d2[idx])), 0.0)
         cb = cb + jnp.sum(held, axis=0)
         keep = _disks(first.position[idx], rad, corner.astype(dtype), c, dtype)
+        held_sigma = sigma if settings.held_model_error else None
         m = _measure_one(model, later, confusion, corner, cn, cb, ce, cv, keep, cen,
-                         first.ext_lh[g] > settings.extended_min_ext_lh, first.count_rate[g],
-                         sigma if settings.held_model_error else None)
+                         first.ext_lh[g] > settings.extended_min_ext_lh, first.count_rate[g], held_sigma)
+        if deblend:
+            m = _deblend(model, later, confusion, corner, cn, cb, ce, cv, keep, m, held_sigma)
         dist = jnp.hypot(*(done_pos - m.position[None, :]).T)
         dup = jnp.any(done_valid & ((dist < same_r) | (done_ext & (dist < done_reach))))
         ok = ~dup & (m.fit.det_lh >= settings.min_det_lh)
@@ -1154,4 +1250,4 @@ def later_passes(
                                                              kernels, render_models(second, jnp.shape(counts)[1:]),
                                                              background_template)
     return refine_catalogue(counts, exposure, background, second, model, settings, background_rel_var, cuts,
-                            confusion=confusion, model_fainter=True)
+                            confusion=confusion, model_fainter=True, deblend=settings.blends is not None)

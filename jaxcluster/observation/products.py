@@ -330,6 +330,9 @@ def observed_catalogue_table(cats: Sequence, *, pixel_arcmin: float, shape: tupl
         col("source_class", cls, description="1: C1, 2: C2, 0: neither (jaxcluster.observation.classes)")
         col("c1", cls == C1, description="XXL-like C1 class")
         col("c2", cls == C2, description="XXL-like C2 class")
+        if cat.n_blended is not None:
+            col("n_blended", np.asarray(cat.n_blended)[v], description="point sources fitted with this source in "
+                "its blend fit and subtracted from its photometry (not catalogued; jaxcluster.observation.blends)")
         if truth is not None:
             for name, unit, what in (("z_true", None, "redshift of the box whose cluster light dominates at the "
                                       "position (noiseless maps)"),
