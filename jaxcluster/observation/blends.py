@@ -16,7 +16,11 @@ fits); SAS emldetect fits up to a few overlapping sources simultaneously. Here:
    β-model's centre $x_β$ on every other whole-pixel offset within `radius_arcsec` of the single
    fit's, at every fourth core radius of the grid and the single fit's; then the whole grid at the
    best centre; then the centre again, on every offset, at the best core radius (templates cut from
-   one grid twice the cutout, `measure.SourceModel.wide_templates`, so a shift costs a slice).
+   one grid twice the cutout, `measure.SourceModel.wide_templates`, so a shift costs a slice). The
+   moved centre is kept only if it beats the β-model left at the single fit's centre (the points
+   fitted with it, its core radius on the whole grid) by `min_offset_delta_c` (15): two more
+   parameters, searched over a few hundred positions. Without this, a compact cluster came out as a
+   point source at its core beside a broad β-model 40″ away.
 3. **Choice.** The blend replaces the single source when its Cash statistic is lower by at least
    `min_delta_c`. With up to 3 point amplitudes, 2 × `n_peaks` peak coordinates and 2 centre
    offsets searched, noise alone gives ΔC of a few to ≈ 20 on isolated β-models
@@ -55,6 +59,8 @@ class BlendSettings(eqx.Module):
             single fit's centre [arcsec], > 0 (two PSF FWHM of ≈ 6″).
         n_peaks: residual peaks tried as point sources beside the single fit's centre, ≥ 0.
         min_delta_c: Cash improvement over the single β-model from which the blend is adopted, ≥ 0.
+        min_offset_delta_c: Cash improvement by which the β-model's best moved centre must beat its single fit's
+            centre (both with the points, each at its best core radius) to be kept, ≥ 0.
         min_point_snr: a point component is held (and counted in `n_blended`) when its amplitude is
             at least this many σ, ≥ 0.
         n_newton_steps: projected Newton steps of the amplitudes, ≥ 1.
@@ -64,17 +70,20 @@ class BlendSettings(eqx.Module):
     separation_arcsec: float = eqx.field(static=True)
     n_peaks: int = eqx.field(static=True)
     min_delta_c: float = eqx.field(static=True)
+    min_offset_delta_c: float = eqx.field(static=True)
     min_point_snr: float = eqx.field(static=True)
     n_newton_steps: int = eqx.field(static=True)
 
     def __init__(self, radius_arcsec: float = 40.0, separation_arcsec: float = 12.0, n_peaks: int = 2,
-                 min_delta_c: float = 40.0, min_point_snr: float = 3.0, n_newton_steps: int = 10):
+                 min_delta_c: float = 40.0, min_offset_delta_c: float = 15.0, min_point_snr: float = 3.0,
+                 n_newton_steps: int = 10):
         from ..params import check_scalar
 
         self.radius_arcsec = float(check_scalar("radius_arcsec", radius_arcsec, 0.0, 1e4, low_open=True))
         self.separation_arcsec = float(check_scalar("separation_arcsec", separation_arcsec, 0.0, 1e4, low_open=True))
         self.n_peaks = int(check_scalar("n_peaks", n_peaks, 0, 8, integer=True))
         self.min_delta_c = float(check_scalar("min_delta_c", min_delta_c, 0.0, 1e6))
+        self.min_offset_delta_c = float(check_scalar("min_offset_delta_c", min_offset_delta_c, 0.0, 1e6))
         self.min_point_snr = float(check_scalar("min_point_snr", min_point_snr, 0.0, 1e3))
         self.n_newton_steps = int(check_scalar("n_newton_steps", n_newton_steps, 1, 1000, integer=True))
 
@@ -249,11 +258,19 @@ def fit_blend(
     # 3. the centre again at that core radius
     wide = model.wide_templates(centre.astype(_TEMPLATE_DTYPE), rc[j][None])[0].astype(dtype)
     best = offs[jnp.argmin(search(wide[None], offs)[0])]
-    beta_centre = centre + best.astype(dtype)
-    amps, cov, c_blend = fit_at(window(wide, best))
+    fit_off = fit_at(window(wide, best))
+    # 4. the β-model kept at the single fit's centre, on the whole grid: the moved centre must earn its two parameters
+    # and the search over every offset (e.g. a compact cluster otherwise becomes a point at its core beside a broad
+    # β-model tens of arcsec away, which fits its wings and the noise around)
+    at0 = jax.vmap(lambda w: fit_at(w[half: half + c, half: half + c]))(
+        model.wide_templates(centre.astype(_TEMPLATE_DTYPE), rc).astype(dtype))
+    j0 = jnp.argmin(at0[2])
+    moved = fit_off[2] <= at0[2][j0] - settings.min_offset_delta_c
+    amps, cov, c_blend = jax.tree.map(lambda a, b: jnp.where(moved, a, b[j0]), fit_off, at0)
+    beta_centre = centre + jnp.where(moved, best, 0).astype(dtype)
     sigma = jnp.sqrt(jnp.maximum(jnp.diagonal(cov), 0.0))
     delta_c = single_cash - c_blend
     return BlendFit(adopted=delta_c >= settings.min_delta_c, delta_c=delta_c, beta_centre=beta_centre,
-                    extent=rc[j].astype(dtype), beta_amplitude=amps[0],
+                    extent=jnp.where(moved, rc[j], rc[j0]).astype(dtype), beta_amplitude=amps[0],
                     beta_snr=amps[0] / jnp.maximum(sigma[0], 1e-30), point_centres=pts,
                     point_amplitudes=amps[1:] * real.astype(dtype), point_sigma=sigma[1:])
