@@ -111,6 +111,8 @@ def test_observed_catalogue_columns_and_positions(run):
     np.testing.assert_allclose(cat["cr_0.5_2_err"], np.hypot(cat["cr_0.5_1_err"], cat["cr_1_2_err"]), rtol=1e-12)
     assert np.all(cat["c1"] == (cat["source_class"] == 1)) and summary["n_c1"] == int(np.sum(cat["c1"]))
     assert np.all((cat["det_lh"] >= 0) & (cat["ext_lh"] >= 0))
+    # points held in a blend fit (at most 1 + n_peaks, 3 by default; observation.blends)
+    assert np.all((cat["n_blended"] >= 0) & (cat["n_blended"] <= 3))
     wcs = WCS(fits.getheader(run / "observation.fits", ("COUNTS_0.5-1", 1)))
     sky = wcs.pixel_to_world(cat["x_pix"], cat["y_pix"])
     np.testing.assert_allclose(sky.ra.deg, cat["ra"], atol=1e-9)

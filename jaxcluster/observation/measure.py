@@ -299,21 +299,25 @@ class SourceModel(eqx.Module):
         pixels outside it. (A β kernel $e^{-2π r_c q}$ on a periodic grid would fold the
         r⁻³ wings back into the cutout: ≈ 6 % too much light at r_c = 40″ in a 192″ cutout.)
         """
-        c = self.cutout
-        ext = self.wide_templates(centre, core_radii_arcsec)[:, c // 2: c // 2 + c, c // 2: c // 2 + c]
+        s, c = self.supersample, self.cutout
+        cs = c * s
+        ext = self._beta_psf_subpixels(centre, core_radii_arcsec)[:, cs // 2: cs // 2 + cs, cs // 2: cs // 2 + cs]
+        ext = jax.vmap(self.bin)(ext)  # cropped first: binning the whole grid costs 4× as much
         point = self.point_template(centre)
         return jnp.where((core_radii_arcsec > 0)[:, None, None], ext, point[None])
+
+    def _beta_psf_subpixels(self, centre, core_radii_arcsec):
+        beta = self.beta_subpixels(centre, core_radii_arcsec)
+        ft = jnp.fft.rfft2(beta) * jnp.fft.rfft2(self.psf_wrapped(centre.dtype))[None]
+        return jnp.maximum(jnp.fft.irfft2(ft, s=beta.shape[-2:]), 0.0)  # FFT round-off below zero
 
     def wide_templates(self, centre: Float[Array, " 2"], core_radii_arcsec: Float[Array, " k"]) -> Float[Array, "k L L"]:
         """The β ⊗ PSF templates of `templates` on the whole grid twice the cutout (pixels; cutout pixel i at
         index i + c/2), before the cutout is cropped from its middle: a template shifted by whole pixels is
         a slice of it (`blends.fit_blend`). Its outer c/2 pixels hold the PSF's wrap-around."""
         s, c = self.supersample, self.cutout
-        beta = self.beta_subpixels(centre, core_radii_arcsec)
-        ft = jnp.fft.rfft2(beta) * jnp.fft.rfft2(self.psf_wrapped(centre.dtype))[None]
-        ext = jnp.maximum(jnp.fft.irfft2(ft, s=beta.shape[-2:]), 0.0)  # FFT round-off below zero
         L = 2 * c
-        return ext.reshape(-1, L, s, L, s).sum(axis=(2, 4))
+        return self._beta_psf_subpixels(centre, core_radii_arcsec).reshape(-1, L, s, L, s).sum(axis=(2, 4))
 
     def point_template(self, centre: Float[Array, " 2"]) -> Float[Array, "c c"]:
         """The unit-flux PSF template of the cutout (`templates` at r_c = 0, without its FFT)."""
