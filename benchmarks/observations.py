@@ -207,7 +207,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--trials", type=int, default=200, help="injections per setting for the CR pull")
     ap.add_argument("--bkg-realisations", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip-cost", action="store_true")
+    ap.add_argument("--skip-cost", action="store_true", help="keep the cost of the previous results file")
+    ap.add_argument("--skip-pull", action="store_true", help="keep the CR pulls and background of the previous results file")
     ap.add_argument("--repeats", type=int, default=3, help="timed calls per stage for the cost (the best is kept)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -216,10 +217,11 @@ def main(argv=None) -> dict:
     prev = json.loads(out.read_text()) if out.exists() else {}
     result["cost"] = prev.get("cost") if args.skip_cost else _cost(args.area, args.seed, args.repeats)
     result["observation_cost_fraction"] = result["cost"]["observation_cost_fraction"] if result["cost"] else None
-    result["cr_pull"] = _pull(args.trials, args.seed)
+    result["cr_pull"] = prev.get("cr_pull") if args.skip_pull else _pull(args.trials, args.seed)
     result["cr_pull_std"] = result["cr_pull"]["selection_settings"]["cr_pull_std"]
     result["cr_pull_mean"] = result["cr_pull"]["selection_settings"]["cr_pull_mean"]
-    result["background_per_pointing"] = _background(args.bkg_realisations, args.seed)
+    result["background_per_pointing"] = (prev.get("background_per_pointing") if args.skip_pull
+                                         else _background(args.bkg_realisations, args.seed))
     result["targets"] = dict(observation_cost_fraction="<= 0.2 (CPU)", cr_pull_std="0.9-1.1")
     result["environment"] = dict(platform=jax.devices()[0].platform, jax=jax.__version__, cpu_count=os.cpu_count(),
                                  machine=platform.machine(),

@@ -913,10 +913,7 @@ def _deblend(model, settings, confusion, corner, cn, cb, ce, cv, keep, m: _Measu
     def rel_exposure(e):
         return e / jnp.maximum(e[half, half], 1e-30) * keep
 
-    def run():
-        e_rel = rel_exposure(ce.sum(0))
-        bl = fit_blend(model, blends, settings.core_radii_arcsec, cn.sum(0) * keep, cb.sum(0) * keep, e_rel,
-                       fit.amplitude * fit.template * e_rel, fit.c_extended, fit.centre, fit.extent)
+    def adopt(bl):
         significant = (bl.point_amplitudes > 0) & (bl.point_amplitudes >= blends.min_point_snr * bl.point_sigma)
         # the source is the β-model while it stays significant, else the brightest point (an AGN pair or triple
         # fitted as one extended source), the other points held
@@ -944,8 +941,13 @@ def _deblend(model, settings, confusion, corner, cn, cb, ce, cv, keep, m: _Measu
         sig2 = sig2 if held_sigma is None else jnp.concatenate([held_sigma, sig2])
         m2 = _measure_one(model, settings, confusion, corner, cn, cb2, ce, cv, keep, start + origin, beta_ok,
                           None, sig2)
-        m2 = dataclasses.replace(m2, n_blended=jnp.sum(held).astype(jnp.int32))
-        return jax.tree.map(lambda a, b: jnp.where(bl.adopted, a, b), m2, m)
+        return dataclasses.replace(m2, n_blended=jnp.sum(held).astype(jnp.int32))
+
+    def run():
+        e_rel = rel_exposure(ce.sum(0))
+        bl = fit_blend(model, blends, settings.core_radii_arcsec, cn.sum(0) * keep, cb.sum(0) * keep, e_rel,
+                       fit.amplitude * fit.template * e_rel, fit.c_extended, fit.centre, fit.extent)
+        return jax.lax.cond(bl.adopted, lambda: adopt(bl), lambda: m)
 
     extended = (fit.c_extended < fit.c_point) & (fit.ext_lh >= settings.min_ext_lh)
     return jax.lax.cond(extended, run, lambda: m)
