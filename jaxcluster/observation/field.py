@@ -30,8 +30,10 @@ settings; the two agree on what is C1 only to the precision of the fit.
 
 **Chunked measurement.** `measure_catalogue` fits every slot at once (`vmap`);
 a survey field holds hundreds of sources, so the slots are measured `chunk` at a
-time (`lax.map`): label ℓ goes to chunk ⌊(ℓ − 1)/chunk⌋, relabelled within it.
-Memory then scales with `chunk`, not with the number of sources.
+time (`lax.map`): label ℓ goes to chunk ⌊(ℓ − 1)/chunk⌋; a source's first fit masks the
+other detections of its chunk. Memory then scales with `chunk`, not with the
+number of sources; what every chunk reads (the padded images, all segment
+centroids) is computed once per field.
 """
 
 from __future__ import annotations
@@ -47,7 +49,9 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 from ..xray.response import BandResponse
 from .confusion import Confusion, agn_confusion
 from .detection import Detection, DetectionSettings, detect
-from .measure import FitSettings, MeasuredCatalogue, SourceModel, later_passes, measure_catalogue
+from .classes import ClassCuts
+from .measure import (FitSettings, MeasuredCatalogue, SourceModel, _centroid_weight, _check_images, _image,
+                      _measure_sources, _segment_centroids, later_passes)
 from .photons import Observation, ObservationConfig, band_mean_energy_keV, observe
 from .psf import PSF_ZONE_THETA_ARCMIN, king_parameters, king_profile
 
@@ -213,13 +217,29 @@ def measure_chunk(
 
 
 def _measure_chunk(padded, detection, settings, model, chunk):
+    return _chunk_of(_field_sources(padded, detection, settings), settings, model, chunk)
+
+
+def _field_sources(padded, detection, settings):
+    """What every chunk reads, computed once per field: the images padded for cutouts and the segment
+    centroids of all slots (the first pass's starting positions) [image pixels]."""
+    counts, exposure, background = _check_images(padded.counts, padded.exposure, detection.background,
+                                                 detection.segmentation)
+    rel = detection.background_rel_var
+    rel = jnp.zeros_like(counts) if rel is None else jnp.asarray(rel, counts.dtype)
+    img = _image(counts, exposure, background, rel, settings.cutout_pixels)
+    centroid, area = _segment_centroids(detection.segmentation, _centroid_weight(counts, background),
+                                        settings.n_chunks * settings.chunk)
+    return img, centroid, area
+
+
+def _chunk_of(sources, settings, model, chunk):
+    # chunk c holds labels c·K + 1 … (c + 1)·K; each source's fit masks the other detections of its chunk only
+    img, centroid, area = sources
     k = settings.chunk
-    seg = detection.segmentation
-    lo = chunk * k
-    inside = (seg > lo) & (seg <= lo + k)
-    seg_c = jnp.where(inside, seg - lo, 0).astype(seg.dtype)
-    return measure_catalogue(padded.counts, padded.exposure, detection.background, seg_c, model, k,
-                             settings.fit.first_pass(), detection.background_rel_var)
+    cen = jax.lax.dynamic_slice_in_dim(centroid, chunk * k, k)
+    valid = jax.lax.dynamic_slice_in_dim(area, chunk * k, k) > 0
+    return _measure_sources(img, cen, valid, model, settings.fit.first_pass(), ClassCuts())
 
 
 def _refine(padded, detection, settings, model, first, confusion):
@@ -265,11 +285,13 @@ def measure_field(
     """
     model = field_source_model(settings, response)
     chunks = jnp.arange(settings.n_chunks)
-    first = _flat(jax.lax.map(lambda c: _measure_chunk(padded, detection, settings, model, c), chunks))
+    sources = _field_sources(padded, detection, settings)
+    first = _flat(jax.lax.map(lambda c: _chunk_of(sources, settings, model, c), chunks))
     return _refine(padded, detection, settings, model, first, confusion)
 
 
-_chunk_jit = eqx.filter_jit(_measure_chunk)
+_sources_jit = eqx.filter_jit(_field_sources)
+_chunk_jit = eqx.filter_jit(_chunk_of)
 _refine_jit = eqx.filter_jit(_refine)
 
 
@@ -296,7 +318,8 @@ def measure_field_host(
     """
     n_det = int(jnp.max(detection.segmentation))
     used = max(1, -(-n_det // settings.chunk))
-    first = [_chunk_jit(padded, detection, settings, model, jnp.asarray(c)) for c in range(used)]
+    sources = _sources_jit(padded, detection, settings)
+    first = [_chunk_jit(sources, settings, model, jnp.asarray(c)) for c in range(used)]
     first = jax.tree.map(lambda *a: jnp.concatenate(a), *first)
     # padded to every slot of the field, so the second pass compiles once whatever the number of detections
     total = settings.n_chunks * settings.chunk

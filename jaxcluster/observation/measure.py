@@ -278,8 +278,12 @@ class SourceModel(eqx.Module):
         def one(rc):
             rc = jnp.maximum(rc, 1e-3)
             g = jnp.arctan(x[:, None] * y[None, :] / (rc * jnp.sqrt(rc**2 + x[:, None] ** 2 + y[None, :] ** 2)))
-            g = g / (2.0 * math.pi)
-            return g[1:, 1:] - g[:-1, 1:] - g[1:, :-1] + g[:-1, :-1]
+            # G[i+1, j+1] − G[i, j+1] − G[i+1, j] + G[i, j] as a 2 × 2 window sum of (−1)^(i+j) G: written as four
+            # shifted slices, XLA fused the arctangent into each and evaluated it four times per corner
+            # (a quarter of the whole measurement's time on CPU)
+            sign = 1.0 - 2.0 * ((jnp.arange(L + 1)[:, None] + jnp.arange(L + 1)[None, :]) % 2).astype(g.dtype)
+            w = jax.lax.reduce_window(sign * g, jnp.zeros((), g.dtype), jax.lax.add, (2, 2), (1, 1), "VALID")
+            return sign[:-1, :-1] * w / (2.0 * math.pi)
 
         return jax.vmap(one)(core_radii_arcsec)
 
@@ -1034,14 +1038,22 @@ def measure_catalogue(
     settings = FitSettings() if settings is None else settings
     cuts = ClassCuts() if cuts is None else cuts
     counts, exposure, background = _check_images(counts, exposure, background, segmentation)
-    dtype = counts.dtype
     seg = jnp.asarray(segmentation)
-    rel_var = jnp.zeros_like(counts) if background_rel_var is None else jnp.asarray(background_rel_var, dtype)
+    rel_var = jnp.zeros_like(counts) if background_rel_var is None else jnp.asarray(background_rel_var, counts.dtype)
+    img = _image(counts, exposure, background, rel_var, model.cutout)
+    centroid, area = _segment_centroids(seg, _centroid_weight(counts, background), max_sources)
+    return _measure_sources(img, centroid, area > 0, model, settings, cuts, confusion)
+
+
+def _centroid_weight(counts, background):
+    return jnp.maximum(counts.sum(0) - background.sum(0), 0.0) + 1e-6
+
+
+def _measure_sources(img: _Image, centroid, valid, model, settings, cuts, confusion=None) -> MeasuredCatalogue:
+    """`measure_catalogue` of the sources at `centroid` (s, 2) [image pixels] (`valid` (s,)) in the padded `img`."""
+    dtype = img.stack.dtype
     c = model.cutout
-    img = _image(counts, exposure, background, rel_var, c)
-    centroid, area = _segment_centroids(seg, jnp.maximum(counts.sum(0) - background.sum(0), 0.0) + 1e-6, max_sources)
-    valid = area > 0
-    slot = jnp.arange(max_sources)
+    slot = jnp.arange(centroid.shape[0])
     r_mask = settings.mask_radius_arcsec / model.pixel_arcsec  # [pixels]
 
     def one(i, cen):
