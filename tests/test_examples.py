@@ -17,8 +17,10 @@ EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
         ("eldl_paint.py", ["--n-side", "32"]),
         # the derivative part compiles for ~1 min; tests/test_survey_maps.py checks soft-XOD gradients
         ("survey_xod.py", ["--area", "1", "--pixel", "6", "--steps", "2", "--no-grad"]),
-        ("npe_simulation.py", ["--n", "32", "--epochs", "3"]),
-        ("npe_analytic.py", ["--n-sim", "1000", "--n-test", "40", "--n-draws", "200", "--max-epochs", "20",
+        # 16 simulations: one chunk of 4 per host device, enough pairs for the compressor's and the MDN's batches
+        ("npe_simulation.py", ["--n", "16", "--epochs", "3"]),
+        # 240 training pairs: 216 after the 10 % held out, the fewest the default batch of 200 allows
+        ("npe_analytic.py", ["--n-sim", "240", "--n-test", "20", "--n-draws", "100", "--max-epochs", "20",
                              "--out", "out/test_npe_analytic"]),
         # finite differences at fixed segmentation (autodiff compiles for minutes: tests/sensitivity covers it)
         ("sensitivity.py", ["--quick", "--keys", "2"]),
