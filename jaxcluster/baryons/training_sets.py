@@ -375,6 +375,10 @@ def generate_training_set(
     theta_np = np.asarray(theta.to_array(), dtype=np.float64)
     meta = {"synthetic": True, "generator": "jaxcluster.baryons.training_sets", "spec": json.loads(stamp)}
     written = []
+    # The simulation reads neither the kind, the number of samples nor the master seed (the seeds are
+    # arguments): compile it for the spec without them, so that a CV and an LH set of the same
+    # resolution share one program instead of compiling it twice (spec is static under jit).
+    sim_spec = dataclasses.replace(spec, kind="cv", n_samples=1, seed=0)
     bar = tqdm(total=spec.n_samples, initial=spec.n_samples - len(todo), disable=not progress,
                desc=f"synthetic {spec.kind.upper()}", unit="sample")
     for start in range(0, len(todo), n_dev):
@@ -382,7 +386,7 @@ def generate_training_set(
         idx = chunk + [chunk[-1]] * (n_dev - len(chunk))  # pad the last share (results dropped)
         th = jax.device_put(jnp.asarray(theta_np[idx]), sharding)
         sd = jax.device_put(jnp.asarray(seeds[idx], dtype=jnp.uint32), sharding)
-        fields = jax.device_get(_simulate_share(th, sd, spec, model, mesh))
+        fields = jax.device_get(_simulate_share(th, sd, sim_spec, model, mesh))
         for slot, i in enumerate(chunk):
             one = jax.tree.map(lambda leaf: leaf[slot], fields)
             _write_sample(out, spec, i, ThetaSim(*(theta_np[i, j] for j in range(6))), one, meta)

@@ -16,7 +16,9 @@ from jaxcluster.baryons.training_sets import cv_spec, generate_training_set, lh_
 from jaxcluster.baryons.weights import load_eldl, save_eldl
 from tests.faults import KilledAtWrite, count_writes, files_bytes, kill_at_write
 
-TINY = dict(n_side=16, box_size=12.5, redshifts=(0.21, 0.33), n_steps=3, max_halos=8, capacity=4096)
+# max_neighbours: all 16³ particles (a halo cannot have more); the same in both sets, so that the CV and the
+# LH set share one compiled simulation (cv_spec's and lh_spec's defaults differ: 131072 and 65536)
+TINY = dict(n_side=16, box_size=12.5, redshifts=(0.21, 0.33), n_steps=3, max_halos=8, capacity=4096, max_neighbours=4096)
 
 
 @pytest.fixture(scope="module")
