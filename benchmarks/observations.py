@@ -215,6 +215,9 @@ def main(argv=None) -> dict:
     out = Path(args.out or Path(__file__).parent / "results" / "observations.json")
     result = {}
     prev = json.loads(out.read_text()) if out.exists() else {}
+    for flag, key in (("--skip-cost", "cost"), ("--skip-pull", "cr_pull")):
+        if getattr(args, flag[2:].replace("-", "_")) and not prev.get(key):
+            ap.error(f"{flag} keeps the previous results, but {out} holds no '{key}'")
     result["cost"] = prev.get("cost") if args.skip_cost else _cost(args.area, args.seed, args.repeats)
     result["observation_cost_fraction"] = result["cost"]["observation_cost_fraction"] if result["cost"] else None
     result["cr_pull"] = prev.get("cr_pull") if args.skip_pull else _pull(args.trials, args.seed)

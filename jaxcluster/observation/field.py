@@ -167,16 +167,23 @@ class FieldSettings(eqx.Module):
 
 
 def field_source_model(settings: FieldSettings, response: BandResponse) -> SourceModel:
-    """`SourceModel` with the pn King PSF at the mean count-weighted energy of the bands, at the off-axis angle of
-    `observe`'s innermost PSF zone (θ = 2.5′, as the selection table's injections; `psf.PSF_ZONE_THETA_ARCMIN`).
+    """`SourceModel` with the pn King PSF at the mean count-weighted energy of the bands and an off-axis angle
+    (`psf_args`; default θ = 2.5′, `observe`'s innermost PSF zone, as the selection table's injections). The
+    measurement gives each source the angle of its pixel (`Observation.psf_off_axis_arcmin`): with the
+    innermost zone's PSF everywhere, the 30″ aperture of a point source 12.5′ off axis was corrected for
+    5 % too much encircled energy, and bright AGN fluxes came out ≈ 3 % low.
 
     The PSF is normalised over the whole plane: `observe`'s kernel, normalised on its FFT grid (twice the
     field), differs from it by ≲ 0.2 % for fields ≥ 1° (King wings beyond 1°)."""
     with jax.ensure_compile_time_eval():  # static numbers, also when called under jit
         e = float(jnp.mean(band_mean_energy_keV(response)))
-        rc, alpha = (float(v) for v in king_parameters(e, PSF_ZONE_THETA_ARCMIN[0]))
-        return SourceModel(lambda r: king_profile(r, rc, alpha), settings.pixel_arcsec,
-                           cutout=settings.cutout_pixels, supersample=settings.supersample)
+
+        def psf(r, theta):
+            rc, alpha = king_parameters(e, theta)
+            return king_profile(r, rc.astype(r.dtype), alpha.astype(r.dtype))
+
+        return SourceModel(psf, settings.pixel_arcsec, cutout=settings.cutout_pixels, supersample=settings.supersample,
+                           psf_args=(PSF_ZONE_THETA_ARCMIN[0],))
 
 
 class FieldResult(eqx.Module):
@@ -227,7 +234,7 @@ def _field_sources(padded, detection, settings):
                                                  detection.segmentation)
     rel = detection.background_rel_var
     rel = jnp.zeros_like(counts) if rel is None else jnp.asarray(rel, counts.dtype)
-    img = _image(counts, exposure, background, rel, settings.cutout_pixels)
+    img = _image(counts, exposure, background, rel, settings.cutout_pixels, (padded.psf_off_axis_arcmin,))
     centroid, area = _segment_centroids(detection.segmentation, _centroid_weight(counts, background),
                                         settings.n_chunks * settings.chunk)
     return img, centroid, area
@@ -245,7 +252,7 @@ def _chunk_of(sources, settings, model, chunk):
 def _refine(padded, detection, settings, model, first, confusion):
     return later_passes(padded.counts, padded.exposure, detection.background, first, model, settings.fit,
                         detection.background_rel_var, confusion=confusion, detection=settings.detection,
-                        background_template=padded.background)
+                        background_template=padded.background, psf_maps=(padded.psf_off_axis_arcmin,))
 
 
 def field_confusion(settings: FieldSettings, config: ObservationConfig, response: BandResponse) -> Confusion | None:
@@ -353,8 +360,9 @@ def observe_and_detect(
     n, m = cr.shape[:2]
     box = settings.box_pixels
     pad = ((0, 0), (0, -n % box), (0, -m % box))
-    padded = eqx.tree_at(lambda o: (o.counts, o.exposure, o.background, o.model), obs,
-                         tuple(jnp.pad(a, pad) for a in (obs.counts, obs.exposure, obs.background, obs.model)))
+    padded = eqx.tree_at(lambda o: (o.counts, o.exposure, o.background, o.model, o.psf_off_axis_arcmin), obs,
+                         tuple(jnp.pad(a, pad) for a in (obs.counts, obs.exposure, obs.background, obs.model))
+                         + (jnp.pad(obs.psf_off_axis_arcmin, pad[1:], mode="edge"),))
     det = detect(padded.counts, padded.exposure, field_source_model(settings, response), settings.detection,
                  padded.background)
     return obs, padded, det, cr

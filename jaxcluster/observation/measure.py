@@ -180,7 +180,7 @@ class SourceModel(eqx.Module):
     """PSF, pixel scale and cutout geometry that the source templates are built from (static).
 
     Args:
-        psf: r [arcsec] → PSF surface brightness (any normalisation; JAX-traceable, radial).
+        psf: (r [arcsec], *psf_args) → PSF surface brightness (any normalisation; JAX-traceable, radial).
         pixel_arcsec: pixel side [arcsec], > 0.
         cutout: cutout side [pixels], even, ≥ 8.
         supersample: sub-pixels per pixel side for the templates, in [1, 8].
@@ -189,6 +189,10 @@ class SourceModel(eqx.Module):
             King kernel on its FFT grid, twice the image: pass (n × pixel, m × pixel) of the
             observed (n, m) image so the templates carry the same flux near the source (the
             King wings, α ≈ 1.5, hold ≈ 2.5 % of the light beyond 256″).
+        psf_args: scalars passed to `psf` after r (leaves: `at` replaces them per source, e.g. the
+            off-axis angle of the PSF at the source's pixel). The normalisation is computed for the
+            values given here; a `psf` whose shape varies with its arguments should be normalised
+            itself (as `psf.king_profile` is, over the whole plane).
 
     Raises:
         ValueError: a value outside its range (named).
@@ -200,9 +204,11 @@ class SourceModel(eqx.Module):
     supersample: int = eqx.field(static=True)
     psf_norm: float = eqx.field(static=True)
     psf_box_arcsec: tuple[float, float] | None = eqx.field(static=True)
+    psf_args: tuple[Float[Array, ""], ...]
 
     def __init__(self, psf: Callable, pixel_arcsec: SupportsFloat, cutout: SupportsInt = 48,
-                 supersample: SupportsInt = 2, psf_box_arcsec: tuple[SupportsFloat, SupportsFloat] | None = None):
+                 supersample: SupportsInt = 2, psf_box_arcsec: tuple[SupportsFloat, SupportsFloat] | None = None,
+                 psf_args: tuple[SupportsFloat, ...] = ()):
         if not callable(psf):
             raise ValueError(f"psf = {psf!r} must be a callable r [arcsec] -> surface brightness")
         self.pixel_arcsec = float(_check_positive("pixel_arcsec", pixel_arcsec))
@@ -212,6 +218,7 @@ class SourceModel(eqx.Module):
         self.cutout = int(cutout)
         self.supersample = int(_check_positive("supersample", supersample, integer=True, low=1, high=8))
         self.psf = psf
+        self.psf_args = tuple(jnp.asarray(a) for a in psf_args)
         if psf_box_arcsec is None:
             self.psf_box_arcsec = None
             r_max = 50.0 * self.cutout * self.pixel_arcsec
@@ -224,7 +231,7 @@ class SourceModel(eqx.Module):
         # ∫ PSF 2π r φ(r) dr [arcsec²] on a fine radial grid (the unit-flux normalisation), φ(r) the fraction of
         # the circle of radius r inside the normalisation rectangle (1 for the whole plane, out to 50 cutouts)
         r = np.linspace(0.0, r_max, 400_001)
-        f = np.asarray(psf(jnp.asarray(r)), dtype=np.float64)
+        f = np.asarray(psf(jnp.asarray(r), *self.psf_args), dtype=np.float64)
         if not np.all(np.isfinite(f)) or np.any(f < 0) or not f[0] > 0:
             raise ValueError("psf must be finite, >= 0 and > 0 at r = 0")
         frac = np.ones_like(r)
@@ -233,6 +240,17 @@ class SourceModel(eqx.Module):
             rs = np.maximum(r, 1e-300)
             frac = np.clip(np.arcsin(np.minimum(b / rs, 1.0)) - np.arccos(np.minimum(a / rs, 1.0)), 0.0, None) / (0.5 * np.pi)
         self.psf_norm = float(np.trapezoid(2.0 * np.pi * r * f * frac, r))
+
+    def at(self, *psf_args: Float[ArrayLike, ""]) -> SourceModel:
+        """This model with other `psf_args` (traceable: one source's PSF)."""
+        if len(psf_args) != len(self.psf_args):
+            raise ValueError(f"{len(psf_args)} psf_args given, this model's psf takes {len(self.psf_args)}")
+        if not psf_args:
+            return self
+        return eqx.tree_at(lambda m: m.psf_args, self, tuple(jnp.asarray(a, b.dtype) for a, b in zip(psf_args, self.psf_args)))
+
+    def _psf(self, r):
+        return self.psf(r, *(a.astype(r.dtype) for a in self.psf_args))
 
     @property
     def sub_arcsec(self) -> float:
@@ -253,7 +271,7 @@ class SourceModel(eqx.Module):
         # segment's centroid) the gradient of √r² is NaN, the Fisher step was skipped and the position never moved;
         # the profile is smooth in r², so its gradient there is 0
         r = jnp.where(r2 > 0, jnp.sqrt(jnp.where(r2 > 0, r2, 1.0)), 0.0)
-        return self.psf(r) * (self.sub_arcsec**2 / self.psf_norm)
+        return self._psf(r) * (self.sub_arcsec**2 / self.psf_norm)
 
     def bin(self, sub: Float[Array, "cs cs"]) -> Float[Array, "c c"]:
         """Sum sub-pixels into pixels."""
@@ -292,7 +310,7 @@ class SourceModel(eqx.Module):
         L = 2 * self.cutout * self.supersample
         d = np.fft.fftfreq(L, 1.0 / L) * self.sub_arcsec
         r = jnp.asarray(np.sqrt(d[:, None] ** 2 + d[None, :] ** 2), dtype)
-        return self.psf(r) * (self.sub_arcsec**2 / self.psf_norm)
+        return self._psf(r) * (self.sub_arcsec**2 / self.psf_norm)
 
     def templates(self, centre: Float[Array, " 2"], core_radii_arcsec: Float[Array, " k"]) -> Float[Array, "k c c"]:
         """Unit-flux (β = 2/3) ⊗ PSF templates of the cutout for each core radius (0: the PSF itself).
@@ -789,7 +807,15 @@ class _Image(eqx.Module):
     """The images a measurement reads, zero-padded by one cutout on each side (internal)."""
 
     stack: Float[Array, "4 nb N M"]  # counts, background, exposure, background relative variance
+    psf_maps: tuple[Float[Array, "N M"], ...]  # per-pixel `SourceModel.psf_args`
     cutout: int = eqx.field(static=True)
+
+    def model_at(self, model: SourceModel, centre: Float[Array, " 2"]) -> SourceModel:
+        """`model` with the PSF of the pixel at `centre` [image pixels] (itself without `psf_maps`)."""
+        if not self.psf_maps:
+            return model
+        i = jnp.clip(jnp.round(centre).astype(jnp.int32) + self.cutout, 0, jnp.asarray(self.stack.shape[2:], jnp.int32) - 1)
+        return model.at(*(a[i[0], i[1]] for a in self.psf_maps))
 
     def cut(self, centre: Float[Array, " 2"]):
         """(corner (2,) int32 [image pixels], counts, background, exposure, rel. variance (nb, c, c) each)."""
@@ -801,9 +827,12 @@ class _Image(eqx.Module):
         return corner, cut[0], cut[1], cut[2], cut[3]
 
 
-def _image(counts, exposure, background, rel_var, c) -> _Image:
+def _image(counts, exposure, background, rel_var, c, psf_maps=None) -> _Image:
     pad = ((0, 0), (0, 0), (c, c), (c, c))
-    return _Image(jnp.pad(jnp.stack([counts, background, exposure, rel_var]), pad), c)
+    maps = tuple(jnp.pad(jnp.asarray(a), c, mode="edge") for a in (psf_maps or ()))
+    if any(a.shape != counts.shape[1:] for a in (psf_maps or ())):
+        raise ValueError(f"psf_maps must each have the image shape {counts.shape[1:]}")
+    return _Image(jnp.pad(jnp.stack([counts, background, exposure, rel_var]), pad), maps, c)
 
 
 def _disks(centres, radii, origin, c, dtype):
@@ -1012,6 +1041,7 @@ def measure_catalogue(
     cuts: ClassCuts | None = None,
     *,
     confusion: Confusion | None = None,
+    psf_maps: tuple[Float[ArrayLike, "n m"], ...] | None = None,
 ) -> MeasuredCatalogue:
     """Fit, photometer and classify every detected source, each alone (the first pass; module docstring); jit-able.
 
@@ -1028,6 +1058,9 @@ def measure_catalogue(
         cuts: `classes.ClassCuts` (default: XXL's C1/C2 cuts).
         confusion: `confusion.Confusion` of the undetected AGN, added to σ_CR through the
             aperture ⊗ PSF (module docstring, "Confusion"); None: no confusion term.
+        psf_maps: one (n, m) map per `model.psf_args`: each source is fitted with the PSF of the
+            pixel it starts from (e.g. the off-axis angle, `photons.Observation.psf_off_axis_arcmin`);
+            None: `model`'s PSF everywhere.
 
     Returns:
         A `MeasuredCatalogue` with `max_sources` slots (slot s: label s + 1), with `model_counts`
@@ -1040,7 +1073,7 @@ def measure_catalogue(
     counts, exposure, background = _check_images(counts, exposure, background, segmentation)
     seg = jnp.asarray(segmentation)
     rel_var = jnp.zeros_like(counts) if background_rel_var is None else jnp.asarray(background_rel_var, counts.dtype)
-    img = _image(counts, exposure, background, rel_var, model.cutout)
+    img = _image(counts, exposure, background, rel_var, model.cutout, psf_maps)
     centroid, area = _segment_centroids(seg, _centroid_weight(counts, background), max_sources)
     return _measure_sources(img, centroid, area > 0, model, settings, cuts, confusion)
 
@@ -1062,7 +1095,7 @@ def _measure_sources(img: _Image, centroid, valid, model, settings, cuts, confus
         sep = jnp.hypot(*(centroid - cen[None, :]).T)
         rad = jnp.where(valid & (slot != i), jnp.minimum(r_mask, 0.5 * sep), 0.0)
         keep = _disks(centroid, rad, corner.astype(dtype), c, dtype)
-        return _measure_one(model, settings, confusion, corner, cn, cb, ce, cv, keep, cen)
+        return _measure_one(img.model_at(model, cen), settings, confusion, corner, cn, cb, ce, cv, keep, cen)
 
     m = jax.vmap(one)(slot, centroid)
     more = (m.fit.det_lh[None, :] > m.fit.det_lh[:, None]) & (slot[:, None] != slot[None, :])
@@ -1083,6 +1116,7 @@ def refine_catalogue(
     confusion: Confusion | None = None,
     model_fainter: bool = False,
     deblend: bool = False,
+    psf_maps: tuple[Float[ArrayLike, "n m"], ...] | None = None,
 ) -> MeasuredCatalogue:
     """The second pass (module docstring, "Neighbours"): every source again, brightest first; jit-able.
 
@@ -1107,6 +1141,7 @@ def refine_catalogue(
         confusion: as in `measure_catalogue`.
         model_fainter: hold the fainter neighbours' models in `first` fixed instead of masking them.
         deblend: fit each extended source again as a blend (`settings.blends`; module docstring, "Blends").
+        psf_maps: as in `measure_catalogue` (each source's PSF at its previous position).
 
     Returns:
         A `MeasuredCatalogue` with the slots of `first`.
@@ -1121,7 +1156,7 @@ def refine_catalogue(
     if first.model_counts is None or first.model_counts.shape[-2:] != (c, c):
         raise ValueError(f"first must be measure_catalogue's result with model_counts of cutout {c} (this model's)")
     rel_var = jnp.zeros_like(counts) if background_rel_var is None else jnp.asarray(background_rel_var, dtype)
-    img = _image(counts, exposure, background, rel_var, c)
+    img = _image(counts, exposure, background, rel_var, c, psf_maps)
     n_slot = first.valid.shape[0]
     k = min(settings.n_neighbours, max(n_slot - 1, 1))
     r_mask = settings.mask_radius_arcsec / model.pixel_arcsec
@@ -1156,10 +1191,11 @@ def refine_catalogue(
         cb = cb + jnp.sum(held, axis=0)
         keep = _disks(first.position[idx], rad, corner.astype(dtype), c, dtype)
         held_sigma = sigma if settings.held_model_error else None
-        m = _measure_one(model, later, confusion, corner, cn, cb, ce, cv, keep, cen,
+        model_g = img.model_at(model, cen)
+        m = _measure_one(model_g, later, confusion, corner, cn, cb, ce, cv, keep, cen,
                          first.ext_lh[g] > settings.extended_min_ext_lh, first.count_rate[g], held_sigma)
         if deblend:
-            m = _deblend(model, later, confusion, corner, cn, cb, ce, cv, keep, m, held_sigma)
+            m = _deblend(model_g, later, confusion, corner, cn, cb, ce, cv, keep, m, held_sigma)
         dist = jnp.hypot(*(done_pos - m.position[None, :]).T)
         dup = jnp.any(done_valid & ((dist < same_r) | (done_ext & (dist < done_reach))))
         ok = ~dup & (m.fit.det_lh >= settings.min_det_lh)
@@ -1225,6 +1261,7 @@ def measure_two_pass(
     confusion: Confusion | None = None,
     detection: DetectionSettings | None = None,
     background_template: Float[ArrayLike, "n_band n m"] | None = None,
+    psf_maps: tuple[Float[ArrayLike, "n m"], ...] | None = None,
 ) -> MeasuredCatalogue:
     """`measure_catalogue` (every source alone, neighbours masked), then `refine_catalogue` (brightest first,
     the brighter neighbours' models held fixed, with the confusion term); jit-able. Arguments as
@@ -1237,12 +1274,14 @@ def measure_two_pass(
             catalogue); None: the background is kept.
         background_template: the background's expected shape for that estimate
             (`detection.estimate_background`'s `template`).
+        psf_maps: as in `measure_catalogue`.
     """
     settings = FitSettings() if settings is None else settings
     first = measure_catalogue(counts, exposure, background, segmentation, model, max_sources, settings.first_pass(),
-                              background_rel_var, cuts)
+                              background_rel_var, cuts, psf_maps=psf_maps)
     return later_passes(counts, exposure, background, first, model, settings, background_rel_var, cuts,
-                        confusion=confusion, detection=detection, background_template=background_template)
+                        confusion=confusion, detection=detection, background_template=background_template,
+                        psf_maps=psf_maps)
 
 
 def later_passes(
@@ -1258,10 +1297,12 @@ def later_passes(
     confusion: Confusion | None = None,
     detection: DetectionSettings | None = None,
     background_template: Float[ArrayLike, "n_band n m"] | None = None,
+    psf_maps: tuple[Float[ArrayLike, "n m"], ...] | None = None,
 ) -> MeasuredCatalogue:
     """Passes 2 and 3 after a first pass over every source of the image (`measure_two_pass`; a survey
     field's chunks, `observation.field.measure_field`); jit-able. Arguments as `measure_two_pass`."""
-    second = refine_catalogue(counts, exposure, background, first, model, settings, background_rel_var, cuts)
+    second = refine_catalogue(counts, exposure, background, first, model, settings, background_rel_var, cuts,
+                              psf_maps=psf_maps)
     if detection is not None and detection.background == "image":
         from .detection import estimate_background, filter_kernels
 
@@ -1271,4 +1312,5 @@ def later_passes(
                                                              kernels, render_models(second, jnp.shape(counts)[1:]),
                                                              background_template)
     return refine_catalogue(counts, exposure, background, second, model, settings, background_rel_var, cuts,
-                            confusion=confusion, model_fainter=True, deblend=settings.blends is not None)
+                            confusion=confusion, model_fainter=True, deblend=settings.blends is not None,
+                            psf_maps=psf_maps)
