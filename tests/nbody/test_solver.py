@@ -162,8 +162,12 @@ def test_float32_pipeline_keeps_float32(adjoint):
             pos, p = lpt(linear_field(white_noise(jax.random.key(0), cfg.particle_shape), c, cfg), c, g, cfg, 0.1)
             return nbody(pos, p, c, cfg, step_grid(0.1, 1.0, 3), growth=g, adjoint=adjoint)
 
-        # jitted: eagerly, each primitive would compile on its own (~550 compiles, ~25 s)
-        res = jax.jit(run)(cosmo.sigma_8)
+        def loss(s8):
+            res = run(s8)
+            return jnp.sum(res.pos[-1] ** 2), res
+
+        # jitted: eagerly, each primitive would compile on its own (~550 compiles, ~25 s); one program
+        # gives the run (as the auxiliary output) and the gradient, not a forward program and a second one
+        (_, res), grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(cosmo.sigma_8)
         assert res.pos.dtype == jnp.float32 and res.p.dtype == jnp.float32
-        grad = jax.jit(jax.grad(lambda s8: jnp.sum(run(s8).pos[-1] ** 2)))(cosmo.sigma_8)
         assert grad.dtype == jnp.float32 and bool(jnp.isfinite(grad))
