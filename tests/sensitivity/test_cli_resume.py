@@ -6,6 +6,7 @@ stage files, settings and writes are): a real tiny run takes minutes.
 """
 
 import json
+import shutil
 import types
 
 import jax
@@ -49,15 +50,39 @@ def _fake_fd(theta, keys, config, steps, *, policy, soft=False, both=False, **kw
     return (one(), one()) if both else one()
 
 
+def _fake(mp):
+    mp.setattr(gradients, "reference_segmentations", _fake_segmentations)
+    mp.setattr(gradients, "xod_sensitivity", _fake_sensitivity)
+    mp.setattr(gradients, "finite_difference_jacobians", _fake_fd)
+
+
 @pytest.fixture
 def fake_survey(monkeypatch):
-    monkeypatch.setattr(gradients, "reference_segmentations", _fake_segmentations)
-    monkeypatch.setattr(gradients, "xod_sensitivity", _fake_sensitivity)
-    monkeypatch.setattr(gradients, "finite_difference_jacobians", _fake_fd)
+    _fake(monkeypatch)
 
 
 def _run(out, *extra):
     return cli_main(["sensitivity", "--out", str(out), *ARGS, *extra])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """reference(extra) → (folder, targets of its writes in order): one uninterrupted run per option set,
+    shared by the tests of this module (each full run draws its figures: seconds)."""
+    done = {}
+
+    def get(extra):
+        key = tuple(extra)
+        if key not in done:
+            out = tmp_path_factory.mktemp("sensitivity_ref") / "ref"
+            with pytest.MonkeyPatch.context() as mp:
+                _fake(mp)
+                with count_writes(mp) as writes:
+                    assert _run(out, *extra) == 0
+            done[key] = out, list(writes)
+        return done[key]
+
+    return get
 
 
 def _same_bits(a, b):
@@ -72,11 +97,10 @@ def _same_bits(a, b):
 
 @pytest.mark.parametrize("extra, every", [(["--skip-fd"], False), pytest.param(["--skip-fd"], True, marks=pytest.mark.slow),
                                           pytest.param([], True, marks=pytest.mark.slow)])
-def test_sensitivity_resumes_after_a_kill_at_every_write(fake_survey, tmp_path, monkeypatch, capsys, extra, every):
+def test_sensitivity_resumes_after_a_kill_at_every_write(reference, fake_survey, tmp_path, monkeypatch, capsys, extra,
+                                                         every):
     """CI-sized: kills at the settings, each stage file and the JSON (each figure too with ``-m slow``)."""
-    ref = tmp_path / "ref"
-    with count_writes(monkeypatch) as writes:
-        assert _run(ref, *extra) == 0
+    ref, writes = reference(extra)
     names = [p.name for p in writes]
     assert names[:3] == ["settings.json", "stage_segmentations.npz", "stage_autodiff.npz"] and "sensitivity.json" in names
     ns = range(1, len(writes) + 1) if every else sorted({1, 2, 3, names.index("sensitivity.json") + 1})
@@ -90,11 +114,10 @@ def test_sensitivity_resumes_after_a_kill_at_every_write(fake_survey, tmp_path, 
     capsys.readouterr()
 
 
-def test_sensitivity_refuses_other_options_and_recomputes_corrupt_stages(fake_survey, tmp_path, capsys):
+def test_sensitivity_refuses_other_options_and_recomputes_corrupt_stages(reference, fake_survey, tmp_path, capsys):
+    ref, _ = reference(["--skip-fd"])  # an uninterrupted run (it returned 0)
     out = tmp_path / "s"
-    assert _run(out, "--skip-fd") == 0
-    ref = tmp_path / "ref"
-    assert _run(ref, "--skip-fd") == 0
+    shutil.copytree(ref, out)  # the same run's files, here changed and damaged
     capsys.readouterr()
     for extra, named in ((["--seed", "1"], "seed: 0 there, 1 requested"), (["--keys", "4"], "keys: 3 there, 4 requested"),
                          (["--softness", "0.03"], "softness: 0.02 there, 0.03 requested")):
