@@ -28,7 +28,8 @@ def unseen(tmp_path_factory):
     """One LH-like box at the training resolution (0.39 h⁻¹ Mpc), a seed and θ not in the training set."""
     spec = lh_spec(1, n_side=32, box_size=12.5, redshifts=(0.21, 0.4), seed=777, capacity=32768)
     out = tmp_path_factory.mktemp("unseen")
-    generate_training_set(out, spec, progress=False)
+    # one device: on all four host devices the share would be padded with three discarded copies of the box
+    generate_training_set(out, spec, progress=False, devices=jax.devices()[:1])
     return out
 
 
