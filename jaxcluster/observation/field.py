@@ -50,8 +50,7 @@ from ..xray.response import BandResponse
 from .confusion import Confusion, agn_confusion
 from .detection import Detection, DetectionSettings, detect
 from .classes import ClassCuts
-from .measure import (FitSettings, MeasuredCatalogue, SourceModel, _centroid_weight, _check_images, _image,
-                      _measure_sources, _segment_centroids, later_passes)
+from .measure import FitSettings, MeasuredCatalogue, SourceModel, _measure_sources, _sources, later_passes
 from .photons import Observation, ObservationConfig, band_mean_energy_keV, observe
 from .psf import PSF_ZONE_THETA_ARCMIN, king_parameters, king_profile
 
@@ -230,14 +229,9 @@ def _measure_chunk(padded, detection, settings, model, chunk):
 def _field_sources(padded, detection, settings):
     """What every chunk reads, computed once per field: the images padded for cutouts and the segment
     centroids of all slots (the first pass's starting positions) [image pixels]."""
-    counts, exposure, background = _check_images(padded.counts, padded.exposure, detection.background,
-                                                 detection.segmentation)
-    rel = detection.background_rel_var
-    rel = jnp.zeros_like(counts) if rel is None else jnp.asarray(rel, counts.dtype)
-    img = _image(counts, exposure, background, rel, settings.cutout_pixels, (padded.psf_off_axis_arcmin,))
-    centroid, area = _segment_centroids(detection.segmentation, _centroid_weight(counts, background),
-                                        settings.n_chunks * settings.chunk)
-    return img, centroid, area
+    return _sources(padded.counts, padded.exposure, detection.background, detection.segmentation,
+                    detection.background_rel_var, settings.cutout_pixels, settings.n_chunks * settings.chunk,
+                    (padded.psf_off_axis_arcmin,))
 
 
 def _chunk_of(sources, settings, model, chunk):

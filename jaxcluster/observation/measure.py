@@ -177,7 +177,7 @@ def convolve_centred(image: Float[Array, "n m"], kernel: Float[Array, "k l"]) ->
 
 
 class SourceModel(eqx.Module):
-    """PSF, pixel scale and cutout geometry that the source templates are built from (static).
+    """PSF, pixel scale and cutout geometry that the source templates are built from (static but `psf_args`).
 
     Args:
         psf: (r [arcsec], *psf_args) → PSF surface brightness (any normalisation; JAX-traceable, radial).
@@ -1070,16 +1070,19 @@ def measure_catalogue(
 
     settings = FitSettings() if settings is None else settings
     cuts = ClassCuts() if cuts is None else cuts
-    counts, exposure, background = _check_images(counts, exposure, background, segmentation)
-    seg = jnp.asarray(segmentation)
-    rel_var = jnp.zeros_like(counts) if background_rel_var is None else jnp.asarray(background_rel_var, counts.dtype)
-    img = _image(counts, exposure, background, rel_var, model.cutout, psf_maps)
-    centroid, area = _segment_centroids(seg, _centroid_weight(counts, background), max_sources)
+    img, centroid, area = _sources(counts, exposure, background, segmentation, background_rel_var, model.cutout,
+                                   max_sources, psf_maps)
     return _measure_sources(img, centroid, area > 0, model, settings, cuts, confusion)
 
 
-def _centroid_weight(counts, background):
-    return jnp.maximum(counts.sum(0) - background.sum(0), 0.0) + 1e-6
+def _sources(counts, exposure, background, segmentation, background_rel_var, cutout, max_sources, psf_maps=None):
+    """The images padded for cutouts, and the centroids (max_sources, 2) [image pixels] and areas of the segments."""
+    counts, exposure, background = _check_images(counts, exposure, background, segmentation)
+    rel_var = jnp.zeros_like(counts) if background_rel_var is None else jnp.asarray(background_rel_var, counts.dtype)
+    img = _image(counts, exposure, background, rel_var, cutout, psf_maps)
+    weight = jnp.maximum(counts.sum(0) - background.sum(0), 0.0) + 1e-6
+    centroid, area = _segment_centroids(jnp.asarray(segmentation), weight, max_sources)
+    return img, centroid, area
 
 
 def _measure_sources(img: _Image, centroid, valid, model, settings, cuts, confusion=None) -> MeasuredCatalogue:
